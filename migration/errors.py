@@ -1,0 +1,26 @@
+"""User-facing texts for error codes; codes are what the database stores."""
+
+from django.utils.translation import gettext_lazy as _
+
+MESSAGES = {
+    "auth_failed": _(
+        "Die Anmeldung wurde abgelehnt. Bitte prüfen Sie E-Mail-Adresse, Benutzername und Passwort "
+        "(bei aktiver Zwei-Faktor-Anmeldung ein App-Passwort)."
+    ),
+    "unreachable": _(
+        "Der E-Mail-Server war nicht erreichbar (unbekannter Server, Port geschlossen, nicht erlaubt "
+        "oder Zeitüberschreitung). Bitte prüfen Sie Server und Port."
+    ),
+    "tls_failed": _(
+        "Es konnte keine sichere Verbindung (TLS) aufgebaut werden. Bitte prüfen Sie Server, Port "
+        "und Verschlüsselung."
+    ),
+    "protocol": _("Der E-Mail-Server hat unerwartet geantwortet. Bitte versuchen Sie es später erneut."),
+    "not_supported": _("Diese Anbieterart kann hier noch nicht migriert werden. Bitte wenden Sie sich an den Support."),
+    "secret_unreadable": _("Die gespeicherten Zugangsdaten sind nicht mehr lesbar. Bitte melden Sie sich erneut an."),
+    "cancelled_by_staff": _("Die Migration wurde vom Support abgebrochen."),
+}
+
+
+def message_for(code: str) -> str:
+    return MESSAGES.get(code, _("Die Migration ist fehlgeschlagen. Bitte versuchen Sie es erneut."))

@@ -1,0 +1,108 @@
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+from sync.models import MailAccount, ProviderKind
+
+
+class Campaign(models.Model):
+    """The deadline campaign: dates staff edit; defaults come from settings."""
+
+    name = models.CharField(_("Name"), max_length=100)
+    migrate_by = models.DateField(_("Migrieren bis"))
+    v2_shutdown = models.DateField(_("V2-Abschaltung"))
+    is_active = models.BooleanField(_("Aktiv"), default=True)
+
+    class Meta:
+        verbose_name = _("Kampagne")
+        verbose_name_plural = _("Kampagnen")
+        constraints = [
+            models.UniqueConstraint(fields=["is_active"], condition=Q(is_active=True), name="one_active_campaign"),
+            models.CheckConstraint(condition=Q(v2_shutdown__gte=models.F("migrate_by")), name="shutdown_after_deadline"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+
+class Status(models.TextChoices):
+    PENDING = "pending", _("Wartet")
+    DETECTING = "detecting", _("Anbieter wird erkannt")
+    AWAITING_USER = "awaiting_user", _("Wartet auf Anmeldung")
+    AWAITING_ADMIN_CONSENT = "awaiting_admin_consent", _("Wartet auf Administrator-Zustimmung")
+    VERIFYING = "verifying", _("Verbindung wird geprüft")
+    HANDING_OVER = "handing_over", _("Synchronisierung wird übergeben")
+    DONE = "done", _("Abgeschlossen")
+    FAILED = "failed", _("Fehlgeschlagen")
+    CANCELLED = "cancelled", _("Abgebrochen")
+
+
+# At most one of these per account: enforced by a partial unique index.
+ACTIVE_STATUSES = [
+    Status.PENDING, Status.DETECTING, Status.AWAITING_USER, Status.AWAITING_ADMIN_CONSENT,
+    Status.VERIFYING, Status.HANDING_OVER,
+]
+# Steps a worker performs; the sweeper re-queues a migration stuck in one.
+WORKER_STATUSES = [Status.PENDING, Status.DETECTING, Status.VERIFYING, Status.HANDING_OVER]
+
+
+class Migration(models.Model):
+    """One account's move from V2 to V3. Its status has one writer: services.transition."""
+
+    account = models.ForeignKey(MailAccount, models.CASCADE, related_name="migrations", verbose_name=_("Konto"))
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="+", verbose_name=_("Benutzer"))
+    campaign = models.ForeignKey(Campaign, models.PROTECT, related_name="migrations", verbose_name=_("Kampagne"))
+    status = models.CharField(_("Status"), max_length=30, choices=Status.choices, default=Status.PENDING)
+    provider_kind = models.CharField(_("Anbieterart"), max_length=20, choices=ProviderKind.choices)
+    # Server settings proposed by detection (host, port, security, username form, hints).
+    detected = models.JSONField(default=dict, blank=True)
+    # Settings the user confirmed (no secret in here).
+    connection = models.JSONField(default=dict, blank=True)
+    # Credentials entered for this migration, encrypted; cleared when it ends.
+    secret_encrypted = models.TextField(blank=True, editable=False)
+    # V3 cursors found while verifying, per folder.
+    cursors = models.JSONField(default=dict, blank=True)
+    error_code = models.CharField(_("Fehler"), max_length=40, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(_("Erstellt"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("Geändert"), auto_now=True)
+    finished_at = models.DateTimeField(_("Beendet"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("Migration")
+        verbose_name_plural = _("Migrationen")
+        ordering = ["-created_at"]
+        constraints = [
+            # Double clicks and two tabs: the database refuses a second live migration.
+            models.UniqueConstraint(
+                fields=["account"], condition=Q(status__in=ACTIVE_STATUSES), name="one_active_migration_per_account"
+            )
+        ]
+        indexes = [models.Index(fields=["status", "updated_at"], name="migration_status_updated")]
+
+    def __str__(self):
+        return f"{self.account.address} ({self.get_status_display()})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+
+class MigrationEvent(models.Model):
+    """Append-only audit trail: every status change, never with a secret."""
+
+    migration = models.ForeignKey(Migration, models.CASCADE, related_name="events")
+    at = models.DateTimeField(_("Zeit"), auto_now_add=True)
+    from_status = models.CharField(_("Von"), max_length=30, blank=True)
+    to_status = models.CharField(_("Nach"), max_length=30)
+    reason = models.CharField(_("Grund"), max_length=300, blank=True)
+    actor = models.CharField(_("Auslöser"), max_length=150, blank=True)
+
+    class Meta:
+        verbose_name = _("Ereignis")
+        verbose_name_plural = _("Ereignisse")
+        ordering = ["at", "pk"]
+
+    def __str__(self):
+        return f"{self.from_status or '-'} → {self.to_status}"

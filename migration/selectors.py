@@ -1,0 +1,68 @@
+from dataclasses import dataclass
+from datetime import date
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+from django.shortcuts import get_object_or_404
+
+from migration.models import ACTIVE_STATUSES, Campaign, Migration
+
+CAMPAIGN_CACHE_KEY = "campaign:current"
+
+
+@dataclass(frozen=True)
+class CampaignDates:
+    id: int
+    migrate_by: date
+    v2_shutdown: date
+
+    def v2_running(self, today: date) -> bool:
+        return today < self.v2_shutdown
+
+
+def current_campaign() -> Campaign:
+    campaign = Campaign.objects.filter(is_active=True).first()
+    if campaign is None:
+        try:
+            with transaction.atomic():
+                campaign = Campaign.objects.create(
+                    name="V2 → V3", migrate_by=settings.CAMPAIGN_MIGRATE_BY,
+                    v2_shutdown=settings.CAMPAIGN_V2_SHUTDOWN, is_active=True,
+                )
+        except IntegrityError:  # another process created it first
+            campaign = Campaign.objects.get(is_active=True)
+    return campaign
+
+
+def current_campaign_dates() -> CampaignDates:
+    """Cached: the banner reads this on every page."""
+    dates = cache.get(CAMPAIGN_CACHE_KEY)
+    if dates is None:
+        campaign = current_campaign()
+        dates = CampaignDates(campaign.pk, campaign.migrate_by, campaign.v2_shutdown)
+        cache.set(CAMPAIGN_CACHE_KEY, dates, settings.BANNER_CACHE_SECONDS)
+    return dates
+
+
+def invalidate_campaign() -> None:
+    transaction.on_commit(lambda: cache.delete(CAMPAIGN_CACHE_KEY))
+
+
+def get_migration_for_user(user, pk: int) -> Migration:
+    """404 for anything that is not the user's own."""
+    return get_object_or_404(Migration.objects.select_related("account"), pk=pk, account__owner=user)
+
+
+def active_migrations_by_account(user) -> dict[int, Migration]:
+    return {
+        m.account_id: m
+        for m in Migration.objects.filter(account__owner=user, status__in=ACTIVE_STATUSES)
+    }
+
+
+def latest_migrations_by_account(user) -> dict[int, Migration]:
+    latest = {}
+    for migration in Migration.objects.filter(account__owner=user).order_by("created_at"):
+        latest[migration.account_id] = migration
+    return latest

@@ -1,0 +1,86 @@
+"""What the worker does for a migration, one idempotent step at a time.
+
+Celery may deliver the task twice, or again after a crash: each step first
+claims its work with a compare-and-swap transition, network I/O happens
+outside transactions, and a step that finds the work done does nothing.
+"""
+
+import logging
+
+from migration import handoff, services
+from migration.imap import flow as imap_flow
+from migration.models import Migration, Status
+from migration.services import TransitionConflict
+from sync import crypto
+from sync.imap import ImapSettings, MailboxError
+from sync.models import ProviderKind
+
+logger = logging.getLogger(__name__)
+
+# At most this many steps per task run; every step moves the status forward.
+MAX_STEPS = 6
+
+
+def run_migration(migration_id: int) -> str:
+    for _ in range(MAX_STEPS):
+        migration = Migration.objects.select_related("account").filter(pk=migration_id).first()
+        if migration is None:
+            return "gone"
+        step = STEPS.get(migration.status)
+        if step is None:
+            return migration.status  # waits for the user, or finished
+        try:
+            step(migration)
+        except TransitionConflict:
+            # Another delivery of this task moved the migration on; look again.
+            continue
+    return Migration.objects.get(pk=migration_id).status
+
+
+def _pending(migration: Migration) -> None:
+    services.transition(migration, to=Status.DETECTING, reason="worker picked up")
+
+
+def _detecting(migration: Migration) -> None:
+    if migration.provider_kind != ProviderKind.IMAP:
+        services.fail(migration, code="not_supported", reason=f"provider {migration.provider_kind}")
+        return
+    detected = imap_flow.detect(migration.account)
+    services.transition(
+        migration, to=Status.AWAITING_USER, reason=f"provider {detected['provider']}", detected=detected
+    )
+
+
+def _verifying(migration: Migration) -> None:
+    connection = migration.connection
+    server = ImapSettings(connection["host"], int(connection["port"]), connection["security"], connection["username"])
+    try:
+        password = crypto.decrypt_json(migration.secret_encrypted)["password"]
+    except (crypto.SecretUnreadable, KeyError):
+        services.fail(migration, code="secret_unreadable")
+        return
+    try:
+        cursors = imap_flow.verify(server, password)
+    except MailboxError as error:
+        services.fail(migration, code=error.code, reason=f"verify: {error.code}")
+        return
+    services.transition(
+        migration, to=Status.HANDING_OVER, reason=f"verified, {len(cursors)} folders", cursors=cursors
+    )
+
+
+def _handing_over(migration: Migration) -> None:
+    switched = handoff.hand_over(migration)
+    services.transition(migration, to=Status.DONE, reason="switched to V3" if switched else "already on V3")
+    from sync.tasks import sync_account
+
+    # The first V3 sync right away: mail keeps flowing without waiting for beat.
+    sync_account.delay(migration.account_id)
+
+
+STEPS = {
+    Status.PENDING: _pending,
+    Status.DETECTING: _detecting,
+    Status.VERIFYING: _verifying,
+    Status.HANDING_OVER: _handing_over,
+}

@@ -1,0 +1,15 @@
+"""Thin Celery tasks: ids in, one service call."""
+
+from celery import shared_task
+
+from migration import services, steps
+
+
+@shared_task(name="migration.tasks.run_migration", acks_late=True, reject_on_worker_lost=True)
+def run_migration(migration_id: int) -> str:
+    return steps.run_migration(migration_id)
+
+
+@shared_task(name="migration.tasks.sweep_stuck_migrations")
+def sweep_stuck_migrations() -> int:
+    return len(services.sweep_stuck_migrations())

@@ -1,0 +1,12 @@
+from django.urls import path
+
+from migration import views
+
+urlpatterns = [
+    path("start/<int:account_id>/", views.start, name="migration-start"),
+    path("<int:pk>/", views.detail, name="migration-detail"),
+    path("<int:pk>/zugangsdaten/", views.credentials, name="migration-credentials"),
+    path("<int:pk>/status/", views.status, name="migration-status"),
+    path("<int:pk>/wiederholen/", views.retry, name="migration-retry"),
+    path("<int:pk>/abbrechen/", views.cancel, name="migration-cancel"),
+]

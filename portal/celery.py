@@ -1,0 +1,48 @@
+"""The Celery app: the worker drives migrations and the periodic mail sync."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+
+app = Celery("portal")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+
+
+def _configure_embedded_broker() -> None:
+    from django.conf import settings
+
+    if not str(app.conf.broker_url).startswith("filesystem://"):
+        return
+    # kombu's file-system transport moves messages between folders; web and
+    # worker processes share them, so no broker server is needed.
+    queue_dir = settings.CELERY_BROKER_DIR / "queue"
+    done_dir = settings.CELERY_BROKER_DIR / "processed"
+    queue_dir.mkdir(parents=True, exist_ok=True)
+    done_dir.mkdir(parents=True, exist_ok=True)
+    app.conf.broker_transport_options = {
+        "data_folder_in": str(queue_dir),
+        "data_folder_out": str(queue_dir),
+        "processed_folder": str(done_dir),
+        "store_processed": False,
+        "polling_interval": 0.2,
+    }
+
+
+_configure_embedded_broker()
+app.autodiscover_tasks()
+
+
+@app.on_after_finalize.connect
+def _schedule_periodic_tasks(sender, **kwargs):
+    from django.conf import settings
+
+    sender.add_periodic_task(
+        float(settings.CELERY_BEAT_SYNC_SECONDS), sender.signature("sync.tasks.sync_all_accounts"),
+        name="sync all mail accounts",
+    )
+    sender.add_periodic_task(
+        float(settings.CELERY_SWEEP_SECONDS), sender.signature("migration.tasks.sweep_stuck_migrations"),
+        name="re-queue stuck migrations",
+    )

@@ -1,0 +1,39 @@
+from django.contrib import admin
+
+from sync.models import FolderState, MailAccount, SyncedMessage
+from sync.services import invalidate_banner
+
+
+class FolderStateInline(admin.TabularInline):
+    model = FolderState
+    fields = ("name", "v2_high_water", "v2_last_poll_at", "uidvalidity", "uidnext", "highestmodseq",
+              "last_seen_uid", "v3_since", "v3_synced_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+
+@admin.register(MailAccount)
+class MailAccountAdmin(admin.ModelAdmin):
+    list_display = ("address", "owner", "provider_kind", "engine", "status", "last_sync_at", "last_sync_error")
+    list_filter = ("engine", "status", "provider_kind", "provider_name")
+    search_fields = ("address", "owner__email")
+    # secret_encrypted is not editable and therefore never in a form or list.
+    readonly_fields = ("engine", "last_sync_at", "last_sync_error", "v2_stopped_at")
+    inlines = [FolderStateInline]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        invalidate_banner(obj.owner_id)
+
+    def delete_model(self, request, obj):
+        invalidate_banner(obj.owner_id)
+        super().delete_model(request, obj)
+
+
+@admin.register(SyncedMessage)
+class SyncedMessageAdmin(admin.ModelAdmin):
+    list_display = ("subject", "sender", "account", "folder", "received_at", "imported_by")
+    list_filter = ("imported_by",)
+    search_fields = ("subject", "sender", "message_id", "account__address")
+    readonly_fields = [f.name for f in SyncedMessage._meta.fields]

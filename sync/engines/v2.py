@@ -1,0 +1,46 @@
+"""The legacy V2 engine: password IMAP polling by date, INBOX only.
+
+This is how V2 always worked: SEARCH SINCE the day of the last high-water mark
+and dedupe by Message-ID. It stops for good on the campaign's shutdown date.
+"""
+
+from datetime import timedelta
+
+from django.utils import timezone
+
+from sync import imap
+from sync.imap import MailboxError
+from sync.models import FolderState, MailAccount
+from sync.services import imap_settings_of, password_of, record_sync_result, store_messages
+
+V2_FOLDER = "INBOX"
+
+
+def poll(account: MailAccount) -> int:
+    """One V2 poll of the account's INBOX; returns the number of new messages."""
+    try:
+        client = imap.open_mailbox(imap_settings_of(account), password_of(account))
+    except MailboxError as error:
+        record_sync_result(account_id=account.pk, error_code=error.code)
+        return 0
+    try:
+        state, _ = FolderState.objects.get_or_create(account=account, name=V2_FOLDER)
+        client.select_folder(V2_FOLDER, readonly=True)
+        if state.v2_high_water:
+            # IMAP SINCE has day granularity; the day before covers time zones.
+            since = (state.v2_high_water - timedelta(days=1)).date()
+            uids = client.search(["SINCE", since])
+        else:
+            uids = client.search("ALL")
+        messages = imap.fetch_messages(client, uids)
+    except (MailboxError, OSError, imap.IMAPClientError):
+        record_sync_result(account_id=account.pk, error_code="protocol")
+        return 0
+    finally:
+        imap.close(client)
+    added = store_messages(account=account, folder=V2_FOLDER, messages=messages, engine="v2")
+    dates = [m.received_at for m in messages if m.received_at]
+    high_water = max(dates + ([state.v2_high_water] if state.v2_high_water else []), default=None)
+    FolderState.objects.filter(pk=state.pk).update(v2_high_water=high_water, v2_last_poll_at=timezone.now())
+    record_sync_result(account_id=account.pk)
+    return added

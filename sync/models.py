@@ -1,0 +1,106 @@
+from django.conf import settings
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+
+class Engine(models.TextChoices):
+    V2 = "v2", "V2"
+    V3 = "v3", "V3"
+
+
+class ProviderKind(models.TextChoices):
+    IMAP = "imap", _("IMAP")
+    MICROSOFT = "microsoft", _("Microsoft 365 / Outlook.com")
+    EXCHANGE = "exchange", _("Microsoft Exchange")
+
+
+class Security(models.TextChoices):
+    SSL = "ssl", _("SSL/TLS")
+    STARTTLS = "starttls", _("STARTTLS")
+
+
+class AccountStatus(models.TextChoices):
+    ACTIVE = "active", _("Aktiv")
+    ERROR = "error", _("Fehler")
+    STOPPED = "stopped", _("Gestoppt")
+
+
+class MailAccount(models.Model):
+    """A user's mailbox connected to the CRM, synced by V2 or V3."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="mail_accounts")
+    address = models.EmailField(_("E-Mail-Adresse"))
+    provider_kind = models.CharField(_("Anbieterart"), max_length=20, choices=ProviderKind.choices)
+    # Key into sync.providers.IMAP_PROVIDERS ("gmx", "webde", ...) or "other".
+    provider_name = models.CharField(_("Anbieter"), max_length=40, blank=True)
+    engine = models.CharField(_("Technologie"), max_length=2, choices=Engine.choices, default=Engine.V2)
+    status = models.CharField(_("Status"), max_length=20, choices=AccountStatus.choices, default=AccountStatus.ACTIVE)
+    imap_host = models.CharField(_("IMAP-Server"), max_length=255, blank=True)
+    imap_port = models.PositiveIntegerField(_("Port"), null=True, blank=True)
+    imap_security = models.CharField(_("Verschlüsselung"), max_length=10, choices=Security.choices, blank=True)
+    username = models.CharField(_("Benutzername"), max_length=255, blank=True)
+    # MultiFernet ciphertext of {"password": ...}; never shown anywhere.
+    secret_encrypted = models.TextField(blank=True, editable=False)
+    last_sync_at = models.DateTimeField(_("Letzte Synchronisierung"), null=True, blank=True)
+    last_sync_error = models.CharField(_("Letzter Fehler"), max_length=300, blank=True)
+    v2_stopped_at = models.DateTimeField(_("V2 gestoppt am"), null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("E-Mail-Konto")
+        verbose_name_plural = _("E-Mail-Konten")
+        ordering = ["address"]
+        constraints = [models.UniqueConstraint(fields=["owner", "address"], name="account_unique_per_owner")]
+
+    def __str__(self):
+        return self.address
+
+
+class FolderState(models.Model):
+    """Per-folder sync state: V2's high-water mark and V3's IMAP cursor."""
+
+    account = models.ForeignKey(MailAccount, models.CASCADE, related_name="folders")
+    name = models.CharField(max_length=255)
+    # V2 polled by date: the newest INTERNALDATE it imported in this folder.
+    v2_high_water = models.DateTimeField(null=True, blank=True)
+    v2_last_poll_at = models.DateTimeField(null=True, blank=True)
+    # V3 cursor (RFC 3501 / RFC 7162). last_seen_uid advances with every sync.
+    uidvalidity = models.BigIntegerField(null=True, blank=True)
+    uidnext = models.BigIntegerField(null=True, blank=True)
+    highestmodseq = models.BigIntegerField(null=True, blank=True)
+    last_seen_uid = models.BigIntegerField(null=True, blank=True)
+    # Set by the handoff: V3's first sync also looks at mail since this moment.
+    v3_since = models.DateTimeField(null=True, blank=True)
+    v3_synced_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["account", "name"], name="folder_unique_per_account")]
+
+    def __str__(self):
+        return self.name
+
+
+class SyncedMessage(models.Model):
+    """A message imported into the CRM; exactly one row per message and account."""
+
+    account = models.ForeignKey(MailAccount, models.CASCADE, related_name="messages")
+    # Normalised Message-ID, or "sha256:..." of stable headers when there is none.
+    dedup_key = models.CharField(max_length=300)
+    message_id = models.CharField(max_length=998, blank=True)
+    folder = models.CharField(max_length=255)
+    subject = models.CharField(max_length=500, blank=True)
+    sender = models.CharField(max_length=500, blank=True)
+    received_at = models.DateTimeField(null=True)
+    size = models.PositiveIntegerField(default=0)
+    provider_uid = models.BigIntegerField(null=True, blank=True)
+    imported_by = models.CharField(max_length=2, choices=Engine.choices)
+    imported_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("Synchronisierte Nachricht")
+        verbose_name_plural = _("Synchronisierte Nachrichten")
+        constraints = [models.UniqueConstraint(fields=["account", "dedup_key"], name="message_unique_per_account")]
+        indexes = [models.Index(fields=["account", "-received_at"], name="message_newest_first")]
+
+    def __str__(self):
+        return self.subject or self.dedup_key

@@ -1,0 +1,21 @@
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from sync.models import AccountStatus, Engine, MailAccount, SyncedMessage
+
+
+def messages_for_user(user) -> QuerySet:
+    return SyncedMessage.objects.filter(account__owner=user).select_related("account").order_by("-received_at", "-pk")
+
+
+def accounts_for_user(user) -> QuerySet:
+    return MailAccount.objects.filter(owner=user).order_by("address")
+
+
+def accounts_due_for_sync(*, v2_running: bool) -> QuerySet:
+    engines = [Engine.V3, Engine.V2] if v2_running else [Engine.V3]
+    return MailAccount.objects.filter(engine__in=engines).exclude(status=AccountStatus.STOPPED).exclude(imap_host="")
+
+
+def today():
+    return timezone.localdate()

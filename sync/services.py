@@ -1,0 +1,106 @@
+"""Writes of the mail side: storing messages, credentials and sync results."""
+
+from django.core.cache import cache
+from django.db import transaction
+from django.utils import timezone
+
+from sync import crypto
+from sync.imap import FetchedMessage, ImapSettings
+from sync.models import AccountStatus, MailAccount, SyncedMessage
+
+
+def banner_cache_key(user_id: int) -> str:
+    return f"banner:v2-accounts:{user_id}"
+
+
+def invalidate_banner(user_id: int) -> None:
+    """Drop the cached banner data after the transaction commits."""
+    transaction.on_commit(lambda: cache.delete(banner_cache_key(user_id)))
+
+
+def store_messages(*, account: MailAccount, folder: str, messages: list[FetchedMessage], engine: str) -> int:
+    """Insert messages that the account does not have yet; return how many.
+
+    The unique (account, dedup_key) constraint is the final guard: two engines
+    or two overlapping runs can offer the same message, only one row lands.
+    """
+    if not messages:
+        return 0
+    keys = {message.dedup_key for message in messages}
+    known = set(
+        SyncedMessage.objects.filter(account=account, dedup_key__in=keys).values_list("dedup_key", flat=True)
+    )
+    fresh = {}
+    for message in messages:
+        if message.dedup_key not in known:
+            fresh.setdefault(message.dedup_key, message)
+    rows = [
+        SyncedMessage(
+            account=account, dedup_key=m.dedup_key, message_id=m.message_id, folder=folder, subject=m.subject,
+            sender=m.sender, received_at=m.received_at, size=m.size, provider_uid=m.uid, imported_by=engine,
+        )
+        for m in fresh.values()
+    ]
+    SyncedMessage.objects.bulk_create(rows, ignore_conflicts=True)
+    return len(rows)
+
+
+def set_imap_credentials(*, account: MailAccount, server: ImapSettings, password: str) -> None:
+    account.imap_host = server.host
+    account.imap_port = server.port
+    account.imap_security = server.security
+    account.username = server.username
+    account.secret_encrypted = crypto.encrypt_json({"password": password})
+
+
+def imap_settings_of(account: MailAccount) -> ImapSettings:
+    return ImapSettings(
+        host=account.imap_host, port=account.imap_port or 993, security=account.imap_security or "ssl",
+        username=account.username or account.address,
+    )
+
+
+def password_of(account: MailAccount) -> str:
+    return crypto.decrypt_json(account.secret_encrypted).get("password", "")
+
+
+def record_sync_result(*, account_id: int, error_code: str = "") -> None:
+    fields = {"last_sync_error": error_code}
+    if error_code:
+        fields["status"] = AccountStatus.ERROR
+    else:
+        fields.update(status=AccountStatus.ACTIVE, last_sync_at=timezone.now())
+    MailAccount.objects.filter(pk=account_id).exclude(status=AccountStatus.STOPPED).update(**fields)
+
+
+def stop_v2_after_shutdown(*, v2_running: bool) -> int:
+    """After the shutdown date V2 accounts are marked stopped: no more V2 polls."""
+    if v2_running:
+        return 0
+    return MailAccount.objects.filter(engine="v2").exclude(status=AccountStatus.STOPPED).update(
+        status=AccountStatus.STOPPED
+    )
+
+
+def accounts_to_sync() -> list[int]:
+    from migration.selectors import current_campaign_dates
+    from sync.selectors import accounts_due_for_sync
+
+    v2_running = current_campaign_dates().v2_running(timezone.localdate())
+    stop_v2_after_shutdown(v2_running=v2_running)
+    return list(accounts_due_for_sync(v2_running=v2_running).values_list("pk", flat=True))
+
+
+def sync_account(account_id: int) -> int:
+    """One sync run for one account through the engine it is on now."""
+    from migration.selectors import current_campaign_dates
+    from sync.engines import v2, v3_imap
+
+    account = MailAccount.objects.filter(pk=account_id).first()
+    if account is None or account.provider_kind != "imap" or account.status == AccountStatus.STOPPED:
+        return 0
+    if account.engine == "v3":
+        return v3_imap.sync(account)
+    if not current_campaign_dates().v2_running(timezone.localdate()):
+        return 0  # V2 is switched off: it never polls again
+    return v2.poll(account)
