@@ -10,10 +10,13 @@ app = Celery("portal")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
 
-def _configure_embedded_broker() -> None:
+@app.on_after_configure.connect
+def _configure_embedded_broker(sender, **kwargs) -> None:
+    # Runs when the configuration is first read, not at import: importing
+    # this module must not import Django's settings.
     from django.conf import settings
 
-    if not str(app.conf.broker_url).startswith("filesystem://"):
+    if not str(sender.conf.broker_url).startswith("filesystem://"):
         return
     # kombu's file-system transport moves messages between folders; web and
     # worker processes share them, so no broker server is needed.
@@ -21,7 +24,7 @@ def _configure_embedded_broker() -> None:
     done_dir = settings.CELERY_BROKER_DIR / "processed"
     queue_dir.mkdir(parents=True, exist_ok=True)
     done_dir.mkdir(parents=True, exist_ok=True)
-    app.conf.broker_transport_options = {
+    sender.conf.broker_transport_options = {
         "data_folder_in": str(queue_dir),
         "data_folder_out": str(queue_dir),
         "processed_folder": str(done_dir),
@@ -30,7 +33,6 @@ def _configure_embedded_broker() -> None:
     }
 
 
-_configure_embedded_broker()
 app.autodiscover_tasks()
 
 

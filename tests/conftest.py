@@ -1,0 +1,120 @@
+import os
+import uuid
+from datetime import date, timedelta
+
+import pytest
+from django.core.cache import cache
+from django.db import connection
+
+from portal.devservers import Dovecot
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch, settings):
+    # The default campaign dates (2025) are past: V2 would be switched off.
+    # Tests run inside a live campaign unless they create their own.
+    today = date.today()
+    settings.CAMPAIGN_MIGRATE_BY = today + timedelta(days=14)
+    settings.CAMPAIGN_V2_SHUTDOWN = today + timedelta(days=30)
+    # This machine points requests at a CA bundle that would override any
+    # verify= of ours; the tests use their own throw-away CAs.
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture(scope="session")
+def dovecot():
+    server = Dovecot({}).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mailbox(dovecot):
+    """A fresh mailbox on the real Dovecot: (address, password)."""
+    address = f"u{uuid.uuid4().hex[:10]}@example.org"
+    password = f"pw-{uuid.uuid4().hex[:8]}"
+    dovecot.set_password(address, password)
+    return address, password
+
+
+@pytest.fixture
+def mail_settings(settings, dovecot):
+    """Let the egress guard reach the local Dovecot and trust its certificate."""
+    settings.EGRESS_ALLOW_NETWORKS = ["127.0.0.1/32"]
+    settings.MAIL_TLS_CA_FILE = str(dovecot.cert_path)
+    return settings
+
+
+@pytest.fixture
+def user(django_user_model):
+    return make_user(django_user_model, "anna@example.com")
+
+
+@pytest.fixture
+def other_user(django_user_model):
+    return make_user(django_user_model, "bernd@example.com")
+
+
+def make_user(model, email, password="geheim-123"):
+    return model.objects.create_user(username=email, email=email, password=password)
+
+
+@pytest.fixture
+def make_account():
+    from sync.models import MailAccount
+
+    def make(owner, address, **fields):
+        fields.setdefault("provider_kind", "imap")
+        return MailAccount.objects.create(owner=owner, address=address, **fields)
+
+    return make
+
+
+@pytest.fixture
+def imap_account(make_account, user, dovecot, mailbox):
+    """A V2 account of `user` on the real Dovecot, with working V2 credentials."""
+    from sync import crypto
+
+    address, password = mailbox
+    return make_account(
+        user, address, imap_host="127.0.0.1", imap_port=dovecot.tls_port, imap_security="ssl", username=address,
+        secret_encrypted=crypto.encrypt_json({"password": password}),
+    )
+
+
+@pytest.fixture
+def celery_worker_thread(transactional_db):
+    """A real Celery worker (solo pool, in a thread) on the real Redis broker."""
+    from celery.contrib.testing.worker import start_worker
+    from celery.signals import task_postrun
+
+    from portal.celery import app
+
+    def close_connection(**kwargs):
+        connection.close()  # the worker thread's connection must not outlive the test
+
+    task_postrun.connect(close_connection, weak=False)
+    with app.connection_for_write() as conn:
+        conn.default_channel.client.flushdb()  # nothing queued by an earlier test
+    with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30) as worker:
+        yield worker
+    task_postrun.disconnect(close_connection)
+
+
+def wait_for(predicate, timeout=20.0, interval=0.05):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync API + live_server
