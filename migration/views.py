@@ -3,6 +3,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
 from migration import errors, selectors, services
@@ -78,6 +79,7 @@ def _render_detail(request, migration, form, status=200):
     }, status=status)
 
 
+@sensitive_post_parameters("password")
 @login_required
 @require_POST
 def credentials(request, pk: int):

@@ -5,6 +5,7 @@ a local encryption key file); production sets environment variables, listed in
 the README. A bad value stops start-up and names the variable.
 """
 
+import warnings
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -119,6 +120,8 @@ STATIC_ROOT = DATA_DIR / "staticfiles"
 # whitenoise serves from the finders in development; no collectstatic needed.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
+# Without collectstatic STATIC_ROOT does not exist; the finders serve instead.
+warnings.filterwarnings("ignore", message="No directory at", module="whitenoise.base")
 
 SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
