@@ -6,6 +6,7 @@ is stopped by its PID. Nothing here is used by the portal in production.
 
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -73,8 +74,11 @@ class Dovecot:
     """A real IMAP server with TLS (port: STARTTLS, tls_port: implicit TLS)."""
 
     def __init__(self, users: dict[str, str], *, base: Path | None = None, port: int | None = None,
-                 tls_port: int | None = None):
+                 tls_port: int | None = None, pool_size: int = 0):
         self.users = dict(users)
+        # Ready-made mailboxes, so tests need not wait for Dovecot to re-read its users.
+        self._pool = [f"pool{i:04d}-{secrets.token_hex(3)}@example.org" for i in range(pool_size)]
+        self.users.update({address: secrets.token_urlsafe(9) for address in self._pool})
         self.base = base or _workdir("dovecot-")
         self.port = port or free_port()
         self.tls_port = tls_port or free_port()
@@ -114,6 +118,8 @@ auth_mechanisms = plain login
 mail_location = maildir:~/Maildir
 mail_fsync = never
 auth_failure_delay = 0
+# No anvil auth penalty for the tests' own failed logins from loopback.
+login_trusted_networks = 127.0.0.0/8
 {extra}
 protocol imap {{
   mail_max_userip_connections = 100
@@ -149,7 +155,23 @@ service imap-login {{
 
     def _write_users(self) -> None:
         lines = [f"{user}:{{PLAIN}}{password}::::::" for user, password in self.users.items()]
-        (self.base / "users").write_text("\n".join(lines) + "\n")
+        path = self.base / "users"
+        # Dovecot looks at passwd-file at most once a second and compares
+        # its mtime in whole seconds: a change must land in a new second, and
+        # be used only from the next second on.
+        if int(time.time()) <= getattr(self, "_written_at", -1):
+            time.sleep(1.05 - time.time() % 1)
+        path.write_text("\n".join(lines) + "\n")
+        self._written_at = int(time.time())
+        if self.process is not None:
+            time.sleep(1.05 - time.time() % 1)
+
+    def take_mailbox(self) -> tuple[str, str]:
+        """A fresh, empty mailbox from the pool: (address, password)."""
+        if not self._pool:
+            raise RuntimeError("the mailbox pool is used up: raise pool_size")
+        address = self._pool.pop(0)
+        return address, self.users[address]
 
     def set_password(self, user: str, password: str) -> None:
         self.users[user] = password

@@ -13,7 +13,11 @@ import socket
 from django.conf import settings
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_SIXTOFOUR = ipaddress.ip_network("2002::/16")
+# Refused even where a Python version's is_global would let them pass.
+_ALWAYS_REFUSED = [ipaddress.ip_network(net) for net in (
+    "0.0.0.0/8", "100.64.0.0/10", "192.0.0.0/24", "198.18.0.0/15", "240.0.0.0/4",
+    "64:ff9b:1::/48", "2001::/23", "2001:db8::/32", "fc00::/7", "fe80::/10",
+)]
 
 
 class EgressRefused(Exception):
@@ -44,7 +48,9 @@ def is_allowed(address: str) -> bool:
         inner = _embedded_ipv4(ip)
         if inner is not None:
             return is_allowed(str(inner))
-    # is_global is False for private, loopback, link-local, CGNAT, reserved...
+    if any(ip in net for net in _ALWAYS_REFUSED if net.version == ip.version):
+        return False
+    # is_global is False for private, loopback, link-local, reserved...
     return ip.is_global and not ip.is_multicast
 
 

@@ -1,5 +1,4 @@
 import os
-import uuid
 from datetime import date, timedelta
 
 import pytest
@@ -27,7 +26,7 @@ def _clean_environment(monkeypatch, settings):
 
 @pytest.fixture(scope="session")
 def dovecot():
-    server = Dovecot({}).start()
+    server = Dovecot({}, pool_size=300).start()
     yield server
     server.stop()
 
@@ -35,10 +34,7 @@ def dovecot():
 @pytest.fixture
 def mailbox(dovecot):
     """A fresh mailbox on the real Dovecot: (address, password)."""
-    address = f"u{uuid.uuid4().hex[:10]}@example.org"
-    password = f"pw-{uuid.uuid4().hex[:8]}"
-    dovecot.set_password(address, password)
-    return address, password
+    return dovecot.take_mailbox()
 
 
 @pytest.fixture
