@@ -70,4 +70,9 @@ def decrypt_json(token: str) -> dict:
 
 def rotate(token: str) -> str:
     """Re-encrypt a token with the newest key (MultiFernet.rotate)."""
-    return _fernet().rotate(token.encode()).decode() if token else token
+    if not token:
+        return token
+    try:
+        return _fernet().rotate(token.encode()).decode()
+    except InvalidToken:
+        raise SecretUnreadable() from None
