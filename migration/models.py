@@ -94,8 +94,8 @@ class MigrationEvent(models.Model):
 
     migration = models.ForeignKey(Migration, models.CASCADE, related_name="events")
     at = models.DateTimeField(_("Zeit"), auto_now_add=True)
-    from_status = models.CharField(_("Von"), max_length=30, blank=True)
-    to_status = models.CharField(_("Nach"), max_length=30)
+    from_status = models.CharField(_("Von"), max_length=30, blank=True, choices=Status.choices)
+    to_status = models.CharField(_("Nach"), max_length=30, choices=Status.choices)
     reason = models.CharField(_("Grund"), max_length=300, blank=True)
     actor = models.CharField(_("Auslöser"), max_length=150, blank=True)
 
