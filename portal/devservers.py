@@ -70,12 +70,27 @@ def make_message(*, subject: str, sender: str = "kunde@example.org", to: str = "
     return message.as_bytes()
 
 
+def _read_users(path: Path) -> dict[str, str]:
+    """Parse a passwd-file written by Dovecot._write_users ("user:{PLAIN}password::::::")."""
+    users = {}
+    for line in path.read_text().splitlines():
+        user, _, rest = line.partition(":{PLAIN}")
+        if user and rest.endswith("::::::"):
+            users[user] = rest[: -len("::::::")]
+    return users
+
+
 class Dovecot:
     """A real IMAP server with TLS (port: STARTTLS, tls_port: implicit TLS)."""
 
     def __init__(self, users: dict[str, str], *, base: Path | None = None, port: int | None = None,
-                 tls_port: int | None = None, pool_size: int = 0):
-        self.users = dict(users)
+                 tls_port: int | None = None, pool_size: int = 0, keep_files: bool = False):
+        # keep_files: the demo server keeps its mail, users and certificate across restarts.
+        self.keep_files = keep_files
+        self.users = {}
+        if keep_files and base is not None and (base / "users").exists():
+            self.users.update(_read_users(base / "users"))  # users added earlier, unless given again
+        self.users.update(users)
         # Ready-made mailboxes, so tests need not wait for Dovecot to re-read its users.
         self._pool = [f"pool{i:04d}-{secrets.token_hex(3)}@example.org" for i in range(pool_size)]
         self.users.update({address: secrets.token_urlsafe(9) for address in self._pool})
@@ -94,7 +109,7 @@ class Dovecot:
             raise RuntimeError("dovecot is not installed (apt-get install dovecot-imapd)")
         for sub in ("run", "state", "mail"):
             (self.base / sub).mkdir(exist_ok=True)
-        if not self.cert_path.exists():
+        if not (self.cert_path.exists() and (self.base / "key.pem").exists()):
             make_certificate(self.base)
         self._write_users()
         me = pwd.getpwuid(os.geteuid())
@@ -184,7 +199,8 @@ service imap-login {{
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
-        shutil.rmtree(self.base, ignore_errors=True)
+        if not self.keep_files:
+            shutil.rmtree(self.base, ignore_errors=True)
 
     def client(self, user: str):
         from imapclient import IMAPClient
