@@ -1,6 +1,6 @@
 from django.urls import path
 
-from migration import views
+from migration import mask, views
 
 urlpatterns = [
     path("start/<int:account_id>/", views.start, name="migration-start"),
@@ -9,4 +9,7 @@ urlpatterns = [
     path("<int:pk>/status/", views.status, name="migration-status"),
     path("<int:pk>/wiederholen/", views.retry, name="migration-retry"),
     path("<int:pk>/abbrechen/", views.cancel, name="migration-cancel"),
+    path("<int:pk>/anbieter/", mask.picker, name="migration-picker"),
+    path("<int:pk>/anbieter/alle/", mask.all_providers, name="migration-all-providers"),
+    path("<int:pk>/anbieter/waehlen/", mask.choose, name="migration-choose"),
 ]

@@ -1,0 +1,98 @@
+"""The login mask ("Anmeldemaske"): provider picker and the way back.
+
+Every step of the login has a "Zurück" that leads to the picker: "Weiter mit
+Microsoft" or "Alle Anbieter anzeigen", and the full list from there. Choosing
+a provider changes what the migration asks for next; it is not a status
+change, but it is recorded in the event trail for support staff.
+"""
+
+from dataclasses import dataclass
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db import transaction
+from django.shortcuts import redirect, render
+from django.utils.translation import gettext_lazy as _
+from django.views.decorators.http import require_POST
+
+from migration import selectors
+from migration.models import Migration, MigrationEvent, Status
+from sync.models import ProviderKind
+from sync.providers import APP_PASSWORD_HINT, IMAP_PROVIDERS
+
+
+@dataclass(frozen=True)
+class Choice:
+    key: str
+    label: str
+    kind: str
+
+
+CHOICES = [
+    Choice("microsoft365", _("Microsoft 365 / Outlook.com"), ProviderKind.MICROSOFT),
+    Choice("exchange", _("Microsoft Exchange"), ProviderKind.EXCHANGE),
+    *[Choice(p.key, p.label, ProviderKind.IMAP) for p in IMAP_PROVIDERS.values()],
+    Choice("imap_other", _("Anderer IMAP-Anbieter"), ProviderKind.IMAP),
+]
+CHOICES_BY_KEY = {choice.key: choice for choice in CHOICES}
+# Steps of the mask where the provider may still be changed.
+CHOOSABLE = [Status.AWAITING_USER, Status.AWAITING_ADMIN_CONSENT]
+
+
+class ChoiceRefused(Exception):
+    pass
+
+
+def choose_provider(*, migration: Migration, key: str, actor: str) -> Migration:
+    """Switch the login step to another provider (compare-and-swap on the step)."""
+    choice = CHOICES_BY_KEY.get(key)
+    if choice is None or migration.status not in CHOOSABLE:
+        raise ChoiceRefused(key)
+    detected = dict(migration.detected or {})
+    detected["chosen"] = key
+    if choice.kind == ProviderKind.IMAP:
+        provider = IMAP_PROVIDERS.get(key)
+        address = migration.account.address
+        detected.update(
+            provider=key if provider else "other", label=provider.label if provider else "",
+            host=provider.host if provider else "", port=provider.port if provider else 993,
+            security=provider.security if provider else "ssl",
+            username=(address.split("@", 1)[0] if provider and provider.username_form == "localpart" else address),
+            hints=[str(h) for h in (provider.hints if provider else ())] + [str(APP_PASSWORD_HINT)],
+        )
+    with transaction.atomic():
+        changed = Migration.objects.filter(pk=migration.pk, status=migration.status).update(
+            provider_kind=choice.kind, detected=detected, connection={}
+        )
+        if not changed:
+            raise ChoiceRefused(key)
+        MigrationEvent.objects.create(
+            migration=migration, from_status=migration.status, to_status=migration.status,
+            reason=f"provider chosen: {key}", actor=actor,
+        )
+    migration.refresh_from_db()
+    return migration
+
+
+@login_required
+def picker(request, pk: int):
+    migration = selectors.get_migration_for_user(request.user, pk)
+    return render(request, "migration/mask/picker.html", {"migration": migration, "nav": "settings"})
+
+
+@login_required
+def all_providers(request, pk: int):
+    migration = selectors.get_migration_for_user(request.user, pk)
+    return render(request, "migration/mask/all_providers.html",
+                  {"migration": migration, "choices": CHOICES, "nav": "settings"})
+
+
+@login_required
+@require_POST
+def choose(request, pk: int):
+    migration = selectors.get_migration_for_user(request.user, pk)
+    try:
+        choose_provider(migration=migration, key=request.POST.get("provider", ""), actor=f"user:{request.user.pk}")
+    except ChoiceRefused:
+        messages.error(request, _("Dieser Anbieter kann in diesem Schritt nicht gewählt werden."))
+    return redirect("migration-detail", pk=pk)

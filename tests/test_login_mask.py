@@ -1,0 +1,68 @@
+"""The login mask: the way back to the picker and choosing another provider."""
+
+import pytest
+from django.urls import reverse
+
+from migration import steps
+from migration.models import Migration, MigrationEvent
+from migration.services import start_migration
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def waiting(user, make_account):
+    account = make_account(user, "kunde@ionos.de")
+    migration = start_migration(user=user, account=account)
+    steps.run_migration(migration.pk)
+    return Migration.objects.get(pk=migration.pk)
+
+
+def test_it_offers_back_on_the_imap_step(client, user, waiting):
+    client.force_login(user)
+    page = client.get(reverse("migration-detail", args=[waiting.pk])).content.decode()
+    assert "Zurück" in page and reverse("migration-picker", args=[waiting.pk]) in page
+
+
+def test_it_shows_the_picker_and_the_full_list(client, user, waiting):
+    client.force_login(user)
+    picker = client.get(reverse("migration-picker", args=[waiting.pk])).content.decode()
+    assert "Weiter mit Microsoft" in picker and "Alle Anbieter anzeigen" in picker
+    full = client.get(reverse("migration-all-providers", args=[waiting.pk])).content.decode()
+    for label in ("Microsoft 365 / Outlook.com", "Microsoft Exchange", "IONOS", "GMX", "WEB.DE", "T-Online",
+                  "Strato", "Anderer IMAP-Anbieter"):
+        assert label in full
+
+
+@pytest.mark.parametrize("key, kind, host, username", [
+    ("webde", "imap", "imap.web.de", "kunde"),
+    ("gmx", "imap", "imap.gmx.net", "kunde@ionos.de"),
+    ("imap_other", "imap", "", "kunde@ionos.de"),
+    ("microsoft365", "microsoft", None, None),
+    ("exchange", "exchange", None, None),
+])
+def test_it_switches_the_provider(client, user, waiting, key, kind, host, username):
+    client.force_login(user)
+    response = client.post(reverse("migration-choose", args=[waiting.pk]), {"provider": key})
+    assert response.status_code == 302
+    migration = Migration.objects.get(pk=waiting.pk)
+    assert migration.provider_kind == kind and migration.status == "awaiting_user"
+    assert migration.detected["chosen"] == key
+    if host is not None:
+        assert migration.detected["host"] == host and migration.detected["username"] == username
+    assert MigrationEvent.objects.filter(migration=migration, reason=f"provider chosen: {key}").exists()
+
+
+def test_it_refuses_unknown_providers_and_other_steps(client, user, waiting):
+    client.force_login(user)
+    client.post(reverse("migration-choose", args=[waiting.pk]), {"provider": "evil"})
+    assert Migration.objects.get(pk=waiting.pk).provider_kind == "imap"
+    Migration.objects.filter(pk=waiting.pk).update(status="verifying")
+    client.post(reverse("migration-choose", args=[waiting.pk]), {"provider": "gmx"})
+    assert "chosen" not in Migration.objects.get(pk=waiting.pk).detected
+
+
+def test_it_hides_other_users_masks(client, other_user, waiting):
+    client.force_login(other_user)
+    assert client.get(reverse("migration-picker", args=[waiting.pk])).status_code == 404
+    assert client.post(reverse("migration-choose", args=[waiting.pk]), {"provider": "gmx"}).status_code == 404
