@@ -32,7 +32,11 @@ def settings_page(request):
     accounts = list(accounts_for_user(request.user))
     active = selectors.active_migrations_by_account(request.user)
     latest = selectors.latest_migrations_by_account(request.user)
-    rows = [{"account": a, "active": active.get(a.pk), "latest": latest.get(a.pk)} for a in accounts]
+    rows = [
+        {"account": a, "active": active.get(a.pk), "latest": latest.get(a.pk),
+         "sync_error": errors.message_for(a.last_sync_error) if a.last_sync_error else ""}
+        for a in accounts
+    ]
     return render(request, "migration/settings_mail.html", {"rows": rows, "nav": "settings"})
 
 

@@ -24,11 +24,19 @@ class MailAccountAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
-        invalidate_banner(obj.owner_id)
+        # Staff may give the account to someone else: both owners' banners change.
+        for owner_id in {form.initial.get("owner"), obj.owner_id} - {None}:
+            invalidate_banner(owner_id)
 
     def delete_model(self, request, obj):
         invalidate_banner(obj.owner_id)
         super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        # The changelist's bulk delete does not go through delete_model.
+        for owner_id in set(queryset.values_list("owner_id", flat=True)):
+            invalidate_banner(owner_id)
+        super().delete_queryset(request, queryset)
 
 
 @admin.register(SyncedMessage)

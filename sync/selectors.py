@@ -1,11 +1,14 @@
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from sync.models import AccountStatus, Engine, MailAccount, SyncedMessage
 
 
 def messages_for_user(user) -> QuerySet:
-    return SyncedMessage.objects.filter(account__owner=user).select_related("account").order_by("-received_at", "-pk")
+    # PostgreSQL sorts NULL first in descending order: undated mail goes last.
+    return SyncedMessage.objects.filter(account__owner=user).select_related("account").order_by(
+        F("received_at").desc(nulls_last=True), "-pk"
+    )
 
 
 def accounts_for_user(user) -> QuerySet:
