@@ -24,6 +24,18 @@ def _clean_environment(monkeypatch, settings):
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # The default hasher costs ~0.3 s per user; tests create many users.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def signed_in(client, user):
+    client.force_login(user)
+    return client
+
+
 @pytest.fixture(scope="session")
 def dovecot():
     server = Dovecot({}, pool_size=300).start()

@@ -22,17 +22,6 @@ SHELL_PAGES = ["dashboard", "message-list", "settings-mail"]
 BANNER = 'data-testid="v2-banner"'
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def signed_in(client, user):
-    client.force_login(user)
-    return client
-
-
 @pytest.fixture
 def set_campaign(django_capture_on_commit_callbacks):
     """Move the active campaign's dates, relative to today, the way staff do in the admin."""

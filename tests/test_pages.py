@@ -16,17 +16,6 @@ ROW = re.compile(r'<tr id="account-(\d+)" data-testid="account-row">(.*?)</tr>',
 MIGRATE_BUTTON = '<button type="submit" class="button danger">Zu V3 migrieren</button>'
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def signed_in(client, user):
-    client.force_login(user)
-    return client
-
-
 def account_rows(client) -> dict[int, str]:
     response = client.get(reverse("settings-mail"))
     assert response.status_code == 200
