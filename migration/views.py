@@ -9,7 +9,7 @@ from django.views.decorators.http import require_POST
 from migration import errors, selectors, services
 from migration.forms import ImapCredentialsForm
 from migration.models import Status
-from sync.models import MailAccount
+from sync.models import MailAccount, ProviderKind
 from sync.selectors import accounts_for_user
 
 USER_ERRORS = {
@@ -56,7 +56,7 @@ def start(request, account_id: int):
 def detail(request, pk: int):
     migration = selectors.get_migration_for_user(request.user, pk)
     form = None
-    if migration.status == Status.AWAITING_USER:
+    if migration.status == Status.AWAITING_USER and migration.provider_kind == ProviderKind.IMAP:
         form = ImapCredentialsForm(account=migration.account, initial=_initial(migration))
     return _render_detail(request, migration, form)
 
@@ -88,7 +88,7 @@ def _render_detail(request, migration, form, status=200):
 @require_POST
 def credentials(request, pk: int):
     migration = selectors.get_migration_for_user(request.user, pk)
-    if migration.status != Status.AWAITING_USER:
+    if migration.status != Status.AWAITING_USER or migration.provider_kind != ProviderKind.IMAP:
         messages.info(request, _user_error("wrong_state"))
         return redirect("migration-detail", pk=pk)
     form = ImapCredentialsForm(request.POST, account=migration.account)

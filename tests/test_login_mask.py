@@ -66,3 +66,13 @@ def test_it_hides_other_users_masks(client, other_user, waiting):
     client.force_login(other_user)
     assert client.get(reverse("migration-picker", args=[waiting.pk])).status_code == 404
     assert client.post(reverse("migration-choose", args=[waiting.pk]), {"provider": "gmx"}).status_code == 404
+
+
+def test_it_says_when_a_sign_in_method_is_not_built_yet(client, user, waiting):
+    client.force_login(user)
+    client.post(reverse("migration-choose", args=[waiting.pk]), {"provider": "exchange"})
+    page = client.get(reverse("migration-detail", args=[waiting.pk])).content.decode()
+    assert "noch nicht verfügbar" in page and 'name="password"' not in page and "Zurück" in page
+    # The IMAP credentials endpoint refuses a migration that is not on the IMAP path.
+    client.post(reverse("migration-credentials", args=[waiting.pk]), {"password": "x"})
+    assert Migration.objects.get(pk=waiting.pk).status == "awaiting_user"
