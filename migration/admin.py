@@ -6,6 +6,7 @@ from django.utils.translation import gettext_lazy as _
 from migration import errors, services
 from migration.models import Campaign, Migration, MigrationEvent
 from migration.selectors import invalidate_campaign
+from migration.microsoft import admin as microsoft_admin  # noqa: F401 - registers TenantConsent
 
 
 class MigrationEventInline(admin.TabularInline):

@@ -2,6 +2,8 @@
 
 from django.utils.translation import gettext_lazy as _
 
+from migration.microsoft.errors import MESSAGES as MICROSOFT_MESSAGES
+
 MESSAGES = {
     "auth_failed": _(
         "Die Anmeldung wurde abgelehnt. Bitte prüfen Sie E-Mail-Adresse, Benutzername und Passwort "
@@ -19,6 +21,7 @@ MESSAGES = {
     "not_supported": _("Diese Anbieterart kann hier noch nicht migriert werden. Bitte wenden Sie sich an den Support."),
     "secret_unreadable": _("Die gespeicherten Zugangsdaten sind nicht mehr lesbar. Bitte melden Sie sich erneut an."),
     "cancelled_by_staff": _("Die Migration wurde vom Support abgebrochen."),
+    **MICROSOFT_MESSAGES,
 }
 
 

@@ -15,7 +15,7 @@ from django.utils import timezone
 from migration.models import Migration
 from sync import services as sync_services
 from sync.imap import ImapSettings
-from sync.models import AccountStatus, Engine, FolderState, MailAccount
+from sync.models import AccountStatus, Engine, FolderState, MailAccount, ProviderKind
 
 
 def hand_over(migration: Migration) -> bool:
@@ -26,6 +26,10 @@ def hand_over(migration: Migration) -> bool:
         account = MailAccount.objects.select_for_update().get(pk=migration.account_id)
         if account.engine == Engine.V3:
             return False  # a redelivered task: the handoff already happened
+        if migration.provider_kind == ProviderKind.MICROSOFT:
+            _hand_over_to_graph(migration, account, now=now, overlap=overlap)
+            sync_services.invalidate_banner(account.owner_id)
+            return True
         connection = migration.connection
         server = ImapSettings(connection["host"], int(connection["port"]), connection["security"], connection["username"])
         password = _password(migration)
@@ -52,3 +56,33 @@ def _password(migration: Migration) -> str:
     from sync import crypto
 
     return crypto.decrypt_json(migration.secret_encrypted)["password"]
+
+
+def _hand_over_to_graph(migration: Migration, account: MailAccount, *, now, overlap) -> None:
+    """Microsoft: the MSAL token cache moves to the account, each folder gets its delta link.
+
+    The V2 password is dropped: Microsoft accounts sync through Graph now.
+    """
+    from datetime import datetime
+
+    from sync import crypto
+
+    secret = crypto.decrypt_json(migration.secret_encrypted)
+    sync_services.set_microsoft_tokens(account=account, cache=secret["cache"], home_account_id=secret["home_account_id"])
+    account.secret_encrypted = ""
+    account.provider_kind = ProviderKind.MICROSOFT  # also when the user chose Microsoft in the login mask
+    account.engine = Engine.V3
+    account.status = AccountStatus.ACTIVE
+    account.last_sync_error = ""
+    account.v2_stopped_at = now
+    account.save()
+    for name, cursor in migration.cursors.items():
+        state, _ = FolderState.objects.select_for_update().get_or_create(account=account, name=name)
+        delta_since = datetime.fromisoformat(cursor["delta_since"].replace("Z", "+00:00"))
+        state.graph_folder_id = cursor["folder_id"]
+        state.delta_link = cursor["delta_link"]
+        # The delta link covers mail from delta_since on; the first sync lists everything
+        # older down to V2's high-water mark minus the overlap.
+        state.v3_since = min((state.v2_high_water or now) - overlap, delta_since)
+        state.v3_synced_at = None
+        state.save()

@@ -106,3 +106,44 @@ class MigrationEvent(models.Model):
 
     def __str__(self):
         return f"{self.from_status or '-'} → {self.to_status}"
+
+
+class ConsentStatus(models.TextChoices):
+    REQUESTED = "requested", _("Angefragt")
+    GRANTED = "granted", _("Erteilt")
+
+
+class TenantConsent(models.Model):
+    """A Microsoft tenant's admin consent for the CRM's current app.
+
+    tenant is how the portal addresses the tenant at Microsoft (the mail
+    domain, or a tenant id): the admin-consent redirect and the proof token
+    use it, never a value that only the callback brought.
+    """
+
+    tenant = models.CharField(_("Mandant"), max_length=255, unique=True)
+    # The directory id Microsoft reported, recorded once a token proved the consent.
+    tenant_id = models.CharField(_("Mandanten-ID"), max_length=64, blank=True)
+    status = models.CharField(_("Status"), max_length=20, choices=ConsentStatus.choices, default=ConsentStatus.REQUESTED)
+    admin_email = models.EmailField(_("E-Mail des Administrators"), blank=True)
+    requested_at = models.DateTimeField(_("Angefragt am"), auto_now_add=True)
+    granted_at = models.DateTimeField(_("Erteilt am"), null=True, blank=True)
+    last_link_sent_at = models.DateTimeField(_("Link zuletzt gesendet"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("Administrator-Zustimmung")
+        verbose_name_plural = _("Administrator-Zustimmungen")
+        ordering = ["tenant"]
+
+    def __str__(self):
+        return self.tenant
+
+
+class AdminConsentRequest(models.Model):
+    """One redirect to Microsoft's admin-consent endpoint; its callback must bring back the state."""
+
+    state = models.CharField(max_length=64, unique=True)
+    consent = models.ForeignKey(TenantConsent, models.CASCADE, related_name="requests")
+    migration = models.ForeignKey(Migration, models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    used_at = models.DateTimeField(null=True, blank=True)

@@ -24,7 +24,8 @@ ALLOWED = {
     Status.DETECTING: {Status.AWAITING_USER, Status.FAILED, Status.CANCELLED},
     Status.AWAITING_USER: {Status.VERIFYING, Status.AWAITING_ADMIN_CONSENT, Status.FAILED, Status.CANCELLED},
     Status.AWAITING_ADMIN_CONSENT: {Status.AWAITING_USER, Status.VERIFYING, Status.FAILED, Status.CANCELLED},
-    Status.VERIFYING: {Status.HANDING_OVER, Status.FAILED, Status.CANCELLED},
+    # awaiting_admin_consent: Microsoft may ask for admin consent only at the code exchange.
+    Status.VERIFYING: {Status.HANDING_OVER, Status.AWAITING_ADMIN_CONSENT, Status.FAILED, Status.CANCELLED},
     Status.HANDING_OVER: {Status.DONE, Status.FAILED},
     Status.FAILED: {Status.PENDING, Status.AWAITING_USER, Status.CANCELLED},
     Status.DONE: set(),

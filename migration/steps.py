@@ -9,6 +9,8 @@ import logging
 
 from migration import handoff, services
 from migration.imap import flow as imap_flow
+from migration.microsoft import consent
+from migration.microsoft import flow as microsoft_flow
 from migration.models import Migration, Status
 from migration.services import TransitionConflict
 from sync import crypto
@@ -42,6 +44,10 @@ def _pending(migration: Migration) -> None:
 
 
 def _detecting(migration: Migration) -> None:
+    if migration.provider_kind == ProviderKind.MICROSOFT:
+        services.transition(migration, to=Status.AWAITING_USER, reason="provider microsoft",
+                            detected={"provider": "microsoft", "tenant": consent.tenant_of(migration)})
+        return
     if migration.provider_kind != ProviderKind.IMAP:
         services.fail(migration, code="not_supported", reason=f"provider {migration.provider_kind}")
         return
@@ -52,6 +58,9 @@ def _detecting(migration: Migration) -> None:
 
 
 def _verifying(migration: Migration) -> None:
+    if migration.provider_kind == ProviderKind.MICROSOFT:
+        microsoft_flow.verify(migration)
+        return
     connection = migration.connection
     server = ImapSettings(connection["host"], int(connection["port"]), connection["security"], connection["username"])
     try:

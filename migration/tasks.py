@@ -3,6 +3,7 @@
 from celery import shared_task
 
 from migration import services, steps
+from migration.microsoft import tasks as microsoft_tasks  # noqa: F401 - the worker registers them
 
 
 @shared_task(name="migration.tasks.run_migration", acks_late=True, reject_on_worker_lost=True)

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from migration import mask, views
 
@@ -12,4 +12,5 @@ urlpatterns = [
     path("<int:pk>/anbieter/", mask.picker, name="migration-picker"),
     path("<int:pk>/anbieter/alle/", mask.all_providers, name="migration-all-providers"),
     path("<int:pk>/anbieter/waehlen/", mask.choose, name="migration-choose"),
+    path("microsoft/", include("migration.microsoft.urls")),
 ]

@@ -8,6 +8,7 @@ from django.views.decorators.http import require_POST
 
 from migration import errors, selectors, services
 from migration.forms import ImapCredentialsForm
+from migration.microsoft import views as microsoft_views
 from migration.models import Status
 from sync.models import MailAccount, ProviderKind
 from sync.selectors import accounts_for_user
@@ -80,6 +81,7 @@ def _render_detail(request, migration, form, status=200):
         "events": migration.events.all(),
         "error_message": errors.message_for(migration.error_code) if migration.error_code else "",
         "nav": "settings",
+        **microsoft_views.detail_context(migration),
     }, status=status)
 
 

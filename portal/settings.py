@@ -5,6 +5,7 @@ a local encryption key file); production sets environment variables, listed in
 the README. A bad value stops start-up and names the variable.
 """
 
+import ipaddress
 import warnings
 from pathlib import Path
 
@@ -152,13 +153,73 @@ ENCRYPTION_KEY_FILE = DATA_DIR / "encryption.key"
 # Networks that connections to user-supplied hosts may reach although they are
 # not public (development, tests, on-premises deployments). Default: none.
 EGRESS_ALLOW_NETWORKS = envlist("EGRESS_ALLOW_NETWORKS", [])
+for _network in EGRESS_ALLOW_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"EGRESS_ALLOW_NETWORKS: {_network!r} is not a network like 10.0.0.0/8") from None
+# Connection attempts to user-supplied hosts per ten minutes: per user, and per
+# destination host:port over all users (the form is no password-spraying relay).
+EGRESS_RATE_PER_USER = envint("EGRESS_RATE_PER_USER", 20, minimum=1)
+EGRESS_RATE_PER_DESTINATION = envint("EGRESS_RATE_PER_DESTINATION", 100, minimum=1)
 # An extra CA bundle trusted for IMAP TLS besides the system store (own CAs).
 MAIL_TLS_CA_FILE = envstr("MAIL_TLS_CA_FILE", "")
 MAIL_CONNECT_TIMEOUT = envint("MAIL_CONNECT_TIMEOUT", 15, minimum=1)
+
+# --- Provider detection -------------------------------------------------------
+# Nameservers for the MX lookup ("10.0.0.53" or "127.0.0.1:5353"); empty: the system's.
+DNS_NAMESERVERS = envlist("DNS_NAMESERVERS", [])
+for _nameserver in DNS_NAMESERVERS:
+    # "10.0.0.53", "10.0.0.53:5353", "fd00::53" or "[fd00::53]:5353" (parsed again in migration.detection).
+    _address, _port = (_nameserver.rsplit(":", 1) if _nameserver.count(":") == 1 or _nameserver.startswith("[")
+                       else (_nameserver, "53"))
+    try:
+        ipaddress.ip_address(_address.strip("[]"))
+        if not 0 < int(_port) < 65536:
+            raise ValueError
+    except ValueError:
+        raise ImproperlyConfigured(f"DNS_NAMESERVERS: {_nameserver!r} is not an address like 127.0.0.1:5353") from None
+# Seconds for one whole DNS lookup (all nameservers and retries together).
+DNS_TIMEOUT = envint("DNS_TIMEOUT", 3, minimum=1)
+# Thunderbird-style autoconfig, ISPDB and Exchange Autodiscover over HTTP(S):
+# off by default, because they send the user's domain to third-party hosts.
+DETECTION_HTTP_LOOKUPS = envbool("DETECTION_HTTP_LOOKUPS", False)
+DETECTION_HTTP_TIMEOUT = envint("DETECTION_HTTP_TIMEOUT", 5, minimum=1)
+ISPDB_URL = envstr("ISPDB_URL", "https://autoconfig.thunderbird.net/v1.1/")
+if not ISPDB_URL.startswith(("https://", "http://")) or not ISPDB_URL.endswith("/"):
+    raise ImproperlyConfigured("ISPDB_URL must be an http(s) URL ending in /")
+DETECTION_CACHE_SECONDS = envint("DETECTION_CACHE_SECONDS", 3600, minimum=0)
 # V3's first sync starts this many hours before V2's high-water mark, so that a
 # message V2 had not polled yet is not lost; dedup skips what V2 had imported.
 HANDOFF_OVERLAP_HOURS = envint("HANDOFF_OVERLAP_HOURS", 48, minimum=0)
 MESSAGES_PER_PAGE = 25
+
+# --- Microsoft 365 / Outlook.com (the CRM's app in Microsoft Entra ID) ----------
+# Client id and secret of the app registration (README: "Microsoft Entra ID").
+MS_CLIENT_ID = envstr("MS_CLIENT_ID", "")
+MS_CLIENT_SECRET = envstr("MS_CLIENT_SECRET", "")
+# common (work, school and personal accounts), organizations (work and school),
+# consumers (personal) or one tenant: https://login.microsoftonline.com/<tenant>
+MS_AUTHORITY = envstr("MS_AUTHORITY", "https://login.microsoftonline.com/organizations").rstrip("/")
+MS_GRAPH_URL = envstr("MS_GRAPH_URL", "https://graph.microsoft.com").rstrip("/")
+for _name, _url in (("MS_AUTHORITY", MS_AUTHORITY), ("MS_GRAPH_URL", MS_GRAPH_URL)):
+    # msal refuses http authorities; a bearer token must never travel in clear text either.
+    if not _url.startswith("https://") or len(_url) <= len("https://"):
+        raise ImproperlyConfigured(f"{_name} must be an https:// URL, not {_url!r}")
+if MS_AUTHORITY.count("/") != 3:
+    raise ImproperlyConfigured("MS_AUTHORITY must name the tenant: https://login.microsoftonline.com/organizations")
+# Off only for a local fake identity platform (tests): msal would ask Microsoft about the host.
+MS_INSTANCE_DISCOVERY = envbool("MS_INSTANCE_DISCOVERY", True)
+# A CA bundle for the identity platform and Graph (tests); empty: the system's.
+MS_CA_FILE = envstr("MS_CA_FILE", "")
+if MS_CA_FILE and not Path(MS_CA_FILE).is_file():
+    raise ImproperlyConfigured(f"MS_CA_FILE: no file at {MS_CA_FILE!r}")
+MS_TIMEOUT = envint("MS_TIMEOUT", 15, minimum=1)
+# How the apps appear under Enterprise applications, for the admins' manual path.
+MS_APP_DISPLAY_NAME = envstr("MS_APP_DISPLAY_NAME", "CRM E-Mail-Synchronisierung V3")
+MS_LEGACY_APP_DISPLAY_NAME = envstr("MS_LEGACY_APP_DISPLAY_NAME", "CRM E-Mail-Synchronisierung V2")
+# The link a user sends to their admin stays valid this many days.
+MS_ADMIN_LINK_DAYS = envint("MS_ADMIN_LINK_DAYS", 14, minimum=1)
 
 # --- Campaign ----------------------------------------------------------------
 CAMPAIGN_MIGRATE_BY = envdate("CAMPAIGN_MIGRATE_BY", "2025-07-18")
@@ -179,5 +240,9 @@ LOGGING = {
         "migration": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
         # imaplib's protocol trace would contain the LOGIN command with the password.
         "imapclient": {"level": "WARNING"},
+        # msal logs request details (including the code exchange) at DEBUG.
+        "msal": {"level": "WARNING"},
+        # exchangelib logs request headers (Authorization) at DEBUG.
+        "exchangelib": {"level": "WARNING"},
     },
 }

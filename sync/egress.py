@@ -5,25 +5,67 @@ private, link-local, CGNAT, unique-local, multicast, reserved and the IPv6
 forms that embed such an IPv4 address), and hand back the checked address so
 the caller connects to exactly that one. EGRESS_ALLOW_NETWORKS opens chosen
 networks for development, tests and on-premises deployments.
+
+HTTP goes through guarded_get / guarded_request: every hop (redirects too) is
+resolved and checked again, the TCP connection goes to the checked address,
+and TLS still verifies the certificate against the host name in the URL.
+check_rate limits connection attempts per user and per destination, so the
+login form is neither a port scanner nor a password-spraying relay.
 """
 
+import hashlib
 import ipaddress
 import socket
+import time
+from urllib.parse import urljoin, urlsplit
 
+import requests
 from django.conf import settings
+from django.core.cache import cache
+from requests.adapters import HTTPAdapter
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # Refused even where a Python version's is_global would let them pass.
 _ALWAYS_REFUSED = [ipaddress.ip_network(net) for net in (
-    "0.0.0.0/8", "100.64.0.0/10", "192.0.0.0/24", "198.18.0.0/15", "240.0.0.0/4",
-    "64:ff9b:1::/48", "2001::/23", "2001:db8::/32", "fc00::/7", "fe80::/10",
+    "0.0.0.0/8", "100.64.0.0/10", "192.0.0.0/24", "192.88.99.0/24", "198.18.0.0/15", "240.0.0.0/4",
+    # IPv4-compatible (::a.b.c.d, deprecated) and SIIT-translated forms; is_global passes both.
+    "::/96", "::ffff:0:0:0/96",
+    "64:ff9b:1::/48", "2001::/23", "2001:db8::/32", "fc00::/7", "fe80::/10", "fec0::/10",
 )]
+REDIRECT_CODES = {301, 302, 303, 307, 308}
+# Detection reads small XML documents; a hostile server must not fill memory.
+DEFAULT_MAX_BYTES = 512 * 1024
+RATE_WINDOW_SECONDS = 600
 
 
-class EgressRefused(Exception):
+class EgressError(Exception):
+    """A connection that did not happen or failed; code is what users see."""
+
+    code = "unreachable"
+
+
+class EgressRefused(EgressError):
+    """The policy refused the destination (it never saw a packet from us)."""
+
     def __init__(self, host: str):
         super().__init__(f"egress policy refused {host}")
         self.host = host
+
+
+class Unreachable(EgressError):
+    """Closed port, timeout, reset: to users the same as a refusal."""
+
+
+class TlsFailed(EgressError):
+    code = "tls_failed"
+
+
+class ProtocolFailed(EgressError):
+    code = "protocol"
+
+
+class RateLimited(EgressError):
+    code = "rate_limited"
 
 
 def _allow_networks():
@@ -62,9 +104,173 @@ def resolve_checked(host: str, port: int) -> str:
     """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
+    except (socket.gaierror, UnicodeError, ValueError):
         raise EgressRefused(host) from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if not addresses or not all(is_allowed(address) for address in addresses):
         raise EgressRefused(host)
     return addresses[0]
+
+
+def ascii_host(host: str) -> str:
+    """The A-label form TLS and the Host header need ("bücher.de" -> "xn--bcher-kva.de")."""
+    try:
+        return host.rstrip(".").encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        raise EgressRefused(host) from None
+
+
+# --- Rate limits ------------------------------------------------------------------------------------------------
+
+
+def check_rate(user_id: int | None, host: str, port: int) -> None:
+    """Count one connection attempt; raise RateLimited when a limit is used up.
+
+    Fixed ten-minute windows in the shared cache (so every worker counts
+    together). The user's limit is checked first so a user who is over it
+    does not also use up the destination's budget for everybody else.
+    """
+    window = int(time.time() // RATE_WINDOW_SECONDS)
+    destination = hashlib.sha256(f"{host.strip().lower().rstrip('.')}:{port}".encode()).hexdigest()[:32]
+    checks = []
+    if user_id is not None:
+        checks.append((f"egress:rate:user:{user_id}:{window}", settings.EGRESS_RATE_PER_USER))
+    checks.append((f"egress:rate:dest:{destination}:{window}", settings.EGRESS_RATE_PER_DESTINATION))
+    for key, limit in checks:
+        if _count(key) > limit:
+            raise RateLimited(f"too many connection attempts ({key.split(':')[2]})")
+
+
+def _count(key: str) -> int:
+    cache.add(key, 0, timeout=RATE_WINDOW_SECONDS * 2)
+    try:
+        return cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.set(key, 1, timeout=RATE_WINDOW_SECONDS * 2)
+        return 1
+
+
+# --- HTTP ---------------------------------------------------------------------------------------------------------
+
+
+class PinnedAdapter(HTTPAdapter):
+    """A requests adapter that connects to one checked address for one host name.
+
+    urllib3 connects to host_params["host"]; we put the checked address there
+    and hand the original name over as server_hostname (SNI) and
+    assert_hostname (certificate check), so TLS is verified exactly as if we
+    had connected by name. The Host header is set explicitly, otherwise
+    http.client would send the address.
+    """
+
+    def __init__(self, *, host: str, address: str, ca_pem: str = "", **kwargs):
+        self.pinned_host = ascii_host(host)
+        self.pinned_address = address
+        self.ca_pem = ca_pem
+        super().__init__(**kwargs)
+
+    def build_connection_pool_key_attributes(self, request, verify, cert=None):
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        if (host_params["host"] or "").lower().rstrip(".") != self.pinned_host:
+            # This adapter's check covered one host; anything else was not checked.
+            raise EgressRefused(host_params["host"] or "")
+        host_params["host"] = self.pinned_address
+        if host_params["scheme"] == "https":
+            pool_kwargs["server_hostname"] = self.pinned_host
+            pool_kwargs["assert_hostname"] = self.pinned_host
+            extra = extra_ca_pem(self.ca_pem)
+            if extra:
+                # Loaded in addition to the default bundle, never instead of verification.
+                pool_kwargs["ca_cert_data"] = extra
+        return host_params, pool_kwargs
+
+    def send(self, request, **kwargs):
+        # Never "verify off", whatever a caller or library passes in.
+        if kwargs.get("verify") is False:
+            kwargs["verify"] = True
+        kwargs["proxies"] = {}  # a proxy would connect by name and bypass the pin
+        request.headers["Host"] = urlsplit(request.url).netloc.rsplit("@", 1)[-1]
+        return super().send(request, **kwargs)
+
+
+def extra_ca_pem(ca_pem: str = "") -> str:
+    """An account's own CA plus the deployment's MAIL_TLS_CA_FILE, as PEM text."""
+    parts = [ca_pem.strip()] if ca_pem and ca_pem.strip() else []
+    if settings.MAIL_TLS_CA_FILE:
+        with open(settings.MAIL_TLS_CA_FILE, encoding="ascii") as handle:
+            parts.append(handle.read().strip())
+    return "\n".join(parts) + "\n" if parts else ""
+
+
+def pinned_session(host: str, address: str, *, ca_pem: str = "", **adapter_kwargs) -> requests.Session:
+    session = requests.Session()
+    # No proxies, netrc or CA bundle from the environment: they would undo the pin or the verification.
+    session.trust_env = False
+    adapter = PinnedAdapter(host=host, address=address, ca_pem=ca_pem, **adapter_kwargs)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def split_url(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an http(s) URL, or EgressRefused."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise EgressRefused(url[:100]) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        # No file://, gopher:// or credentials in the URL (requests would send them).
+        raise EgressRefused(parts.hostname or url[:100])
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def guarded_get(url: str, *, timeout: float, max_redirects: int = 3, headers: dict | None = None,
+                ca_pem: str = "", max_bytes: int = DEFAULT_MAX_BYTES) -> requests.Response:
+    return guarded_request("GET", url, timeout=timeout, max_redirects=max_redirects, headers=headers,
+                           ca_pem=ca_pem, max_bytes=max_bytes)
+
+
+def guarded_request(method: str, url: str, *, timeout: float, max_redirects: int = 3, headers: dict | None = None,
+                    data: bytes | None = None, ca_pem: str = "",
+                    max_bytes: int = DEFAULT_MAX_BYTES) -> requests.Response:
+    """One HTTP request to a user-influenced URL; redirects are followed by hand.
+
+    Each hop is resolved and checked before anything is sent to it. The body
+    is read completely (up to max_bytes) and the connection closed. Raises
+    EgressRefused, Unreachable, TlsFailed or ProtocolFailed.
+    """
+    for _hop in range(max_redirects + 1):
+        _scheme, host, port = split_url(url)
+        address = resolve_checked(host, port)
+        response = _send(method, url, host=host, address=address, timeout=timeout, headers=headers, data=data,
+                         ca_pem=ca_pem, max_bytes=max_bytes)
+        location = response.headers.get("Location")
+        if response.status_code not in REDIRECT_CODES or not location:
+            return response
+        url = urljoin(url, location)
+        if response.status_code == 303:
+            method, data = "GET", None
+    raise ProtocolFailed("too many redirects")
+
+
+def _send(method, url, *, host, address, timeout, headers, data, ca_pem, max_bytes) -> requests.Response:
+    session = pinned_session(host, address, ca_pem=ca_pem, max_retries=0)
+    try:
+        response = session.request(method, url, headers=headers, data=data, timeout=timeout,
+                                   allow_redirects=False, stream=True)
+        body = bytearray()
+        for chunk in response.iter_content(16384):
+            body += chunk
+            if len(body) > max_bytes:
+                raise ProtocolFailed("response too large")
+        response._content = bytes(body)  # requests' documented way to keep a read body
+        return response
+    except requests.exceptions.SSLError:
+        raise TlsFailed(host) from None
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout):
+        raise Unreachable(host) from None
+    except requests.exceptions.RequestException:
+        raise ProtocolFailed(host) from None
+    finally:
+        session.close()

@@ -23,6 +23,8 @@ class AccountStatus(models.TextChoices):
     ACTIVE = "active", _("Aktiv")
     ERROR = "error", _("Fehler")
     STOPPED = "stopped", _("Gestoppt")
+    # The provider no longer accepts the stored grant (revoked, expired): the user signs in again.
+    RECONNECT = "reconnect", _("Neu verbinden")
 
 
 class MailAccount(models.Model):
@@ -41,6 +43,13 @@ class MailAccount(models.Model):
     username = models.CharField(_("Benutzername"), max_length=255, blank=True)
     # MultiFernet ciphertext of {"password": ...}; never shown anywhere.
     secret_encrypted = models.TextField(blank=True, editable=False)
+    # Microsoft: MultiFernet ciphertext of {"cache": <MSAL token cache>, "home_account_id": ...}.
+    token_cache_encrypted = models.TextField(blank=True, editable=False)
+    # Exchange on-premises (EWS): the service URL, "ntlm" or "basic", and the
+    # customer's own CA certificate (PEM, public) when the server's chain needs it.
+    ews_url = models.CharField(_("EWS-Adresse"), max_length=500, blank=True)
+    ews_auth_type = models.CharField(_("EWS-Anmeldeverfahren"), max_length=10, blank=True)
+    tls_ca_pem = models.TextField(_("Eigenes CA-Zertifikat (PEM)"), blank=True)
     last_sync_at = models.DateTimeField(_("Letzte Synchronisierung"), null=True, blank=True)
     last_sync_error = models.CharField(_("Letzter Fehler"), max_length=300, blank=True)
     v2_stopped_at = models.DateTimeField(_("V2 gestoppt am"), null=True, blank=True)
@@ -72,6 +81,11 @@ class FolderState(models.Model):
     # Set by the handoff: V3's first sync also looks at mail since this moment.
     v3_since = models.DateTimeField(null=True, blank=True)
     v3_synced_at = models.DateTimeField(null=True, blank=True)
+    # Microsoft Graph: the folder's id and the delta link the next sync follows.
+    graph_folder_id = models.CharField(max_length=255, blank=True)
+    delta_link = models.TextField(blank=True)
+    # Exchange (EWS): the opaque SyncFolderItems state the next sync continues from.
+    ews_sync_state = models.TextField(blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["account", "name"], name="folder_unique_per_account")]

@@ -1,7 +1,7 @@
-from django.db.models import F, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from sync.models import AccountStatus, Engine, MailAccount, SyncedMessage
+from sync.models import AccountStatus, Engine, MailAccount, ProviderKind, SyncedMessage
 
 
 def messages_for_user(user) -> QuerySet:
@@ -17,7 +17,13 @@ def accounts_for_user(user) -> QuerySet:
 
 def accounts_due_for_sync(*, v2_running: bool) -> QuerySet:
     engines = [Engine.V3, Engine.V2] if v2_running else [Engine.V3]
-    return MailAccount.objects.filter(engine__in=engines).exclude(status=AccountStatus.STOPPED).exclude(imap_host="")
+    # Microsoft accounts on V3 sync through Graph: they need no IMAP host. An
+    # account waiting to be re-connected has no grant to sync with.
+    return (
+        MailAccount.objects.filter(engine__in=engines)
+        .exclude(status__in=[AccountStatus.STOPPED, AccountStatus.RECONNECT])
+        .exclude(Q(imap_host="") & ~Q(provider_kind=ProviderKind.MICROSOFT, engine=Engine.V3))
+    )
 
 
 def today():

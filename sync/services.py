@@ -53,6 +53,41 @@ def set_imap_credentials(*, account: MailAccount, server: ImapSettings, password
     account.secret_encrypted = crypto.encrypt_json({"password": password})
 
 
+def set_microsoft_tokens(*, account: MailAccount, cache: str, home_account_id: str) -> None:
+    """The account's MSAL token cache, encrypted (the caller saves the account)."""
+    account.token_cache_encrypted = crypto.encrypt_json({"cache": cache, "home_account_id": home_account_id})
+
+
+def microsoft_tokens_of(account: MailAccount) -> dict:
+    return crypto.decrypt_json(account.token_cache_encrypted)
+
+
+def save_microsoft_cache(*, account_id: int, cache: str, home_account_id: str) -> None:
+    """MSAL refreshed a token: keep the new cache (the refresh token may have rotated)."""
+    MailAccount.objects.filter(pk=account_id).update(
+        token_cache_encrypted=crypto.encrypt_json({"cache": cache, "home_account_id": home_account_id})
+    )
+
+
+def mark_reconnect(*, account_id: int) -> None:
+    """The grant was revoked or expired: visible on the settings page, no more sync tries."""
+    MailAccount.objects.filter(pk=account_id).exclude(status=AccountStatus.STOPPED).update(
+        status=AccountStatus.RECONNECT, last_sync_error="ms_reconnect"
+    )
+
+
+def reconnect_microsoft(*, account_id: int, cache: str, home_account_id: str) -> None:
+    with transaction.atomic():
+        account = MailAccount.objects.select_for_update().get(pk=account_id)
+        set_microsoft_tokens(account=account, cache=cache, home_account_id=home_account_id)
+        account.status = AccountStatus.ACTIVE
+        account.last_sync_error = ""
+        account.save(update_fields=["token_cache_encrypted", "status", "last_sync_error"])
+        from sync.tasks import sync_account as sync_task
+
+        transaction.on_commit(lambda: sync_task.delay(account_id))
+
+
 def imap_settings_of(account: MailAccount) -> ImapSettings:
     return ImapSettings(
         host=account.imap_host, port=account.imap_port or 993, security=account.imap_security or "ssl",
@@ -97,6 +132,10 @@ def sync_account(account_id: int) -> int:
     from sync.engines import v2, v3_imap
 
     account = MailAccount.objects.filter(pk=account_id).first()
+    if account is not None and account.provider_kind == "microsoft" and account.engine == "v3":
+        from sync.engines import v3_graph
+
+        return v3_graph.sync(account)
     if account is None or account.provider_kind != "imap" or account.status == AccountStatus.STOPPED:
         return 0
     if account.engine == "v3":

@@ -1,0 +1,92 @@
+"""Test a mailbox connection through the migration's own code path and egress guard.
+
+    manage.py probe_mailbox --provider imap --host imap.example.com --username anna@example.com
+    printf '%s\\n' "$PW" | manage.py probe_mailbox --provider ews --host mail.example.com \\
+        --username 'CORP\\anna' --address anna@example.com
+
+The password comes from a prompt, or from the first line of stdin when stdin
+is not a terminal; never from the command line (shell history, `ps`). Exit
+codes: 0 connected, 1 the connection failed, 2 the egress policy refused the
+destination, 3 too many attempts (rate limit).
+"""
+
+import getpass
+import json
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+from migration.imap import flow as imap_flow
+from sync import ews
+from sync.egress import EgressRefused, RateLimited, check_rate, resolve_checked, split_url
+from sync.imap import ImapSettings, MailboxError
+
+
+class Command(BaseCommand):
+    help = ("Connect to a mailbox (IMAP or Exchange EWS) the way the migration does, through the egress guard, "
+            "and print the folder cursors. The password is read from a prompt or stdin, never from arguments.")
+    stealth_options = ("stdin",)
+
+    def add_arguments(self, parser):
+        parser.add_argument("--provider", choices=["imap", "ews"], required=True)
+        parser.add_argument("--host", required=True, help="IMAP host; for EWS the Exchange host or the EWS URL")
+        parser.add_argument("--port", type=int, help="default 993 (IMAP ssl), 143 (IMAP starttls), 443 (EWS)")
+        parser.add_argument("--security", choices=["ssl", "starttls"], default="ssl", help="IMAP only")
+        parser.add_argument("--username", required=True, help="IMAP user name; EWS: DOMAIN\\user or UPN")
+        parser.add_argument("--address", help="EWS: the mailbox's e-mail address (default: --username)")
+        parser.add_argument("--auth", choices=["ntlm", "basic"], default="ntlm", help="EWS only")
+        parser.add_argument("--ca-file", help="EWS: the Exchange server's own CA certificate (PEM file)")
+
+    def handle(self, *args, **options):
+        password = _read_password(options.get("stdin") or sys.stdin)
+        try:
+            probe, host, port = self._prepare(options)
+            # The same guard the connection applies; checked here too, to say why.
+            resolve_checked(host, port)
+            check_rate(None, host, port)
+            cursors = probe(password)
+        except EgressRefused as error:
+            raise CommandError(f"the egress policy refused {error.host} (not a public address, and not in "
+                               "EGRESS_ALLOW_NETWORKS)", returncode=2) from None
+        except RateLimited:
+            raise CommandError("too many connection attempts to this destination, try again later",
+                               returncode=3) from None
+        except MailboxError as error:
+            raise CommandError(f"connection failed: {error.code}", returncode=1) from None
+        self.stdout.write(f"connected: {len(cursors)} folders")
+        self.stdout.write(json.dumps(cursors, indent=2, sort_keys=True))
+
+    def _prepare(self, options):
+        if options["provider"] == "imap":
+            port = options["port"] or (993 if options["security"] == "ssl" else 143)
+            server = ImapSettings(options["host"], port, options["security"], options["username"])
+            return (lambda password: imap_flow.verify(server, password)), server.host, port
+        host = options["host"]
+        if options["port"] and "://" not in host and ":" not in host:
+            host = f"{host}:{options['port']}"
+        try:
+            url = ews.ews_url_for(host)
+        except ValueError:
+            raise CommandError("EWS needs an https URL or a host name") from None
+        address = options["address"] or options["username"]
+        if "@" not in address:
+            raise CommandError("--address is needed: the mailbox's e-mail address (the login is DOMAIN\\user)")
+        ca_pem = ""
+        if options["ca_file"]:
+            with open(options["ca_file"], encoding="ascii") as handle:
+                ca_pem = handle.read()
+        server = ews.EwsSettings(url=url, username=options["username"], address=address,
+                                 auth_type=options["auth"], ca_pem=ca_pem)
+        _scheme, host, port = split_url(url)
+        return (lambda password: ews.verify(server, password)), host, port
+
+
+def _read_password(stdin) -> str:
+    if stdin.isatty():
+        password = getpass.getpass("Password: ")
+    else:
+        # Only the line ending is removed: spaces may be part of a password.
+        password = stdin.readline().rstrip("\r\n")
+    if not password:
+        raise CommandError("no password given (prompt, or the first line of stdin)")
+    return password

@@ -1,0 +1,39 @@
+"""Admin consent per Microsoft tenant, for support staff (imported by migration.admin)."""
+
+from django.contrib import admin, messages
+from django.utils.translation import gettext_lazy as _
+
+from migration.microsoft import consent
+from migration.models import TenantConsent
+
+
+@admin.register(TenantConsent)
+class TenantConsentAdmin(admin.ModelAdmin):
+    list_display = ("tenant", "status", "waiting", "admin_email", "requested_at", "granted_at", "last_link_sent_at")
+    list_filter = ("status",)
+    search_fields = ("tenant", "tenant_id", "admin_email")
+    # Status changes only through Microsoft's answer; staff may note the admin's address.
+    fields = ("tenant", "tenant_id", "status", "admin_email", "requested_at", "granted_at", "last_link_sent_at")
+    readonly_fields = ("tenant", "tenant_id", "status", "requested_at", "granted_at", "last_link_sent_at")
+    actions = ["resend_admin_link"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description=_("Wartende Migrationen"))
+    def waiting(self, obj):
+        return consent.waiting_migrations(obj.tenant).count()
+
+    @admin.action(description=_("Link für den Administrator erneut senden"))
+    def resend_admin_link(self, request, queryset):
+        sent, skipped = 0, 0
+        for tenant_consent in queryset:
+            waiting = list(consent.waiting_migrations(tenant_consent.tenant))
+            # To the admin if known; else to the waiting users, who forward it.
+            to = [tenant_consent.admin_email] if tenant_consent.admin_email else [m.user.email for m in waiting]
+            if consent.send_admin_link(consent=tenant_consent, to=to, migration=waiting[0] if waiting else None):
+                sent += 1
+            else:
+                skipped += 1
+        self.message_user(request, _("%(sent)d Links gesendet, %(skipped)d ohne Empfänger übersprungen.")
+                          % {"sent": sent, "skipped": skipped}, messages.INFO)

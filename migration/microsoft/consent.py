@@ -1,0 +1,190 @@
+"""Admin consent per Microsoft tenant: the waiting state, the links, the callback.
+
+Resume: a granted consent cannot revive the user's failed sign-in (Microsoft
+issued no code), so every migration of the tenant that waits goes back to
+"awaiting_user" with consent_granted set. Its user gets an e-mail; a page
+that is still open notices the change and continues to Microsoft by itself
+(one redirect that usually passes without a prompt); a page opened later
+shows "Zustimmung erteilt – jetzt anmelden".
+"""
+
+import logging
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.core import signing
+from django.core.mail import send_mail
+from django.db import transaction
+from django.urls import reverse
+from django.utils import timezone, translation
+from django.utils.crypto import constant_time_compare
+from django.utils.translation import gettext as _
+
+from migration import services
+from migration.microsoft import client
+from migration.microsoft.client import MicrosoftError
+from migration.models import AdminConsentRequest, ConsentStatus, Migration, Status, TenantConsent
+from sync.models import ProviderKind
+
+logger = logging.getLogger(__name__)
+
+LINK_SALT = "migration.microsoft.admin-link"
+SESSION_KEY = "microsoft_admin_states"
+REQUEST_MAX_AGE = timedelta(hours=1)  # from the redirect to Microsoft until its callback
+
+
+def tenant_of(migration: Migration) -> str:
+    """The tenant as the portal addresses it: recorded, else the mail domain.
+
+    Microsoft accepts a verified domain wherever a tenant id goes.
+    """
+    return (migration.detected or {}).get("tenant") or migration.account.address.rsplit("@", 1)[-1].lower()
+
+
+def require_admin_consent(*, migration: Migration, reason: str, actor: str) -> Migration:
+    """Microsoft answered "Need admin approval": wait for an admin of the tenant."""
+    tenant = tenant_of(migration)
+    consent, created = TenantConsent.objects.get_or_create(tenant=tenant)
+    if not created and consent.status != ConsentStatus.REQUESTED:
+        # Consent was given once and is missing again (revoked, or new permissions).
+        TenantConsent.objects.filter(pk=consent.pk).update(status=ConsentStatus.REQUESTED)
+    detected = {**(migration.detected or {}), "tenant": tenant}
+    detected.pop("consent_granted", None)
+    return services.transition(
+        migration, to=Status.AWAITING_ADMIN_CONSENT, reason=f"admin consent required: {reason}"[:300],
+        actor=actor, detected=detected, secret_encrypted="", error_code="",
+    )
+
+
+# --- the link for the admin -------------------------------------------------------
+
+def make_admin_link(*, tenant: str, migration_id: int | None) -> str:
+    token = signing.dumps({"t": tenant, "m": migration_id}, salt=LINK_SALT, compress=True)
+    return settings.SITE_URL.rstrip("/") + reverse("microsoft-admin-link", args=[token])
+
+
+def read_admin_link(token: str) -> dict | None:
+    """{"t": tenant, "m": migration id} of a valid, unexpired link; else None."""
+    try:
+        data = signing.loads(token, salt=LINK_SALT, max_age=timedelta(days=settings.MS_ADMIN_LINK_DAYS))
+    except signing.BadSignature:  # includes SignatureExpired
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("t"), str):
+        return None
+    return data
+
+
+def send_admin_link(*, consent: TenantConsent, to: list[str], migration: Migration | None) -> bool:
+    """E-mail a fresh link; returns False when there is nobody to send it to."""
+    to = [address for address in to if address]
+    if not to:
+        return False
+    link = make_admin_link(tenant=consent.tenant, migration_id=migration.pk if migration else None)
+    with translation.override(settings.LANGUAGE_CODE):
+        subject = _("Zustimmung für die E-Mail-Synchronisierung des CRM erbeten")
+        body = _(
+            "Guten Tag,\n\nfür die E-Mail-Synchronisierung des CRM braucht die Anwendung „%(app)s“ die "
+            "Zustimmung eines Administrators Ihres Microsoft-Mandanten (%(tenant)s).\n\nÖffnen Sie diesen Link, "
+            "um die Anfrage zu sehen und bei Microsoft zuzustimmen:\n%(link)s\n\nDer Link gilt %(days)d Tage und "
+            "gewährt selbst keinen Zugriff.\n"
+        ) % {"app": settings.MS_APP_DISPLAY_NAME, "tenant": consent.tenant, "link": link,
+             "days": settings.MS_ADMIN_LINK_DAYS}
+    send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, to)
+    TenantConsent.objects.filter(pk=consent.pk).update(last_link_sent_at=timezone.now())
+    return True
+
+
+def waiting_migrations(tenant: str):
+    return Migration.objects.filter(
+        status=Status.AWAITING_ADMIN_CONSENT, provider_kind=ProviderKind.MICROSOFT, detected__tenant=tenant
+    ).select_related("account", "user")
+
+
+# --- the redirect to Microsoft and its callback -------------------------------------
+
+def begin_admin_consent(*, session, tenant: str, migration_id: int | None) -> str:
+    """Bind a fresh state to the tenant (server side) and to this browser; return Microsoft's URL."""
+    if not client.configured():
+        raise MicrosoftError("ms_not_configured", permanent=True)
+    consent, _created = TenantConsent.objects.get_or_create(tenant=tenant)
+    state = secrets.token_urlsafe(32)
+    migration = Migration.objects.filter(pk=migration_id).first() if migration_id else None
+    AdminConsentRequest.objects.create(state=state, consent=consent, migration=migration)
+    session[SESSION_KEY] = (list(session.get(SESSION_KEY) or []) + [state])[-5:]
+    return client.admin_consent_url(tenant=consent.tenant, state=state)
+
+
+def complete_admin_consent(*, session, params) -> tuple[str, AdminConsentRequest | None]:
+    """Check an admin-consent callback. Returns (outcome, the request it answered).
+
+    outcome: granted | declined | forged | unproven | unreachable. Only
+    "granted" changes anything, and only after a token for the tenant the
+    portal sent the admin to could be obtained.
+    """
+    state = str(params.get("state", ""))
+    known = [s for s in session.get(SESSION_KEY) or [] if constant_time_compare(s, state)]
+    request = AdminConsentRequest.objects.select_related("consent").filter(
+        state=state, used_at=None, created_at__gte=timezone.now() - REQUEST_MAX_AGE
+    ).first() if state and known else None
+    if request is None:
+        return "forged", None
+    session[SESSION_KEY] = [s for s in session.get(SESSION_KEY) or [] if s != state]
+    # Single use: a replayed callback finds the request spent.
+    if not AdminConsentRequest.objects.filter(pk=request.pk, used_at=None).update(used_at=timezone.now()):
+        return "forged", None
+    if params.get("error") or str(params.get("admin_consent", "")).lower() != "true":
+        logger.info("admin consent for %s declined", request.consent.tenant)
+        return "declined", request
+    try:
+        proven = client.prove_admin_consent(request.consent.tenant)
+    except MicrosoftError as error:
+        if error.code == "ms_unreachable":
+            return "unreachable", request
+        proven = False
+    if not proven:
+        logger.warning("admin-consent callback for %s without a token to prove it", request.consent.tenant)
+        return "unproven", request
+    record_admin_consent(consent=request.consent, reported_tenant_id=str(params.get("tenant", ""))[:64])
+    return "granted", request
+
+
+def record_admin_consent(*, consent: TenantConsent, reported_tenant_id: str = "") -> list[int]:
+    """The tenant consented: every migration waiting for it goes back to the sign-in."""
+    TenantConsent.objects.filter(pk=consent.pk).update(
+        status=ConsentStatus.GRANTED, granted_at=timezone.now(), tenant_id=reported_tenant_id or consent.tenant_id
+    )
+    resumed = []
+    for migration in waiting_migrations(consent.tenant):
+        detected = {**(migration.detected or {}), "consent_granted": True}
+        try:
+            with transaction.atomic():
+                services.transition(migration, to=Status.AWAITING_USER, reason="admin consent granted",
+                                    actor="microsoft", detected=detected)
+                transaction.on_commit(lambda pk=migration.pk: _notify(pk))
+        except services.TransitionConflict:
+            continue  # cancelled meanwhile
+        resumed.append(migration.pk)
+    logger.info("admin consent for %s: %d migrations resume", consent.tenant, len(resumed))
+    return resumed
+
+
+def _notify(migration_id: int) -> None:
+    from migration.microsoft.tasks import notify_consent_granted
+
+    notify_consent_granted.delay(migration_id)
+
+
+def send_consent_granted_mail(migration_id: int) -> bool:
+    migration = Migration.objects.select_related("account", "user").filter(pk=migration_id).first()
+    if migration is None or not migration.user.email or migration.status != Status.AWAITING_USER:
+        return False
+    link = settings.SITE_URL.rstrip("/") + reverse("migration-detail", args=[migration.pk])
+    with translation.override(settings.LANGUAGE_CODE):
+        subject = _("Zustimmung erteilt – jetzt anmelden")
+        body = _(
+            "Guten Tag,\n\nIhr Administrator hat der E-Mail-Synchronisierung zugestimmt. Melden Sie sich jetzt "
+            "bei Microsoft an, um die Migration von %(address)s abzuschließen:\n%(link)s\n"
+        ) % {"address": migration.account.address, "link": link}
+    send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [migration.user.email])
+    return True

@@ -1,0 +1,33 @@
+"""User-facing texts for the Microsoft error codes (merged into migration.errors)."""
+
+from django.utils.translation import gettext_lazy as _
+
+MESSAGES = {
+    "ms_not_configured": _(
+        "Die Anmeldung mit Microsoft ist in diesem Portal noch nicht eingerichtet. Bitte wenden Sie sich an den "
+        "Support."
+    ),
+    "ms_wrong_account": _(
+        "Sie haben sich bei Microsoft mit einem anderen Konto angemeldet als dem, das migriert wird. Es wurde "
+        "nichts gespeichert. Bitte melden Sie sich erneut an und wählen Sie das Konto mit dieser E-Mail-Adresse."
+    ),
+    "ms_code_rejected": _(
+        "Microsoft hat die Anmeldung nicht bestätigt (der Anmeldecode war ungültig, abgelaufen oder schon "
+        "verwendet). Bitte melden Sie sich erneut an."
+    ),
+    "ms_state_mismatch": _(
+        "Die Antwort von Microsoft gehört nicht zu Ihrer Anmeldung. Es wurde nichts geändert. Bitte melden Sie "
+        "sich erneut an."
+    ),
+    "ms_denied": _("Die Anmeldung bei Microsoft wurde abgebrochen. Sie können es jederzeit erneut versuchen."),
+    "ms_unreachable": _("Microsoft war nicht erreichbar. Bitte versuchen Sie es in einigen Minuten erneut."),
+    "ms_graph_denied": _(
+        "Microsoft hat den Zugriff auf das Postfach verweigert. Bitte prüfen Sie, ob zu diesem Konto ein "
+        "Postfach gehört, und versuchen Sie es erneut."
+    ),
+    "ms_protocol": _("Microsoft hat unerwartet geantwortet. Bitte versuchen Sie es später erneut."),
+    "ms_reconnect": _(
+        "Die Verbindung zu Microsoft ist abgelaufen oder wurde widerrufen. Bitte verbinden Sie das Konto neu."
+    ),
+    "ms_admin_consent": _("Für dieses Konto ist die Zustimmung eines Administrators nötig."),
+}

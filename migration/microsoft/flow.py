@@ -1,0 +1,190 @@
+"""Signing in with Microsoft: the use cases around the browser redirect, and
+the worker's verifying step.
+
+The flow dict (state, PKCE verifier, nonce) lives in the user's session,
+keyed by what it is for ("m<migration id>" or "a<account id>" for a
+re-connect); the callback finds it by its state. The code is exchanged by the
+worker: the callback stores the flow and the auth response encrypted on the
+migration (never in task arguments, events or logs) and moves it to
+verifying.
+"""
+
+import logging
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+from django.utils.crypto import constant_time_compare
+
+from migration import services
+from migration.microsoft import client, consent
+from migration.microsoft.client import MicrosoftError
+from migration.microsoft.graph import Graph, graph_time
+from migration.models import Migration, Status
+from sync import crypto
+from sync import services as sync_services
+from sync.models import MailAccount
+
+logger = logging.getLogger(__name__)
+
+SESSION_KEY = "microsoft_flows"
+MAX_FLOWS = 5  # per session: a few tabs, not an ever-growing session
+SIGN_IN_STATUSES = (Status.AWAITING_USER, Status.AWAITING_ADMIN_CONSENT)
+# The verifying step's delta round starts this long before now; the first sync
+# after the handoff covers everything older down to V2's high-water mark.
+DELTA_SKEW = timedelta(minutes=10)
+INBOX = "INBOX"  # V2's folder name: the inbox keeps V2's high-water mark
+
+
+def remember_flow(session, key: str, flow: dict) -> None:
+    flows = dict(session.get(SESSION_KEY) or {})
+    flows.pop(key, None)
+    flows[key] = {k: v for k, v in flow.items() if k != "auth_uri"}
+    session[SESSION_KEY] = dict(list(flows.items())[-MAX_FLOWS:])
+
+
+def take_flow(session, state: str) -> tuple[str, dict] | None:
+    """The flow whose state came back, removed from the session (single use)."""
+    flows = dict(session.get(SESSION_KEY) or {})
+    for key, flow in flows.items():
+        if state and constant_time_compare(str(flow.get("state", "")), state):
+            del flows[key]
+            session[SESSION_KEY] = flows
+            return key, flow
+    return None
+
+
+def begin_migration_sign_in(*, session, migration: Migration) -> str:
+    """The Microsoft sign-in URL for this migration (login_hint: the account's address)."""
+    if migration.status not in SIGN_IN_STATUSES:
+        raise services.MigrationError("wrong_state")
+    flow = client.begin_sign_in(login_hint=migration.account.address,
+                                select_account=bool((migration.detected or {}).get("select_account")))
+    remember_flow(session, f"m{migration.pk}", flow)
+    return flow["auth_uri"]
+
+
+def begin_reconnect(*, session, account: MailAccount) -> str:
+    flow = client.begin_sign_in(login_hint=account.address)
+    remember_flow(session, f"a{account.pk}", flow)
+    return flow["auth_uri"]
+
+
+def submit_auth_response(*, migration: Migration, flow: dict, auth_response: dict, actor: str) -> Migration:
+    """Microsoft sent the user back with a code: let the worker exchange it."""
+    if migration.status not in SIGN_IN_STATUSES:
+        raise services.MigrationError("wrong_state")
+    secret = crypto.encrypt_json({"flow": flow, "auth_response": auth_response})
+    migration = services.transition(
+        migration, to=Status.VERIFYING, reason="signed in at Microsoft", actor=actor,
+        secret_encrypted=secret, error_code="",
+    )
+    with transaction.atomic():
+        services.enqueue(migration.pk)
+    return migration
+
+
+def identity_matches(address: str, *, claims: dict, me: dict) -> bool:
+    identities = client.signed_in_identities(claims)
+    identities.update(str(me.get(k) or "").strip().lower() for k in ("mail", "userPrincipalName"))
+    return address.strip().lower() in identities - {""}
+
+
+# --- the worker ---------------------------------------------------------------------
+
+def verify(migration: Migration) -> None:
+    """verifying -> handing_over (or awaiting_admin_consent, or failed)."""
+    try:
+        secret = crypto.decrypt_json(migration.secret_encrypted)
+    except crypto.SecretUnreadable:
+        services.fail(migration, code="secret_unreadable")
+        return
+    try:
+        if "cache" not in secret:
+            secret = _redeem(migration, secret)
+            if secret is None:
+                return
+        token, _ = client.access_token(secret["cache"], home_account_id=secret["home_account_id"])
+        graph = Graph(token)
+        try:
+            me = graph.me()
+            if not identity_matches(migration.account.address, claims=secret.get("claims", {}), me=me):
+                _wrong_account(migration)
+                return
+            cursors = _cursors(graph)
+        finally:
+            graph.close()
+    except MicrosoftError as error:
+        if error.code == "ms_admin_consent":
+            consent.require_admin_consent(migration=migration, reason=str(error), actor="worker")
+            return
+        logger.info("migration %s: Microsoft verification failed: %s", migration.pk, error)
+        services.fail(migration, code=error.code, reason=f"verify: {error}")
+        return
+    services.transition(migration, to=Status.HANDING_OVER, reason=f"verified, {len(cursors)} folders", cursors=cursors)
+
+
+def _redeem(migration: Migration, secret: dict) -> dict | None:
+    if "flow" not in secret or "auth_response" not in secret:
+        services.fail(migration, code="secret_unreadable")
+        return None
+    result, cache = client.redeem(secret["flow"], secret["auth_response"])
+    claims = result.get("id_token_claims") or {}
+    accounts = list(cache.search(cache.CredentialType.ACCOUNT))
+    redeemed = {
+        "cache": cache.serialize(),
+        "home_account_id": accounts[0]["home_account_id"] if accounts else "",
+        "claims": {k: claims.get(k, "") for k in ("preferred_username", "email", "upn", "tid")},
+    }
+    # The code is single-use: keep the tokens at once, so a redelivered task
+    # continues from here instead of redeeming the code a second time.
+    changed = Migration.objects.filter(pk=migration.pk, status=Status.VERIFYING).update(
+        secret_encrypted=crypto.encrypt_json(redeemed), updated_at=timezone.now()
+    )
+    if not changed:
+        raise services.TransitionConflict(f"{migration.pk} is no longer verifying")
+    return redeemed
+
+
+def _wrong_account(migration: Migration) -> None:
+    # Nothing is kept (a terminal transition clears the secret); the retry
+    # asks Microsoft to show the account picker.
+    detected = {**(migration.detected or {}), "select_account": True}
+    services.transition(migration, to=Status.FAILED, reason="signed in with another identity",
+                        error_code="ms_wrong_account", detected=detected)
+
+
+def _cursors(graph: Graph) -> dict:
+    """Per folder: its id and a delta link from now on (immutable ids)."""
+    since = timezone.now() - DELTA_SKEW
+    cursors = {}
+    for folder in graph.mail_folders():
+        name = INBOX if folder["inbox"] else (folder.get("displayName") or folder["id"])[:200]
+        if name in cursors:
+            name = f"{name} ({folder['id'][-8:]})"
+        # The items of this round are the last minutes' mail: the first sync
+        # after the handoff fetches them (and older) again, deduplicated.
+        _, delta_link = graph.delta(folder["id"], since=since)
+        cursors[name] = {"folder_id": folder["id"], "delta_link": delta_link, "delta_since": graph_time(since),
+                         "id_type": "ImmutableId"}
+    return cursors
+
+
+
+def complete_reconnect(*, account: MailAccount, flow: dict, auth_response: dict) -> None:
+    """A V3 account whose grant was revoked signs in again: new tokens, same sync state.
+
+    The exchange happens here, in the request: there is no migration to carry
+    the code to a worker, and it is one token request plus /me.
+    """
+    result, cache = client.redeem(flow, auth_response)
+    graph = Graph(result["access_token"])
+    try:
+        me = graph.me()
+    finally:
+        graph.close()
+    if not identity_matches(account.address, claims=result.get("id_token_claims") or {}, me=me):
+        raise MicrosoftError("ms_wrong_account", permanent=True)
+    accounts = list(cache.search(cache.CredentialType.ACCOUNT))
+    sync_services.reconnect_microsoft(account_id=account.pk, cache=cache.serialize(),
+                                      home_account_id=accounts[0]["home_account_id"] if accounts else "")

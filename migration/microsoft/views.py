@@ -1,0 +1,189 @@
+"""The Microsoft views: sign-in redirect and callback, admin consent, re-connect.
+
+The callbacks are untrusted input: the sign-in callback must bring back the
+state of a flow in this user's session, the admin-consent callback the state
+of a request the portal made (bound to its tenant server-side, and to the
+browser that was sent to Microsoft).
+"""
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext_lazy as _
+from django.views.decorators.http import require_http_methods, require_POST
+
+from migration import errors, selectors, services
+from migration.microsoft import client, consent, flow
+from migration.microsoft.client import MicrosoftError
+from migration.microsoft.forms import AdminEmailForm
+from migration.models import Migration, Status, TenantConsent
+from sync.models import Engine, MailAccount, ProviderKind
+
+WRONG_STATE = _("Die Migration ist in einem anderen Schritt; die Seite zeigt den aktuellen Stand.")
+ADMIN_OUTCOMES = {
+    "granted": _("Vielen Dank! Die Zustimmung ist erteilt und von Microsoft bestätigt. Wartende Migrationen laufen "
+                 "jetzt weiter; die Benutzer werden per E-Mail informiert."),
+    "declined": _("Die Zustimmung wurde nicht erteilt. Es wurde nichts geändert."),
+    "forged": _("Diese Antwort ist ungültig, abgelaufen oder wurde schon verwendet. Es wurde nichts geändert."),
+    "unproven": _("Microsoft hat die Zustimmung nicht bestätigt. Es wurde nichts geändert. Bitte versuchen Sie es "
+                  "erneut oder erteilen Sie die Zustimmung im Microsoft Entra Admin Center."),
+    "unreachable": _("Microsoft war nicht erreichbar, um die Zustimmung zu bestätigen. Es wurde nichts geändert. "
+                     "Bitte öffnen Sie den Link in einigen Minuten erneut."),
+}
+
+
+def _actor(request) -> str:
+    return f"user:{request.user.pk}"
+
+
+def detail_context(migration: Migration) -> dict:
+    """What migration/detail.html needs to show the Microsoft steps."""
+    if migration.provider_kind != ProviderKind.MICROSOFT:
+        return {}
+    detected = migration.detected or {}
+    context = {
+        "consent_granted": bool(detected.get("consent_granted")),
+        "tenant": consent.tenant_of(migration), "app_name": settings.MS_APP_DISPLAY_NAME,
+        "legacy_app_name": settings.MS_LEGACY_APP_DISPLAY_NAME, "link_days": settings.MS_ADMIN_LINK_DAYS,
+    }
+    if migration.status == Status.AWAITING_ADMIN_CONSENT:
+        context["admin_link"] = consent.make_admin_link(tenant=context["tenant"], migration_id=migration.pk)
+        context["email_form"] = AdminEmailForm()
+    return {"microsoft": context}
+
+
+@login_required
+@require_POST
+def sign_in(request, pk: int):
+    migration = selectors.get_migration_for_user(request.user, pk)
+    try:
+        return redirect(flow.begin_migration_sign_in(session=request.session, migration=migration))
+    except services.MigrationError:
+        messages.info(request, WRONG_STATE)
+    except MicrosoftError as error:
+        messages.error(request, errors.message_for(error.code))
+    return redirect("migration-detail", pk=pk)
+
+
+@login_required
+def callback(request):
+    found = flow.take_flow(request.session, str(request.GET.get("state", "")))
+    if found is None:
+        # A forged or replayed callback, or one from another browser: nothing changes.
+        return render(request, "migration/microsoft/callback_error.html",
+                      {"message": errors.message_for("ms_state_mismatch"), "nav": "settings"}, status=400)
+    key, ms_flow = found
+    if key.startswith("a"):
+        return _reconnect_callback(request, int(key[1:]), ms_flow)
+    migration = selectors.get_migration_for_user(request.user, int(key[1:]))
+    try:
+        if "error" in request.GET:
+            answer = {k: str(request.GET.get(k, "")) for k in ("error", "error_description", "error_subcode")}
+            if client.needs_admin_consent(answer):
+                codes = ",".join(str(c) for c in sorted(client.aadsts_codes(answer))) or answer["error"]
+                consent.require_admin_consent(migration=migration, reason=codes, actor=_actor(request))
+            else:
+                messages.error(request, errors.message_for(client.error_from(answer).code))
+        else:
+            flow.submit_auth_response(migration=migration, flow=ms_flow, actor=_actor(request),
+                                      auth_response=client.auth_response_from(request.GET))
+    except (services.MigrationError, services.TransitionConflict):
+        messages.info(request, WRONG_STATE)
+    # A redirect at once: the code does not stay in the address bar or history.
+    return redirect("migration-detail", pk=migration.pk)
+
+
+@login_required
+@require_POST
+def admin_consent(request, pk: int):
+    """"Mit Administratorkonto anmelden": this browser goes to Microsoft's admin-consent endpoint."""
+    migration = selectors.get_migration_for_user(request.user, pk)
+    if migration.status != Status.AWAITING_ADMIN_CONSENT or migration.provider_kind != ProviderKind.MICROSOFT:
+        messages.info(request, WRONG_STATE)
+        return redirect("migration-detail", pk=pk)
+    try:
+        return redirect(consent.begin_admin_consent(session=request.session, tenant=consent.tenant_of(migration),
+                                                    migration_id=migration.pk))
+    except MicrosoftError as error:
+        messages.error(request, errors.message_for(error.code))
+        return redirect("migration-detail", pk=pk)
+
+
+@login_required
+@require_POST
+def send_admin_link(request, pk: int):
+    migration = selectors.get_migration_for_user(request.user, pk)
+    form = AdminEmailForm(request.POST)
+    if migration.status != Status.AWAITING_ADMIN_CONSENT or not form.is_valid():
+        messages.error(request, _("Bitte geben Sie eine gültige E-Mail-Adresse ein."))
+        return redirect("migration-detail", pk=pk)
+    # The portal must not become a mail cannon: one link per migration and minute.
+    if not cache.add(f"microsoft:admin-link:{migration.pk}", 1, 60):
+        messages.error(request, _("Es wurde gerade ein Link gesendet. Bitte warten Sie eine Minute."))
+        return redirect("migration-detail", pk=pk)
+    tenant_consent, _created = TenantConsent.objects.get_or_create(tenant=consent.tenant_of(migration))
+    TenantConsent.objects.filter(pk=tenant_consent.pk).update(admin_email=form.cleaned_data["email"])
+    consent.send_admin_link(consent=tenant_consent, to=[form.cleaned_data["email"]], migration=migration)
+    messages.success(request, _("Der Link wurde an %(email)s gesendet.") % {"email": form.cleaned_data["email"]})
+    return redirect("migration-detail", pk=pk)
+
+
+@require_http_methods(["GET", "POST"])
+def admin_link(request, token: str):
+    """The page behind the link an admin receives (no CRM login needed). It grants nothing by itself."""
+    data = consent.read_admin_link(token)
+    if data is None:
+        return render(request, "migration/microsoft/admin_link.html", {"invalid": True}, status=410)
+    if request.method == "POST":
+        try:
+            return redirect(consent.begin_admin_consent(session=request.session, tenant=data["t"],
+                                                        migration_id=data.get("m")))
+        except MicrosoftError as error:
+            return render(request, "migration/microsoft/admin_result.html",
+                          {"message": errors.message_for(error.code), "ok": False}, status=503)
+    requester = Migration.objects.select_related("account").filter(pk=data.get("m")).first() if data.get("m") else None
+    return render(request, "migration/microsoft/admin_link.html", {
+        "tenant": data["t"], "requester": requester.account.address if requester else "",
+        "app_name": settings.MS_APP_DISPLAY_NAME, "legacy_app_name": settings.MS_LEGACY_APP_DISPLAY_NAME,
+    })
+
+
+def admin_callback(request):
+    """Microsoft sends the admin back here; untrusted until a token proves the consent."""
+    outcome, consent_request = consent.complete_admin_consent(session=request.session, params=request.GET)
+    text = ADMIN_OUTCOMES[outcome]
+    migration = consent_request.migration if consent_request else None
+    if migration and request.user.is_authenticated and migration.user_id == request.user.pk:
+        (messages.success if outcome == "granted" else messages.error)(request, text)
+        return redirect("migration-detail", pk=migration.pk)
+    return render(request, "migration/microsoft/admin_result.html", {"message": text, "ok": outcome == "granted"},
+                  status=400 if outcome == "forged" else 200)
+
+
+@login_required
+@require_POST
+def reconnect(request, account_id: int):
+    account = get_object_or_404(MailAccount, pk=account_id, owner=request.user, provider_kind=ProviderKind.MICROSOFT,
+                                engine=Engine.V3)
+    try:
+        return redirect(flow.begin_reconnect(session=request.session, account=account))
+    except MicrosoftError as error:
+        messages.error(request, errors.message_for(error.code))
+        return redirect("settings-mail")
+
+
+def _reconnect_callback(request, account_id: int, ms_flow: dict):
+    account = get_object_or_404(MailAccount, pk=account_id, owner=request.user)
+    if "error" in request.GET:
+        answer = {k: str(request.GET.get(k, "")) for k in ("error", "error_description", "error_subcode")}
+        messages.error(request, errors.message_for(client.error_from(answer).code))
+        return redirect("settings-mail")
+    try:
+        flow.complete_reconnect(account=account, flow=ms_flow, auth_response=client.auth_response_from(request.GET))
+    except MicrosoftError as error:
+        messages.error(request, errors.message_for(error.code))
+    else:
+        messages.success(request, _("%(address)s ist wieder verbunden.") % {"address": account.address})
+    return redirect("settings-mail")

@@ -1,0 +1,402 @@
+"""A fake Microsoft identity platform and Graph over https on 127.0.0.1 (self-signed).
+
+The real protocol with the real checks: OpenID discovery per tenant; /authorize
+redirecting with a code or an error; /token checking the client secret, the
+redirect URI, the PKCE S256 verifier, single-use codes and revocable refresh
+tokens; the v2.0 admin-consent endpoint; client-credentials tokens only for
+tenants that consented; Graph behind bearer tokens (microsoft_graph.py).
+Tests set and read the state in plain attributes.
+"""
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+import ssl
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from portal.devservers import make_certificate
+from tests.fakes.microsoft_graph import GraphMixin
+
+CONSUMERS = "9188040d-6c67-4c5b-b112-36a304b66dad"
+WELL_KNOWN = [("inbox", "Inbox"), ("sentitems", "Sent Items"), ("drafts", "Drafts"),
+              ("deleteditems", "Deleted Items"), ("junkemail", "Junk Email"), ("archive", "Archive")]
+CONSENT_TEXT = {
+    65001: "The user or administrator has not consented to use the application.",
+    90094: "The grant requires admin permission.",
+    90095: "Admin consent is required for the permissions requested by this application. An admin consent "
+           "request may be sent to the admin.",
+}
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def s256(verifier: str) -> str:
+    return b64url(hashlib.sha256(verifier.encode("ascii")).digest())
+
+
+@dataclass
+class Tenant:
+    id: str
+    domains: set
+    # None: users may consent themselves. Else the AADSTS code a sign-in gets
+    # until an admin has consented, at "authorize" or at "token".
+    needs_admin_consent: int | None = None
+    consent_error_at: str = "authorize"
+    consent_error: str = "access_denied"
+    admin_consented: bool = False
+
+
+@dataclass
+class User:
+    address: str
+    tenant: Tenant
+    oid: str = field(default_factory=lambda: secrets.token_hex(16))
+    mail: str | None = None
+    upn: str | None = None
+    folders: dict = field(default_factory=dict)  # folder id -> Folder
+
+
+@dataclass
+class Folder:
+    id: str
+    name: str
+    well_known: str
+    messages: list = field(default_factory=list)
+
+
+@dataclass
+class Message:
+    seq: int
+    number: int
+    internet_message_id: str | None
+    subject: str
+    sender: str
+    received: datetime
+
+
+class FakeMicrosoft(GraphMixin):
+    def __init__(self, *, client_id="crm-portal-client", client_secret="fake-client-secret-123"):
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.redirect_uris: set[str] = set()
+        self.workdir = Path(tempfile.mkdtemp(prefix="fake-microsoft-"))
+        self.cert_path, self.key_path = make_certificate(self.workdir)
+        self.lock = threading.RLock()
+        self.reset()
+        self.server = None
+
+    # --- test controls -------------------------------------------------------------
+    def reset(self):
+        with getattr(self, "lock", threading.RLock()):
+            self.tenants: dict[str, Tenant] = {}
+            self.users: dict[str, User] = {}
+            self.codes: dict[str, dict] = {}
+            self.refresh_tokens: dict[str, dict] = {}
+            self.access_tokens: dict[str, dict] = {}
+            self.requests: list[dict] = []
+            self.sign_in_as: str | None = None  # the person who actually signs in
+            self.authorize_error: dict | None = None  # the next /authorize answers with this
+            self.admin_consent_answer = "accept"
+            self.access_token_lifetime = 3600
+            self.page_size = 2
+            self.seq = 0
+            self.add_tenant(CONSUMERS, {"outlook.com", "hotmail.com"})
+
+    def add_tenant(self, tenant_id: str, domains, **options) -> Tenant:
+        tenant = Tenant(tenant_id, set(domains), **options)
+        self.tenants[tenant_id] = tenant
+        return tenant
+
+    def add_user(self, address: str, tenant: Tenant, **fields) -> User:
+        user = User(address.lower(), tenant, **fields)
+        if user.mail is None and user.upn is None:
+            user.mail = user.upn = address
+        for key, name in WELL_KNOWN:
+            folder_id = f"AQMk{key}{user.oid[:8]}"
+            user.folders[folder_id] = Folder(folder_id, name, key)
+        self.users[user.address] = user
+        return user
+
+    def deliver(self, address: str, *, subject: str, folder="inbox", internet_message_id: str | None = "",
+                received: datetime | None = None, sender="kunde@example.org") -> Message:
+        with self.lock:
+            user = self.users[address.lower()]
+            target = next(f for f in user.folders.values() if f.well_known == folder)
+            self.seq += 1
+            if internet_message_id == "":
+                internet_message_id = f"<fake-{self.seq}.{secrets.token_hex(4)}@example.org>"
+            message = Message(self.seq, self.seq, internet_message_id, subject, sender,
+                              (received or datetime.now(timezone.utc)).replace(microsecond=0))
+            target.messages.append(message)
+            return message
+
+    def revoke_refresh_tokens(self, address: str) -> None:
+        with self.lock:
+            for grant in self.refresh_tokens.values():
+                if grant["user"] == address.lower():
+                    grant["revoked"] = True
+
+    def expire_access_tokens(self) -> None:
+        with self.lock:
+            for grant in self.access_tokens.values():
+                grant["expires"] = 0
+
+    def seen(self, path_part: str) -> list[dict]:
+        return [r for r in self.requests if path_part in r["path"]]
+
+    # --- lifecycle ---------------------------------------------------------------
+    @property
+    def base(self) -> str:
+        return f"https://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> "FakeMicrosoft":
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert_path, self.key_path)
+        fake = self
+
+        class Handler(_Handler):
+            pass
+
+        Handler.fake = fake
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        # Handshake in the handler thread: a stalled client cannot block accept().
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True, do_handshake_on_connect=False)
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+
+    # --- identity platform ---------------------------------------------------------
+    def tenant_for(self, segment: str) -> Tenant | None:
+        if segment in self.tenants:
+            return self.tenants[segment]
+        return next((t for t in self.tenants.values() if segment.lower() in t.domains), None)
+
+    def openid_configuration(self, segment):
+        tenant = self.tenant_for(segment)
+        if segment not in ("common", "organizations", "consumers") and tenant is None:
+            return 400, {"error": "invalid_tenant", "error_description": "AADSTS90002: Tenant not found."}
+        issuer_tenant = tenant.id if tenant else "{tenantid}"
+        return 200, {
+            "authorization_endpoint": f"{self.base}/{segment}/oauth2/v2.0/authorize",
+            "token_endpoint": f"{self.base}/{segment}/oauth2/v2.0/token",
+            "issuer": f"{self.base}/{issuer_tenant}/v2.0",
+            "jwks_uri": f"{self.base}/{segment}/discovery/v2.0/keys",
+            "response_types_supported": ["code", "id_token", "code id_token"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        }
+
+    def authorize(self, segment, q):
+        """Returns (status, location or body)."""
+        redirect_uri = q.get("redirect_uri", "")
+        if q.get("client_id") != self.client_id:
+            return 400, "AADSTS700016: Application not found in the directory."
+        if redirect_uri not in self.redirect_uris:
+            return 400, "AADSTS50011: The redirect URI does not match the redirect URIs configured for the application."
+        if q.get("response_type") != "code" or q.get("code_challenge_method") != "S256" or not q.get("code_challenge"):
+            return 400, "AADSTS9002325: Proof Key for Code Exchange is required."
+        state = q.get("state", "")
+        if self.authorize_error:
+            error, self.authorize_error = self.authorize_error, None
+            return 302, _with(redirect_uri, {**error, "state": state})
+        user = self.users.get((self.sign_in_as or q.get("login_hint", "")).lower())
+        if user is None:
+            return 400, "AADSTS50034: The user account does not exist in this directory."
+        if not _tenant_accepts(segment, user.tenant):
+            return 302, _with(redirect_uri, {"error": "invalid_request", "state": state,
+                                             "error_description": "AADSTS50020: User account from a foreign tenant."})
+        tenant = user.tenant
+        if tenant.needs_admin_consent and not tenant.admin_consented and tenant.consent_error_at == "authorize":
+            code = tenant.needs_admin_consent
+            return 302, _with(redirect_uri, {
+                "error": tenant.consent_error, "state": state,
+                "error_description": f"AADSTS{code}: {CONSENT_TEXT.get(code, 'Consent required.')}",
+            })
+        code = secrets.token_urlsafe(24)
+        self.codes[code] = {
+            "redirect_uri": redirect_uri, "challenge": q["code_challenge"], "nonce": q.get("nonce", ""),
+            "user": user.address, "scope": q.get("scope", ""), "issued": time.time(), "used": False,
+        }
+        return 302, _with(redirect_uri, {"code": code, "state": state, "client_info": self._client_info(user),
+                                         "session_state": secrets.token_hex(8)})
+
+    def token(self, segment, form):
+        if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
+            return _oauth_error(401, "invalid_client", 7000215, "Invalid client secret provided.")
+        grant = form.get("grant_type")
+        if grant == "authorization_code":
+            return self._redeem(form)
+        if grant == "refresh_token":
+            refresh = self.refresh_tokens.get(form.get("refresh_token", ""))
+            if refresh is None:
+                return _oauth_error(400, "invalid_grant", 9002313, "Invalid request. Malformed refresh token.")
+            if refresh["revoked"]:
+                return _oauth_error(400, "invalid_grant", 50173,
+                                    "The provided grant has expired due to it being revoked.")
+            return 200, self._issue(self.users[refresh["user"]], nonce=None)
+        if grant == "client_credentials":
+            tenant = self.tenant_for(segment)
+            if tenant is None or not form.get("scope", "").endswith("/.default"):
+                return _oauth_error(400, "invalid_request", 90002, "Tenant not found.")
+            if not tenant.admin_consented:
+                return _oauth_error(400, "unauthorized_client", 700016,
+                                    f"Application with identifier '{self.client_id}' was not found in the "
+                                    f"directory '{segment}'.")
+            token = "app-" + secrets.token_urlsafe(24)
+            self.access_tokens[token] = {"user": None, "tenant": tenant.id, "expires": time.time() + 3599}
+            return 200, {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token}
+        return _oauth_error(400, "unsupported_grant_type", 70003, "The grant type is not supported.")
+
+    def _redeem(self, form):
+        issued = self.codes.get(form.get("code", ""))
+        if issued is None:
+            return _oauth_error(400, "invalid_grant", 9002313, "Invalid request. Malformed code.")
+        if issued["used"]:
+            return _oauth_error(400, "invalid_grant", 54005, "OAuth2 Authorization code was already redeemed.")
+        issued["used"] = True  # even a failed redemption burns the code, as the real one does
+        if form.get("redirect_uri") != issued["redirect_uri"]:
+            return _oauth_error(400, "invalid_grant", 50148, "The redirect_uri does not match the authorization code.")
+        if s256(form.get("code_verifier", "")) != issued["challenge"]:
+            return _oauth_error(400, "invalid_grant", 501481,
+                                "The Code_Verifier does not match the code_challenge supplied in the request.")
+        if time.time() - issued["issued"] > 600:
+            return _oauth_error(400, "invalid_grant", 70008, "The provided authorization code has expired.")
+        user = self.users[issued["user"]]
+        tenant = user.tenant
+        if tenant.needs_admin_consent and not tenant.admin_consented and tenant.consent_error_at == "token":
+            code = tenant.needs_admin_consent
+            return _oauth_error(400, "invalid_grant", code, CONSENT_TEXT.get(code, "Consent required."))
+        return 200, self._issue(user, nonce=issued["nonce"])
+
+    def _issue(self, user: User, *, nonce):
+        access, refresh = "at-" + secrets.token_urlsafe(24), "rt-" + secrets.token_urlsafe(24)
+        self.access_tokens[access] = {"user": user.address, "expires": time.time() + self.access_token_lifetime}
+        self.refresh_tokens[refresh] = {"user": user.address, "revoked": False}
+        claims = {
+            "iss": f"{self.base}/{user.tenant.id}/v2.0", "aud": self.client_id, "sub": secrets.token_hex(8),
+            "oid": user.oid, "tid": user.tenant.id, "preferred_username": user.upn or user.mail,
+            "name": user.address, "iat": int(time.time()), "exp": int(time.time()) + 3600, "ver": "2.0",
+        }
+        if nonce:
+            claims["nonce"] = nonce  # as the authorize request sent it (msal sends a hash)
+        id_token = ".".join([b64url(b'{"alg":"RS256","typ":"JWT"}'), b64url(json.dumps(claims).encode()), "c2ln"])
+        return {
+            "token_type": "Bearer", "scope": "Mail.Read User.Read openid profile email",
+            "expires_in": self.access_token_lifetime, "ext_expires_in": self.access_token_lifetime,
+            "access_token": access, "refresh_token": refresh, "id_token": id_token,
+            "client_info": self._client_info(user),
+        }
+
+    def _client_info(self, user: User) -> str:
+        return b64url(json.dumps({"uid": user.oid, "utid": user.tenant.id}).encode())
+
+    def admin_consent(self, segment, q):
+        redirect_uri = q.get("redirect_uri", "")
+        if q.get("client_id") != self.client_id or redirect_uri not in self.redirect_uris:
+            return 400, "AADSTS50011: The redirect URI does not match."
+        tenant = self.tenant_for(segment)
+        if tenant is None or segment in ("common", "organizations", "consumers"):
+            return 400, "AADSTS90002: Tenant not found."
+        state = q.get("state", "")
+        if self.admin_consent_answer != "accept":
+            return 302, _with(redirect_uri, {"error": "access_denied", "state": state, "admin_consent": "False",
+                                             "error_description": "AADSTS65004: User declined to consent."})
+        tenant.admin_consented = True
+        return 302, _with(redirect_uri, {"admin_consent": "True", "tenant": tenant.id, "state": state,
+                                         "scope": q.get("scope", "")})
+
+
+def _tenant_accepts(segment: str, tenant: Tenant) -> bool:
+    if segment == "common":
+        return True
+    if segment == "organizations":
+        return tenant.id != CONSUMERS
+    if segment == "consumers":
+        return tenant.id == CONSUMERS
+    return segment == tenant.id or segment.lower() in tenant.domains
+
+
+def _with(url: str, params: dict) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
+
+
+def _oauth_error(status, error, code, text):
+    return status, {"error": error, "error_description": f"AADSTS{code}: {text}", "error_codes": [code],
+                    "timestamp": datetime.now(timezone.utc).isoformat(), "trace_id": secrets.token_hex(8)}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeMicrosoft = None
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _record(self, query):
+        self.fake.requests.append({
+            "method": self.command, "path": urlsplit(self.path).path, "query": query,
+            "prefer": self.headers.get("Prefer", ""), "authorization": bool(self.headers.get("Authorization")),
+        })
+
+    def do_GET(self):
+        parts = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        self._record(query)
+        path = parts.path
+        with self.fake.lock:
+            if match := re.fullmatch(r"/([^/]+)/v2\.0/\.well-known/openid-configuration", path):
+                return self._json(*self.fake.openid_configuration(match[1]))
+            if match := re.fullmatch(r"/([^/]+)/oauth2/v2\.0/authorize", path):
+                return self._answer(*self.fake.authorize(match[1], query))
+            if match := re.fullmatch(r"/([^/]+)/v2\.0/adminconsent", path):
+                return self._answer(*self.fake.admin_consent(match[1], query))
+            if path.startswith("/v1.0/"):
+                return self._json(*self.fake.graph(path, query, self.headers))
+        self._json(404, {"error": "not_found"})
+
+    def do_POST(self):
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+        self._record({k: v for k, v in form.items() if k in ("grant_type", "scope", "redirect_uri")})
+        with self.fake.lock:
+            if match := re.fullmatch(r"/([^/]+)/oauth2/v2\.0/token", parts.path):
+                return self._json(*self.fake.token(match[1], form))
+        self._json(404, {"error": "not_found"})
+
+    def _answer(self, status, body):
+        if status == 302:
+            self.send_response(302)
+            self.send_header("Location", body)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        data = f"<html><body><h1>Microsoft</h1><p>{body}</p></body></html>".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _json(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
