@@ -34,11 +34,7 @@ def hand_over(migration: Migration) -> bool:
         server = ImapSettings(connection["host"], int(connection["port"]), connection["security"], connection["username"])
         password = _password(migration)
         sync_services.set_imap_credentials(account=account, server=server, password=password)
-        account.engine = Engine.V3
-        account.status = AccountStatus.ACTIVE
-        account.last_sync_error = ""
-        account.v2_stopped_at = now
-        account.save()
+        _switch_to_v3(account, now=now)
         for name, cursor in migration.cursors.items():
             state, _ = FolderState.objects.select_for_update().get_or_create(account=account, name=name)
             state.uidvalidity = cursor["uidvalidity"]
@@ -50,6 +46,15 @@ def hand_over(migration: Migration) -> bool:
             state.save()
         sync_services.invalidate_banner(account.owner_id)
     return True
+
+
+def _switch_to_v3(account: MailAccount, *, now) -> None:
+    """The one place an account leaves V2: V3 from now on, V2 stopped for it."""
+    account.engine = Engine.V3
+    account.status = AccountStatus.ACTIVE
+    account.last_sync_error = ""
+    account.v2_stopped_at = now
+    account.save()
 
 
 def _password(migration: Migration) -> str:
@@ -71,11 +76,7 @@ def _hand_over_to_graph(migration: Migration, account: MailAccount, *, now, over
     sync_services.set_microsoft_tokens(account=account, cache=secret["cache"], home_account_id=secret["home_account_id"])
     account.secret_encrypted = ""
     account.provider_kind = ProviderKind.MICROSOFT  # also when the user chose Microsoft in the login mask
-    account.engine = Engine.V3
-    account.status = AccountStatus.ACTIVE
-    account.last_sync_error = ""
-    account.v2_stopped_at = now
-    account.save()
+    _switch_to_v3(account, now=now)
     for name, cursor in migration.cursors.items():
         state, _ = FolderState.objects.select_for_update().get_or_create(account=account, name=name)
         delta_since = datetime.fromisoformat(cursor["delta_since"].replace("Z", "+00:00"))
