@@ -55,6 +55,10 @@ AUTODISCOVER_REQUEST = (
     "http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a</AcceptableResponseSchema>"
     "</Request></Autodiscover>"
 )
+# RFC 6761 names that never have a mail server (the demo uses demo.localhost):
+# no DNS question about them leaves the machine. ".test" is asked, so tests
+# can serve it from their local nameserver.
+SPECIAL_USE_TLDS = ("localhost", "invalid")
 ASKS_FOR_LOGIN = re.compile(r"ntlm|negotiate|basic", re.I)
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 CACHE_VERSION = 1
@@ -120,6 +124,8 @@ def _detect_domain(domain: str, address: str) -> tuple[dict, bool]:
     known = _provider_for_domain(domain)
     if known:
         return _facts(known, "table"), True
+    if domain.rsplit(".", 1)[-1] in SPECIAL_USE_TLDS:
+        return {"provider": "unknown", "candidates": [], "source": "none", "mx": []}, True
     mx, definitive = _mx_hosts(domain)
     for host in mx:
         provider = _provider_for_mx(host)

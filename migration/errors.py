@@ -17,6 +17,10 @@ MESSAGES = {
         "Es konnte keine sichere Verbindung (TLS) aufgebaut werden. Bitte prüfen Sie Server, Port "
         "und Verschlüsselung."
     ),
+    "rate_limited": _(
+        "Zu viele Verbindungsversuche in kurzer Zeit. Bitte warten Sie zehn Minuten und versuchen Sie es dann "
+        "erneut; Ihre Angaben bleiben erhalten."
+    ),
     "protocol": _("Der E-Mail-Server hat unerwartet geantwortet. Bitte versuchen Sie es später erneut."),
     "not_supported": _("Diese Anbieterart kann hier noch nicht migriert werden. Bitte wenden Sie sich an den Support."),
     "secret_unreadable": _("Die gespeicherten Zugangsdaten sind nicht mehr lesbar. Bitte melden Sie sich erneut an."),

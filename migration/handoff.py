@@ -1,7 +1,7 @@
 """Move an account's sync state from V2 to V3 in one transaction.
 
-V3 starts from the cursors recorded while verifying (new mail: UID above the
-cursor) and, once, from V2's high-water mark minus the overlap window (mail
+V3 starts from the cursors recorded while verifying (IMAP: UID above the
+cursor; Graph: the delta link; EWS: the SyncFolderItems state) and, once, from V2's high-water mark minus the overlap window (mail
 that V2 had not polled yet). What V2 imported stays in the store and is the
 dedup set both engines share.
 """
@@ -12,7 +12,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from migration.exchange import flow as exchange_flow
 from migration.models import Migration
+from sync import ews
 from sync import services as sync_services
 from sync.imap import ImapSettings
 from sync.models import AccountStatus, Engine, FolderState, MailAccount, ProviderKind
@@ -26,26 +28,41 @@ def hand_over(migration: Migration) -> bool:
         account = MailAccount.objects.select_for_update().get(pk=migration.account_id)
         if account.engine == Engine.V3:
             return False  # a redelivered task: the handoff already happened
-        if migration.provider_kind == ProviderKind.MICROSOFT:
-            _hand_over_to_graph(migration, account, now=now, overlap=overlap)
-            sync_services.invalidate_banner(account.owner_id)
-            return True
-        connection = migration.connection
-        server = ImapSettings(connection["host"], int(connection["port"]), connection["security"], connection["username"])
-        password = _password(migration)
-        sync_services.set_imap_credentials(account=account, server=server, password=password)
-        _switch_to_v3(account, now=now)
-        for name, cursor in migration.cursors.items():
-            state, _ = FolderState.objects.select_for_update().get_or_create(account=account, name=name)
-            state.uidvalidity = cursor["uidvalidity"]
-            state.uidnext = cursor["uidnext"]
-            state.highestmodseq = cursor["highestmodseq"]
-            state.last_seen_uid = cursor["uidnext"] - 1
-            state.v3_since = (state.v2_high_water or now) - overlap
-            state.v3_synced_at = None
-            state.save()
+        HAND_OVER[migration.provider_kind](migration, account, now=now, overlap=overlap)
         sync_services.invalidate_banner(account.owner_id)
     return True
+
+
+def _hand_over_to_imap(migration: Migration, account: MailAccount, *, now, overlap) -> None:
+    connection = migration.connection
+    server = ImapSettings(connection["host"], int(connection["port"]), connection["security"], connection["username"])
+    sync_services.set_imap_credentials(account=account, server=server, password=_password(migration))
+    account.provider_kind = ProviderKind.IMAP  # also when the user chose IMAP in the login mask
+    _switch_to_v3(account, now=now)
+    for name, cursor in migration.cursors.items():
+        state, _ = FolderState.objects.select_for_update().get_or_create(account=account, name=name)
+        state.uidvalidity = cursor["uidvalidity"]
+        state.uidnext = cursor["uidnext"]
+        state.highestmodseq = cursor["highestmodseq"]
+        state.last_seen_uid = cursor["uidnext"] - 1
+        state.v3_since = (state.v2_high_water or now) - overlap
+        state.v3_synced_at = None
+        state.save()
+
+
+def _hand_over_to_ews(migration: Migration, account: MailAccount, *, now, overlap) -> None:
+    """Exchange: the settings the worker verified move to the account, each folder gets its
+    SyncFolderItems state. Folder names match V2's ("INBOX"), so V2's high-water mark is found."""
+    server = exchange_flow.settings_from(migration.connection, account.address)
+    ews.apply_to_account(account, server=server, password=_password(migration))
+    account.provider_kind = ProviderKind.EXCHANGE
+    _switch_to_v3(account, now=now)
+    for name, cursor in migration.cursors.items():
+        state, _ = FolderState.objects.select_for_update().get_or_create(account=account, name=name)
+        state.ews_sync_state = cursor["ews_sync_state"]
+        state.v3_since = (state.v2_high_water or now) - overlap
+        state.v3_synced_at = None
+        state.save()
 
 
 def _switch_to_v3(account: MailAccount, *, now) -> None:
@@ -87,3 +104,10 @@ def _hand_over_to_graph(migration: Migration, account: MailAccount, *, now, over
         state.v3_since = min((state.v2_high_water or now) - overlap, delta_since)
         state.v3_synced_at = None
         state.save()
+
+
+HAND_OVER = {
+    ProviderKind.IMAP: _hand_over_to_imap,
+    ProviderKind.EXCHANGE: _hand_over_to_ews,
+    ProviderKind.MICROSOFT: _hand_over_to_graph,
+}

@@ -15,10 +15,10 @@ from django.shortcuts import redirect, render
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
-from migration import selectors
+from migration import proposal, selectors
 from migration.models import Migration, MigrationEvent, Status
 from sync.models import ProviderKind
-from sync.providers import APP_PASSWORD_HINT, IMAP_PROVIDERS
+from sync.providers import IMAP_PROVIDERS
 
 
 @dataclass(frozen=True)
@@ -48,18 +48,7 @@ def choose_provider(*, migration: Migration, key: str, actor: str) -> Migration:
     choice = CHOICES_BY_KEY.get(key)
     if choice is None or migration.status not in CHOOSABLE:
         raise ChoiceRefused(key)
-    detected = dict(migration.detected or {})
-    detected["chosen"] = key
-    if choice.kind == ProviderKind.IMAP:
-        provider = IMAP_PROVIDERS.get(key)
-        address = migration.account.address
-        detected.update(
-            provider=key if provider else "other", label=provider.label if provider else "",
-            host=provider.host if provider else "", port=provider.port if provider else 993,
-            security=provider.security if provider else "ssl",
-            username=(address.split("@", 1)[0] if provider and provider.username_form == "localpart" else address),
-            hints=[str(h) for h in (provider.hints if provider else ())] + [str(APP_PASSWORD_HINT)],
-        )
+    detected = proposal.for_choice(migration.account, dict(migration.detected or {}), key, choice.kind)
     with transaction.atomic():
         changed = Migration.objects.filter(pk=migration.pk, status=migration.status).update(
             provider_kind=choice.kind, detected=detected, connection={}

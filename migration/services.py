@@ -5,6 +5,7 @@ Migration.status.
 """
 
 import logging
+from dataclasses import asdict
 from datetime import timedelta
 
 from django.conf import settings
@@ -95,10 +96,17 @@ def start_migration(*, user, account: MailAccount) -> Migration:
 
 
 def submit_imap_credentials(*, migration: Migration, server: ImapSettings, password: str, actor: str) -> Migration:
-    """Keep what the user entered (password encrypted) and let the worker verify it."""
+    return submit_credentials(migration=migration, connection=asdict(server), password=password, actor=actor)
+
+
+def submit_credentials(*, migration: Migration, connection: dict, password: str, actor: str) -> Migration:
+    """Keep what the user entered (password encrypted) and let the worker verify it.
+
+    connection holds no secret: IMAP host/port/security/username, or the EWS
+    URL, user name, sign-in method and the (public) CA certificate.
+    """
     if migration.status != Status.AWAITING_USER:
         raise MigrationError("wrong_state")
-    connection = {"host": server.host, "port": server.port, "security": server.security, "username": server.username}
     migration = transition(
         migration, to=Status.VERIFYING, reason="credentials entered", actor=actor, connection=connection,
         secret_encrypted=crypto.encrypt_json({"password": password}), error_code="",

@@ -7,7 +7,8 @@ outside transactions, and a step that finds the work done does nothing.
 
 import logging
 
-from migration import handoff, services
+from migration import handoff, proposal, services
+from migration.exchange import flow as exchange_flow
 from migration.imap import flow as imap_flow
 from migration.microsoft import consent
 from migration.microsoft import flow as microsoft_flow
@@ -44,37 +45,37 @@ def _pending(migration: Migration) -> None:
 
 
 def _detecting(migration: Migration) -> None:
-    if migration.provider_kind == ProviderKind.MICROSOFT:
-        services.transition(migration, to=Status.AWAITING_USER, reason="provider microsoft",
-                            detected={"provider": "microsoft", "tenant": consent.tenant_of(migration)})
-        return
-    if migration.provider_kind != ProviderKind.IMAP:
-        services.fail(migration, code="not_supported", reason=f"provider {migration.provider_kind}")
-        return
-    detected = imap_flow.detect(migration.account)
-    services.transition(
-        migration, to=Status.AWAITING_USER, reason=f"provider {detected['provider']}", detected=detected
-    )
+    # DNS and, if enabled, HTTP lookups: outside any transaction, like all network I/O here.
+    kind, detected = proposal.initial(migration.account)
+    if kind == ProviderKind.MICROSOFT:
+        detected["tenant"] = consent.tenant_of(migration)
+    services.transition(migration, to=Status.AWAITING_USER, reason=f"provider {detected['provider']} ({kind})",
+                        detected=detected, provider_kind=kind)
 
 
 def _verifying(migration: Migration) -> None:
     if migration.provider_kind == ProviderKind.MICROSOFT:
         microsoft_flow.verify(migration)
         return
-    connection = migration.connection
-    server = ImapSettings(connection["host"], int(connection["port"]), connection["security"], connection["username"])
     try:
         password = crypto.decrypt_json(migration.secret_encrypted)["password"]
     except (crypto.SecretUnreadable, KeyError):
         services.fail(migration, code="secret_unreadable")
         return
+    connection = migration.connection
     try:
-        cursors = imap_flow.verify(server, password)
+        if migration.provider_kind == ProviderKind.EXCHANGE:
+            connection, cursors = exchange_flow.verify(connection, migration.account.address, password)
+        else:
+            server = ImapSettings(connection["host"], int(connection["port"]), connection["security"],
+                                  connection["username"])
+            cursors = imap_flow.verify(server, password)
     except MailboxError as error:
         services.fail(migration, code=error.code, reason=f"verify: {error.code}")
         return
     services.transition(
-        migration, to=Status.HANDING_OVER, reason=f"verified, {len(cursors)} folders", cursors=cursors
+        migration, to=Status.HANDING_OVER, reason=f"verified, {len(cursors)} folders", cursors=cursors,
+        connection=connection,
     )
 
 

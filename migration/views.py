@@ -2,14 +2,18 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
 from migration import errors, selectors, services
+from migration.exchange.forms import ExchangeCredentialsForm
 from migration.forms import ImapCredentialsForm
+from migration.mask import CHOICES_BY_KEY
 from migration.microsoft import views as microsoft_views
 from migration.models import Status
+from sync import egress
 from sync.models import MailAccount, ProviderKind
 from sync.selectors import accounts_for_user
 
@@ -18,6 +22,9 @@ USER_ERRORS = {
     "already_running": _("Für dieses Konto läuft bereits eine Migration."),
     "wrong_state": _("Die Migration ist in einem anderen Schritt; die Seite zeigt den aktuellen Stand."),
 }
+
+FORMS = {ProviderKind.IMAP: ImapCredentialsForm, ProviderKind.EXCHANGE: ExchangeCredentialsForm}
+FORM_TEMPLATES = {ProviderKind.IMAP: "migration/_imap_form.html", ProviderKind.EXCHANGE: "migration/_exchange_form.html"}
 
 
 def _actor(request) -> str:
@@ -56,28 +63,51 @@ def start(request, account_id: int):
 @login_required
 def detail(request, pk: int):
     migration = selectors.get_migration_for_user(request.user, pk)
-    form = None
-    if migration.status == Status.AWAITING_USER and migration.provider_kind == ProviderKind.IMAP:
-        form = ImapCredentialsForm(account=migration.account, initial=_initial(migration))
-    return _render_detail(request, migration, form)
+    return _render_detail(request, migration, _form(migration))
+
+
+def _form(migration, data=None):
+    """The login step's form, or None when this step has no password form."""
+    form_class = FORMS.get(migration.provider_kind)
+    if migration.status != Status.AWAITING_USER or form_class is None or _must_choose(migration):
+        return None
+    detected = migration.detected or {}
+    return form_class(data, account=migration.account, stranger=detected.get("confirm_host", ""),
+                      initial=_initial(migration))
+
+
+def _must_choose(migration) -> bool:
+    """An ambiguous detection (IONOS) waits for the user's choice before any form."""
+    detected = migration.detected or {}
+    return len(detected.get("candidates") or []) > 1 and not detected.get("chosen")
 
 
 def _initial(migration) -> dict:
     detected = migration.detected or {}
     connection = migration.connection or {}
+    address = migration.account.address
+    if migration.provider_kind == ProviderKind.EXCHANGE:
+        return {"address": address, "server": connection.get("ews_url") or detected.get("ews_url", ""),
+                "username": connection.get("username") or detected.get("username", address),
+                "auth_type": connection.get("auth_type") or "auto", "ca_pem": connection.get("ca_pem", "")}
     return {
-        "address": migration.account.address,
+        "address": address,
         "host": connection.get("host") or detected.get("host", ""),
         "port": connection.get("port") or detected.get("port", 993),
         "security": connection.get("security") or detected.get("security", "ssl"),
-        "username": connection.get("username") or detected.get("username", migration.account.address),
+        "username": connection.get("username") or detected.get("username", address),
     }
 
 
 def _render_detail(request, migration, form, status=200):
+    detected = migration.detected or {}
     return render(request, "migration/detail.html", {
         "migration": migration,
         "form": form,
+        "form_template": FORM_TEMPLATES.get(migration.provider_kind),
+        # Stored as German source texts: each reader gets them in the page's language.
+        "hints": [gettext(hint) for hint in detected.get("hints") or []],
+        "candidates": _candidates(migration) if migration.status == Status.AWAITING_USER else [],
         "events": migration.events.all(),
         "error_message": errors.message_for(migration.error_code) if migration.error_code else "",
         "nav": "settings",
@@ -85,25 +115,46 @@ def _render_detail(request, migration, form, status=200):
     }, status=status)
 
 
+def _candidates(migration) -> list[dict]:
+    if not _must_choose(migration):
+        return []
+    labels = {"microsoft365": _("Weiter mit Microsoft")}
+    return [{"key": key, "label": labels.get(key) or _("Weiter mit IMAP (%(provider)s)") % {
+        "provider": CHOICES_BY_KEY[key].label}} for key in migration.detected["candidates"] if key in CHOICES_BY_KEY]
+
+
 @sensitive_post_parameters("password")
 @login_required
 @require_POST
 def credentials(request, pk: int):
     migration = selectors.get_migration_for_user(request.user, pk)
-    if migration.status != Status.AWAITING_USER or migration.provider_kind != ProviderKind.IMAP:
+    form = _form(migration, request.POST)
+    if form is None:
         messages.info(request, _user_error("wrong_state"))
         return redirect("migration-detail", pk=pk)
-    form = ImapCredentialsForm(request.POST, account=migration.account)
     if not form.is_valid():
         return _render_detail(request, migration, form, status=400)
+    connection = form.connection()
     try:
-        services.submit_imap_credentials(
-            migration=migration, server=form.server(), password=form.cleaned_data["password"], actor=_actor(request)
-        )
+        # Counted per user and per destination: the form is no port scanner or password sprayer.
+        egress.check_rate(request.user.pk, *_destination(connection))
+    except egress.RateLimited:
+        form.add_error(None, errors.message_for("rate_limited"))
+        return _render_detail(request, migration, form, status=429)
+    try:
+        services.submit_credentials(migration=migration, connection=connection,
+                                    password=form.cleaned_data["password"], actor=_actor(request))
     except (services.MigrationError, services.TransitionConflict):
         # The double click: the first submit already moved the migration on.
         messages.info(request, _user_error("wrong_state"))
     return redirect("migration-detail", pk=pk)
+
+
+def _destination(connection: dict) -> tuple[str, int]:
+    if "ews_url" in connection:
+        _scheme, host, port = egress.split_url(connection["ews_url"])
+        return host, port
+    return connection["host"], int(connection["port"])
 
 
 @login_required

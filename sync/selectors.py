@@ -17,12 +17,13 @@ def accounts_for_user(user) -> QuerySet:
 
 def accounts_due_for_sync(*, v2_running: bool) -> QuerySet:
     engines = [Engine.V3, Engine.V2] if v2_running else [Engine.V3]
-    # Microsoft accounts on V3 sync through Graph: they need no IMAP host. An
-    # account waiting to be re-connected has no grant to sync with.
+    # Microsoft and Exchange accounts on V3 sync through Graph and EWS: they
+    # need no IMAP host. An account waiting to be re-connected has no grant.
     return (
         MailAccount.objects.filter(engine__in=engines)
         .exclude(status__in=[AccountStatus.STOPPED, AccountStatus.RECONNECT])
-        .exclude(Q(imap_host="") & ~Q(provider_kind=ProviderKind.MICROSOFT, engine=Engine.V3))
+        .exclude(Q(imap_host="") & ~Q(provider_kind__in=[ProviderKind.MICROSOFT, ProviderKind.EXCHANGE],
+                                      engine=Engine.V3))
     )
 
 

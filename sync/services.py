@@ -129,17 +129,18 @@ def accounts_to_sync() -> list[int]:
 def sync_account(account_id: int) -> int:
     """One sync run for one account through the engine it is on now."""
     from migration.selectors import current_campaign_dates
-    from sync.engines import v2, v3_imap
+    from sync.engines import v2, v3_ews, v3_graph, v3_imap
 
     account = MailAccount.objects.filter(pk=account_id).first()
-    if account is not None and account.provider_kind == "microsoft" and account.engine == "v3":
-        from sync.engines import v3_graph
-
-        return v3_graph.sync(account)
-    if account is None or account.provider_kind != "imap" or account.status == AccountStatus.STOPPED:
+    if account is None:
         return 0
     if account.engine == "v3":
-        return v3_imap.sync(account)
+        engine = {"imap": v3_imap.sync, "microsoft": v3_graph.sync, "exchange": v3_ews.sync}.get(account.provider_kind)
+        if engine is None or account.status in (AccountStatus.STOPPED, AccountStatus.RECONNECT):
+            return 0
+        return engine(account)
+    if account.provider_kind != "imap" or account.status == AccountStatus.STOPPED:
+        return 0  # V2 polled IMAP only
     if not current_campaign_dates().v2_running(timezone.localdate()):
         return 0  # V2 is switched off: it never polls again
     return v2.poll(account)

@@ -24,6 +24,24 @@ def _clean_environment(monkeypatch, settings):
     cache.clear()
 
 
+@pytest.fixture(scope="session")
+def _quiet_nameserver():
+    from tests.fakes.dns import FakeDNS
+
+    server = FakeDNS().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _local_dns(settings, _quiet_nameserver):
+    # The migration worker detects providers by MX lookups: in tests they go
+    # to a local nameserver that knows nothing (NXDOMAIN), never to the
+    # machine's resolver. Tests that need records use the fake_dns fixture.
+    settings.DNS_NAMESERVERS = [_quiet_nameserver.nameserver]
+    settings.DNS_TIMEOUT = 1
+
+
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     # The default hasher costs ~0.3 s per user; tests create many users.

@@ -68,11 +68,13 @@ def test_it_hides_other_users_masks(client, other_user, waiting):
     assert client.post(reverse("migration-choose", args=[waiting.pk]), {"provider": "gmx"}).status_code == 404
 
 
-def test_it_says_when_a_sign_in_method_is_not_built_yet(client, user, waiting):
+def test_choosing_exchange_shows_the_exchange_form(client, user, waiting):
     client.force_login(user)
     client.post(reverse("migration-choose", args=[waiting.pk]), {"provider": "exchange"})
     page = client.get(reverse("migration-detail", args=[waiting.pk])).content.decode()
-    assert "noch nicht verfügbar" in page and 'name="password"' not in page and "Zurück" in page
-    # The IMAP credentials endpoint refuses a migration that is not on the IMAP path.
-    client.post(reverse("migration-credentials", args=[waiting.pk]), {"password": "x"})
+    assert 'data-testid="exchange-form"' in page and 'name="server"' in page and "Zurück" in page
+    assert 'name="host"' not in page  # not the IMAP form
+    # An incomplete form is refused and changes nothing.
+    response = client.post(reverse("migration-credentials", args=[waiting.pk]), {"password": "x"})
+    assert response.status_code == 400
     assert Migration.objects.get(pk=waiting.pk).status == "awaiting_user"

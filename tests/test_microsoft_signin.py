@@ -53,7 +53,8 @@ def test_it_migrates_a_microsoft_account_end_to_end(client, user, ms_account, mi
     migration = Migration.objects.get(account=ms_account)
     wait_for(lambda: Migration.objects.get(pk=migration.pk).status == "awaiting_user")
     migration.refresh_from_db()
-    assert migration.detected == {"provider": "microsoft", "tenant": "contoso.com"}
+    assert migration.provider_kind == "microsoft"
+    assert (migration.detected["provider"], migration.detected["tenant"]) == ("microsoft365", "contoso.com")
     page = client.get(reverse("migration-detail", args=[migration.pk])).content.decode()
     assert "Bei Microsoft anmelden" in page and "Zurück" in page
 

@@ -40,6 +40,8 @@ class FakeEWS:
         self.page_size = page_size  # None: the client's MaxChangesReturned
         self.folders: dict[str, list[dict]] = {"inbox": [], "sentitems": []}
         self.calls: list[str] = []
+        # operation -> EWS ResponseCode to answer with instead ("GetFolder": "ErrorMailboxStoreUnavailable")
+        self.failures: dict[str, str] = {}
         self.epoch = 1  # sync states of another epoch are invalid
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
@@ -222,7 +224,9 @@ def _handler(fake: FakeEWS):
             operation = request.tag.split("}", 1)[1]
             fake.calls.append(operation)
             with fake._lock:
-                if operation in OPERATIONS:
+                if operation in fake.failures:
+                    messages = _error(operation, fake.failures[operation], "Injected by the test.")
+                elif operation in OPERATIONS:
                     messages = OPERATIONS[operation](fake, request)
                 else:  # e.g. ConvertId, which exchangelib sends to learn the version from the header
                     messages = _error(operation, "ErrorInvalidIdMalformed", "Id is malformed.")
