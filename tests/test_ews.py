@@ -11,7 +11,7 @@ from sync.egress import EgressRefused
 from sync.engines import v3_ews
 from sync.imap import MailboxError
 from sync.models import FolderState, SyncedMessage
-from tests.fakes.fixtures import EWS_PASSWORD, EWS_USER, fake_ews, hosts, no_connections  # noqa: F401
+from tests.fakes.fixtures import EWS_PASSWORD, EWS_USER, fake_ews, fake_ews_ntlm, hosts, no_connections  # noqa: F401
 
 NOW = datetime.now(timezone.utc)
 
@@ -200,3 +200,28 @@ def test_it_dedupes_messages_without_message_id_within_ews(ews_account, fake_ews
     v3_ews.sync(ews_account)  # the window re-reads it
     keys = list(SyncedMessage.objects.filter(account=ews_account).values_list("dedup_key", flat=True))
     assert len(keys) == 1 and keys[0].startswith("sha256:")
+
+
+# --- NTLM: a real NTLMv2 handshake (requests_ntlm in exchangelib <-> pyspnego in the fake) ------------------------
+
+
+@pytest.fixture
+def ntlm_server(fake_ews_ntlm):
+    return ews.EwsSettings(url=fake_ews_ntlm.url, username=EWS_USER, address="anna@firma.test", auth_type="ntlm",
+                           ca_pem=fake_ews_ntlm.cert_pem, version="15.1.2507.6")
+
+
+def test_it_signs_in_with_ntlm_through_the_pinned_connection(fake_ews_ntlm, ntlm_server):
+    fake_ews_ntlm.deliver("inbox", subject="per NTLM")
+    cursors = ews.verify(ntlm_server, EWS_PASSWORD)
+    assert set(cursors) == {"INBOX", "Sent"}
+    # Negotiate -> challenge -> authenticate, once: the connection stays signed in.
+    assert fake_ews_ntlm.calls[:3] == ["401", "ntlm-challenge", "ntlm-ok"]
+    assert fake_ews_ntlm.calls.count("ntlm-ok") == 1
+
+
+def test_it_reports_a_wrong_ntlm_password_as_auth_failed(fake_ews_ntlm, ntlm_server):
+    with pytest.raises(MailboxError) as error:
+        ews.verify(ntlm_server, "falsch")
+    assert error.value.code == "auth_failed"
+    assert "ntlm-ok" not in fake_ews_ntlm.calls and "ntlm-challenge" in fake_ews_ntlm.calls

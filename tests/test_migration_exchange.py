@@ -14,7 +14,7 @@ from sync.imap import dedup_key_for
 from sync.models import FolderState, SyncedMessage
 from sync.services import sync_account
 from tests.conftest import wait_for
-from tests.fakes.fixtures import EWS_PASSWORD, EWS_USER, fake_ews, hosts  # noqa: F401
+from tests.fakes.fixtures import EWS_PASSWORD, EWS_USER, fake_ews, fake_ews_ntlm, hosts  # noqa: F401
 
 pytestmark = pytest.mark.django_db(transaction=True)
 NOW = datetime.now(timezone.utc)
@@ -141,3 +141,14 @@ def test_an_ews_error_is_reported_clearly(client, user, exchange_account, fake_e
     assert Migration.objects.get(pk=migration.pk).account.engine == "v2"
     page = client.get(reverse("migration-detail", args=[migration.pk])).content.decode()
     assert "Der E-Mail-Server hat unerwartet geantwortet" in page
+
+
+def test_auto_picks_ntlm_when_the_server_offers_it(client, user, exchange_account, fake_ews_ntlm, celery_worker_thread):
+    client.force_login(user)
+    migration = _start(client, exchange_account)
+    _submit(client, migration, fake_ews_ntlm)
+    migration = _finished(migration)
+    assert migration.status == "done", migration.error_code
+    assert migration.connection["auth_type"] == "ntlm" and "ntlm-ok" in fake_ews_ntlm.calls
+    exchange_account.refresh_from_db()
+    assert exchange_account.ews_auth_type == "ntlm"

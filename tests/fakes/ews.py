@@ -22,6 +22,9 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 from xml.sax.saxutils import escape, quoteattr
 
+import spnego
+import spnego.exceptions
+
 from portal.devservers import make_certificate
 
 S = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -35,8 +38,11 @@ ENVELOPE = (
 
 
 class FakeEWS:
-    def __init__(self, *, username: str, password: str, page_size: int | None = None):
+    def __init__(self, *, username: str, password: str, page_size: int | None = None, auth: str = "basic"):
         self.username, self.password = username, password
+        # "basic", or "ntlm": a real NTLMv2 handshake per connection (pyspnego as the acceptor),
+        # announced as "Negotiate, NTLM" like IIS does.
+        self.auth = auth
         self.page_size = page_size  # None: the client's MaxChangesReturned
         self.folders: dict[str, list[dict]] = {"inbox": [], "sentitems": []}
         self.calls: list[str] = []
@@ -62,6 +68,13 @@ class FakeEWS:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def ntlm_user_file(self, directory: Path) -> Path:
+        """pyspnego's acceptor reads the accounts it knows from the file NTLM_USER_FILE names."""
+        domain, _sep, user = self.username.rpartition("\\")
+        path = directory / "ntlm-users"
+        path.write_text(f"{domain}:{user}:{self.password}\n")
+        return path
 
     def deliver(self, folder: str = "inbox", *, subject: str, message_id: str | None = None,
                 received: datetime | None = None, sender: str = "kunde@example.org", size: int = 1234) -> dict:
@@ -216,10 +229,8 @@ def _handler(fake: FakeEWS):
 
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            expected = base64.b64encode(f"{fake.username}:{fake.password}".encode()).decode()
-            if self.headers.get("Authorization") != f"Basic {expected}":
-                fake.calls.append("401")
-                return self._send(401, b"", {"WWW-Authenticate": 'Basic realm="fake"'})
+            if not self._authenticated():
+                return None
             request = ET.fromstring(body).find(f"{{{S}}}Body")[0]
             operation = request.tag.split("}", 1)[1]
             fake.calls.append(operation)
@@ -233,6 +244,40 @@ def _handler(fake: FakeEWS):
             answer = ENVELOPE.format(body=f"<m:{operation}Response><m:ResponseMessages>{messages}"
                                           f"</m:ResponseMessages></m:{operation}Response>")
             self._send(200, answer.encode(), {"Content-Type": "text/xml; charset=utf-8"})
+
+        def _authenticated(self) -> bool:
+            header = self.headers.get("Authorization") or ""
+            if fake.auth == "basic":
+                expected = base64.b64encode(f"{fake.username}:{fake.password}".encode()).decode()
+                if header == f"Basic {expected}":
+                    return True
+                fake.calls.append("401")
+                self._send(401, b"", {"WWW-Authenticate": 'Basic realm="fake"'})
+                return False
+            # NTLM authenticates the TCP connection, not the request (IIS does the same):
+            # this handler object lives as long as the connection.
+            if getattr(self, "ntlm_done", False):
+                return True
+            if not header.startswith("NTLM "):
+                fake.calls.append("401")
+                self._send(401, b"", {"WWW-Authenticate": "Negotiate, NTLM"})
+                return False
+            if not hasattr(self, "ntlm"):
+                self.ntlm = spnego.server(protocol="ntlm")
+            try:
+                answer = self.ntlm.step(base64.b64decode(header[5:]))
+            except spnego.exceptions.SpnegoError:
+                fake.calls.append("401")
+                del self.ntlm
+                self._send(401, b"", {"WWW-Authenticate": "Negotiate, NTLM"})
+                return False
+            if not self.ntlm.complete:  # the challenge
+                fake.calls.append("ntlm-challenge")
+                self._send(401, b"", {"WWW-Authenticate": "NTLM " + base64.b64encode(answer).decode()})
+                return False
+            fake.calls.append("ntlm-ok")
+            self.ntlm_done = True
+            return True
 
         def _send(self, status, payload, headers):
             self.send_response(status)

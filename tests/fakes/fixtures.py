@@ -32,6 +32,16 @@ def fake_ews(settings):
 
 
 @pytest.fixture
+def fake_ews_ntlm(settings, monkeypatch, tmp_path):
+    """The fake Exchange asking for NTLM (Negotiate, NTLM) and checking a real NTLMv2 handshake."""
+    server = FakeEWS(username=EWS_USER, password=EWS_PASSWORD, auth="ntlm")
+    monkeypatch.setenv("NTLM_USER_FILE", str(server.ntlm_user_file(tmp_path)))
+    settings.EGRESS_ALLOW_NETWORKS = ["127.0.0.1/32"]
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture
 def web():
     servers = []
 
