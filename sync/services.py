@@ -62,18 +62,29 @@ def microsoft_tokens_of(account: MailAccount) -> dict:
     return crypto.decrypt_json(account.token_cache_encrypted)
 
 
-def save_microsoft_cache(*, account_id: int, cache: str, home_account_id: str) -> None:
-    """MSAL refreshed a token: keep the new cache (the refresh token may have rotated)."""
-    MailAccount.objects.filter(pk=account_id).update(
-        token_cache_encrypted=crypto.encrypt_json({"cache": cache, "home_account_id": home_account_id})
+def save_microsoft_cache(*, account_id: int, cache: str, home_account_id: str, expected: str) -> str:
+    """MSAL refreshed a token: keep the new cache (the refresh token may have rotated).
+
+    Compare-and-swap on the ciphertext the sync started from: if the user
+    re-connected meanwhile, their fresh grant wins over this run's old one.
+    Returns the stored ciphertext, or "" when the swap lost.
+    """
+    ciphertext = crypto.encrypt_json({"cache": cache, "home_account_id": home_account_id})
+    changed = MailAccount.objects.filter(pk=account_id, token_cache_encrypted=expected).update(
+        token_cache_encrypted=ciphertext
     )
+    return ciphertext if changed else ""
 
 
-def mark_reconnect(*, account_id: int) -> None:
-    """The grant was revoked or expired: visible on the settings page, no more sync tries."""
-    MailAccount.objects.filter(pk=account_id).exclude(status=AccountStatus.STOPPED).update(
-        status=AccountStatus.RECONNECT, last_sync_error="ms_reconnect"
-    )
+def mark_reconnect(*, account_id: int, expected: str) -> None:
+    """The grant was revoked or expired: visible on the settings page, no more sync tries.
+
+    Only for the grant this run used (expected ciphertext): a re-connect that
+    happened during the run is not undone.
+    """
+    MailAccount.objects.filter(pk=account_id, token_cache_encrypted=expected).exclude(
+        status=AccountStatus.STOPPED
+    ).update(status=AccountStatus.RECONNECT, last_sync_error="ms_reconnect")
 
 
 def reconnect_microsoft(*, account_id: int, cache: str, home_account_id: str) -> None:
@@ -105,7 +116,10 @@ def record_sync_result(*, account_id: int, error_code: str = "") -> None:
         fields["status"] = AccountStatus.ERROR
     else:
         fields.update(status=AccountStatus.ACTIVE, last_sync_at=timezone.now())
-    MailAccount.objects.filter(pk=account_id).exclude(status=AccountStatus.STOPPED).update(**fields)
+    # A stopped account stays stopped; one waiting for a re-connect stays so until the user re-connects.
+    MailAccount.objects.filter(pk=account_id).exclude(
+        status__in=[AccountStatus.STOPPED, AccountStatus.RECONNECT]
+    ).update(**fields)
 
 
 def stop_v2_after_shutdown(*, v2_running: bool) -> int:

@@ -26,7 +26,7 @@ def sync(account: MailAccount) -> int:
     if account.status in (AccountStatus.STOPPED, AccountStatus.RECONNECT):
         return 0
     try:
-        tokens = microsoft_tokens_of(account)
+        tokens = {**microsoft_tokens_of(account), "stored": account.token_cache_encrypted}
     except crypto.SecretUnreadable:
         record_sync_result(account_id=account.pk, error_code="secret_unreadable")
         return 0
@@ -45,7 +45,7 @@ def sync(account: MailAccount) -> int:
             finally:
                 graph.close()
     except MicrosoftError as error:
-        return added + _failed(account, error)
+        return added + _failed(account, error, expected=tokens["stored"])
     record_sync_result(account_id=account.pk)
     return added
 
@@ -55,13 +55,15 @@ def _access_token(account: MailAccount, tokens: dict, *, force_refresh: bool) ->
                                            force_refresh=force_refresh)
     if refreshed:
         tokens["cache"] = refreshed
-        save_microsoft_cache(account_id=account.pk, cache=refreshed, home_account_id=tokens["home_account_id"])
+        stored = save_microsoft_cache(account_id=account.pk, cache=refreshed, home_account_id=tokens["home_account_id"],
+                                      expected=tokens["stored"])
+        tokens["stored"] = stored or tokens["stored"]
     return token
 
 
-def _failed(account: MailAccount, error: MicrosoftError) -> int:
+def _failed(account: MailAccount, error: MicrosoftError, *, expected: str) -> int:
     if error.code == "ms_reconnect":
-        mark_reconnect(account_id=account.pk)
+        mark_reconnect(account_id=account.pk, expected=expected)
     else:
         record_sync_result(account_id=account.pk, error_code=error.code)
     return 0
