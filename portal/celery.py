@@ -48,3 +48,11 @@ def _schedule_periodic_tasks(sender, **kwargs):
         float(settings.CELERY_SWEEP_SECONDS), sender.signature("migration.tasks.sweep_stuck_migrations"),
         name="re-queue stuck migrations",
     )
+    poll = float(settings.MS_CONSENT_POLL_SECONDS)
+    sender.add_periodic_task(
+        poll, sender.signature("migration.microsoft.tasks.poll_admin_consents"),
+        name="resume migrations after admin consent given in Entra",
+        # A run that waited longer than one interval in the queue is dropped:
+        # after a worker outage Microsoft gets one round of token requests, not a backlog.
+        expires=poll,
+    )

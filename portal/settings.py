@@ -220,6 +220,9 @@ MS_APP_DISPLAY_NAME = envstr("MS_APP_DISPLAY_NAME", "CRM E-Mail-Synchronisierung
 MS_LEGACY_APP_DISPLAY_NAME = envstr("MS_LEGACY_APP_DISPLAY_NAME", "CRM E-Mail-Synchronisierung V2")
 # The link a user sends to their admin stays valid this many days.
 MS_ADMIN_LINK_DAYS = envint("MS_ADMIN_LINK_DAYS", 14, minimum=1)
+# Consent granted by hand in the Entra admin center sends no callback: the
+# worker checks tenants with waiting migrations this often (one token request each).
+MS_CONSENT_POLL_SECONDS = envint("MS_CONSENT_POLL_SECONDS", 300, minimum=30)
 
 # --- Campaign ----------------------------------------------------------------
 CAMPAIGN_MIGRATE_BY = envdate("CAMPAIGN_MIGRATE_BY", "2025-07-18")

@@ -2,15 +2,18 @@
 
 import re
 import time
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 from django.core import mail
 from django.test import Client
 from django.urls import reverse
 
 from migration import services, steps
-from migration.microsoft import consent
-from migration.models import AdminConsentRequest, Migration, TenantConsent
+from migration.microsoft import client as ms_client
+from migration.microsoft import consent, tasks
+from migration.models import AdminConsentRequest, Migration, MigrationEvent, TenantConsent
 from tests.conftest import wait_for
 from tests.fakes.microsoft_fixtures import (  # noqa: F401 - fixtures
     FABRIKAM, browser_get, fake_microsoft_server, local, microsoft, ms_account, query_of, sign_in,
@@ -165,7 +168,7 @@ def test_it_ignores_forged_admin_consent_callbacks(client, user, make_account, m
     admin, answer = _admin_goes_to_microsoft(microsoft, link)
     assert stranger.get(local(answer)).status_code == 400
     # The genuine browser, but Microsoft never granted anything: no token, no consent.
-    microsoft.fabrikam.admin_consented = False
+    microsoft.fabrikam.admin_consented = microsoft.fabrikam.service_principal = False
     unproven = admin.get(callback, {"admin_consent": "True", "tenant": FABRIKAM, "state": query_of(answer)["state"]})
     assert unproven.status_code == 200 and "nicht bestätigt" in unproven.content.decode()
     # Replaying a spent state.
@@ -215,6 +218,7 @@ def test_the_user_can_mail_the_link_to_the_admin(client, user, make_account, mic
     client.post(url, {"email": "it@fabrikam.de"})  # a second one within the minute is refused
     assert [m.to for m in mailoutbox] == [["it@fabrikam.de"]]
     assert "/migration/microsoft/admin/" in mailoutbox[0].body
+    assert "lena@fabrikam.de" in mailoutbox[0].body
     tenant = TenantConsent.objects.get(tenant="fabrikam.de")
     assert tenant.admin_email == "it@fabrikam.de" and tenant.last_link_sent_at
 
@@ -233,3 +237,153 @@ def test_staff_resend_the_admin_link_from_the_admin(client, admin_client, user, 
     assert mailoutbox[-1].to == ["it@fabrikam.de"]
     assert TenantConsent.objects.get(pk=tenant.pk).last_link_sent_at is not None
     assert mail.outbox is mailoutbox
+
+
+def _links_in(message) -> list[dict]:
+    """The admin links in an e-mail, read back: {"t": tenant, "m": migration id}."""
+    tokens = re.findall(r"/migration/microsoft/admin/([^/\s]+)/", message.body)
+    return [consent.read_admin_link(token) for token in tokens]
+
+
+@pytest.mark.django_db
+def test_staff_resend_one_message_per_waiting_user_each_with_its_own_link(
+    client, admin_client, user, other_user, make_account, microsoft, mailoutbox
+):
+    lena = _needing_consent(client, user, make_account, microsoft)
+    otto = _needing_consent(Client(), other_user, make_account, microsoft, "otto@fabrikam.de")
+    tenant = TenantConsent.objects.get(tenant="fabrikam.de")
+    changelist = reverse("admin:migration_tenantconsent_changelist")
+    admin_client.post(changelist, {"action": "resend_admin_link", "_selected_action": [tenant.pk]})
+
+    # Nobody sees the other's address, and each link names the mailbox it was asked for.
+    assert sorted(m.to for m in mailoutbox) == sorted([[user.email], [other_user.email]])
+    by_recipient = {m.to[0]: m for m in mailoutbox}
+    for owner, migration, other in ((user, lena, otto), (other_user, otto, lena)):
+        message = by_recipient[owner.email]
+        assert message.cc == [] and message.bcc == []
+        assert _links_in(message) == [{"t": "fabrikam.de", "m": migration.pk}]
+        assert migration.account.address in message.body and other.account.address not in message.body
+
+    # An admin address known: one message for the tenant, naming no single requester.
+    mailoutbox.clear()
+    TenantConsent.objects.filter(pk=tenant.pk).update(admin_email="it@fabrikam.de")
+    admin_client.post(changelist, {"action": "resend_admin_link", "_selected_action": [tenant.pk]})
+    assert [m.to for m in mailoutbox] == [["it@fabrikam.de"]]
+    assert _links_in(mailoutbox[0]) == [{"t": "fabrikam.de", "m": None}]
+    assert "lena@fabrikam.de" not in mailoutbox[0].body and "otto@fabrikam.de" not in mailoutbox[0].body
+
+
+@pytest.mark.django_db
+def test_signing_in_again_without_consent_says_the_consent_is_still_missing(client, user, make_account, microsoft):
+    migration = _needing_consent(client, user, make_account, microsoft)
+    events = list(MigrationEvent.objects.filter(migration=migration).values_list("pk", flat=True))
+
+    # "Erneut bei Microsoft anmelden" on the waiting page, before any admin consented.
+    response, _, _ = sign_in(client, microsoft, migration)
+    page = client.get(response["Location"]).content.decode()
+    assert "noch nicht erteilt" in page and "in einem anderen Schritt" not in page
+    assert Migration.objects.get(pk=migration.pk).status == "awaiting_admin_consent"
+    assert list(MigrationEvent.objects.filter(migration=migration).values_list("pk", flat=True)) == events
+    assert TenantConsent.objects.get(tenant="fabrikam.de").status == "requested"
+
+
+def test_it_keeps_the_tenant_in_one_path_segment_of_the_admin_consent_url(microsoft):
+    url = ms_client.admin_consent_url(tenant="fabrikam.de/../common?client_id=evil#", state="s1")
+    assert urlsplit(url).path == "/fabrikam.de%2F..%2Fcommon%3Fclient_id%3Devil%23/v2.0/adminconsent"
+    assert query_of(url)["client_id"] == microsoft.client_id and query_of(url)["state"] == "s1"
+    # Microsoft sees one unknown tenant, not the consent page of "common".
+    answer = requests.get(url, verify=str(microsoft.cert_path), allow_redirects=False, timeout=10)
+    assert answer.status_code == 400 and "Tenant not found" in answer.text
+
+
+# --- consent granted by hand in the Entra admin center -------------------------------------
+
+
+def test_the_beat_polls_for_admin_consent(settings):
+    from portal.celery import app
+
+    app.loader.import_default_modules()
+    entry = next(e for e in app.conf.beat_schedule.values()
+                 if e["task"] == "migration.microsoft.tasks.poll_admin_consents")
+    assert entry["schedule"] == float(settings.MS_CONSENT_POLL_SECONDS) == 300.0
+    assert entry["options"]["expires"] == entry["schedule"]  # no backlog of polls after an outage
+
+
+@pytest.mark.django_db
+def test_the_poll_changes_nothing_while_no_admin_has_consented(client, user, make_account, microsoft, mailoutbox):
+    migration = _needing_consent(client, user, make_account, microsoft)
+    events = MigrationEvent.objects.filter(migration=migration).count()
+    assert tasks.poll_admin_consents() == 0
+    # It asked Microsoft (a client-credentials token for the tenant), and was refused.
+    asked = [r for r in microsoft.seen("/fabrikam.de/oauth2/v2.0/token")
+             if r["query"].get("grant_type") == "client_credentials"]
+    assert len(asked) == 1
+    assert Migration.objects.get(pk=migration.pk).status == "awaiting_admin_consent"
+    assert MigrationEvent.objects.filter(migration=migration).count() == events
+    assert TenantConsent.objects.get(tenant="fabrikam.de").status == "requested"
+    assert mailoutbox == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_poll_resumes_migrations_after_consent_granted_in_entra(
+    client, user, make_account, microsoft, celery_worker_thread, mailoutbox
+):
+    lena = _needing_consent(client, user, make_account, microsoft)
+    microsoft.add_tenant("c0ffee00-0000-4000-8000-000000000003", {"northwind.example"}, needs_admin_consent=90094)
+    microsoft.add_user("nora@northwind.example", microsoft.tenants["c0ffee00-0000-4000-8000-000000000003"])
+    nora = _needing_consent(client, user, make_account, microsoft, "nora@northwind.example")
+
+    microsoft.grant_consent_in_entra(microsoft.fabrikam)  # by hand: no redirect, no callback
+    tasks.poll_admin_consents.delay()  # what the beat sends
+
+    wait_for(lambda: Migration.objects.get(pk=lena.pk).status == "awaiting_user")
+    lena.refresh_from_db()
+    assert lena.detected["consent_granted"] is True
+    assert TenantConsent.objects.get(tenant="fabrikam.de").status == "granted"
+    assert Migration.objects.get(pk=nora.pk).status == "awaiting_admin_consent"  # its admin did nothing
+    wait_for(lambda: len(mailoutbox) == 1)
+    assert mailoutbox[0].to == [user.email] and mailoutbox[0].subject == "Zustimmung erteilt – jetzt anmelden"
+    page = client.get(reverse("migration-detail", args=[lena.pk])).content.decode()
+    assert "Zustimmung erteilt – jetzt anmelden" in page and "data-auto-continue" in page
+    sign_in(client, microsoft, lena)
+    wait_for(lambda: Migration.objects.get(pk=lena.pk).status == "done")
+
+
+@pytest.mark.django_db
+def test_the_poll_leaves_a_tenant_alone_whose_consent_went_missing_again(
+    client, user, make_account, microsoft, mailoutbox
+):
+    # Consented once (through the link), then the admin removed the app's permissions:
+    # its service principal stays, so a token no longer proves the consent.
+    migration = _needing_consent(client, user, make_account, microsoft)
+    admin, answer = _admin_goes_to_microsoft(microsoft, _admin_link(client, migration))
+    admin.get(local(answer))
+    assert Migration.objects.get(pk=migration.pk).status == "awaiting_user"
+    microsoft.remove_permissions_in_entra(microsoft.fabrikam)
+    sign_in(client, microsoft, Migration.objects.get(pk=migration.pk))
+    assert Migration.objects.get(pk=migration.pk).status == "awaiting_admin_consent"
+
+    assert tasks.poll_admin_consents() == 0  # else: resume, sign-in refused, wait, resume ... every few minutes
+    assert Migration.objects.get(pk=migration.pk).status == "awaiting_admin_consent"
+    assert mailoutbox == []
+
+
+@pytest.mark.django_db
+def test_it_tells_each_user_once_even_when_the_task_is_redelivered(client, user, make_account, microsoft, mailoutbox):
+    migration = _needing_consent(client, user, make_account, microsoft)
+    admin, answer = _admin_goes_to_microsoft(microsoft, _admin_link(client, migration))
+    admin.get(local(answer))
+
+    assert tasks.notify_consent_granted(migration.pk) is True
+    assert tasks.notify_consent_granted(migration.pk) is False  # acks_late: the same task again after a crash
+    assert len(mailoutbox) == 1
+
+    # Asked again later and granted again: that is news, told once more.
+    microsoft.remove_permissions_in_entra(microsoft.fabrikam)
+    sign_in(client, microsoft, Migration.objects.get(pk=migration.pk))
+    admin, answer = _admin_goes_to_microsoft(microsoft, _admin_link(client, migration))
+    admin.get(local(answer))
+    assert Migration.objects.get(pk=migration.pk).status == "awaiting_user"
+    tasks.notify_consent_granted(migration.pk)
+    tasks.notify_consent_granted(migration.pk)
+    assert len(mailoutbox) == 2

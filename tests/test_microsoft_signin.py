@@ -1,9 +1,11 @@
 """Microsoft sign-in: MSAL auth code + PKCE against the fake identity platform and Graph."""
 
 import logging
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from celery.signals import before_task_publish
 from django.test import Client
 from django.urls import reverse
 
@@ -100,14 +102,27 @@ def test_it_migrates_a_microsoft_account_end_to_end(client, user, ms_account, mi
 
 
 @pytest.mark.django_db
-def test_it_keeps_codes_and_tokens_out_of_events_logs_and_admin(client, admin_client, user, ms_account, microsoft,
-                                                                caplog):
+def test_it_keeps_codes_and_tokens_out_of_events_logs_tasks_and_admin(
+    client, admin_client, user, ms_account, microsoft, caplog, django_capture_on_commit_callbacks
+):
     caplog.set_level(logging.DEBUG)
     migration = _waiting(user, ms_account)
     client.force_login(user)
-    _, _, back = sign_in(client, microsoft, migration)
+    published = []
+
+    def capture(sender=None, body=None, headers=None, **kwargs):
+        published.append((sender, body, headers))
+
+    # The message as it goes to the broker (the callback's on_commit enqueues the worker).
+    before_task_publish.connect(capture, weak=False)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            _, _, back = sign_in(client, microsoft, migration)
+    finally:
+        before_task_publish.disconnect(capture)
     code = query_of(back)["code"]
     assert code not in Migration.objects.get(pk=migration.pk).secret_encrypted  # encrypted at rest
+    flow = crypto.decrypt_json(Migration.objects.get(pk=migration.pk).secret_encrypted)["flow"]
     assert steps.run_migration(migration.pk) == "done"
     secrets = [code, microsoft.client_secret, *microsoft.refresh_tokens, *microsoft.access_tokens]
     trail = " ".join(f"{e.reason} {e.actor}" for e in MigrationEvent.objects.filter(migration=migration))
@@ -115,9 +130,14 @@ def test_it_keeps_codes_and_tokens_out_of_events_logs_and_admin(client, admin_cl
     pages += admin_client.get(reverse("admin:sync_mailaccount_change", args=[ms_account.pk])).content.decode()
     for secret in secrets:
         assert secret not in trail and secret not in caplog.text and secret not in pages
-    from migration.tasks import run_migration
-
-    assert run_migration.s(migration.pk).args == (migration.pk,)  # tasks carry ids only
+    # Tasks carry ids only: no code, verifier or token on the broker.
+    assert [name for name, _, _ in published] == ["migration.tasks.run_migration"]
+    (_, (args, kwargs, _embed), headers), = published
+    assert list(args) == [migration.pk] and kwargs == {}
+    assert all(type(arg) is int for arg in args)
+    on_the_wire = repr(args) + repr(kwargs) + repr(headers)
+    for secret in (code, flow["code_verifier"], flow["state"], microsoft.client_secret):
+        assert secret not in on_the_wire
 
 
 @pytest.mark.django_db
@@ -172,7 +192,7 @@ def test_it_fails_on_a_wrong_pkce_verifier(client, user, ms_account, microsoft):
     back = browser_get(microsoft, response["Location"])
     session = client.session
     flows = session["microsoft_flows"]
-    flows[f"m{migration.pk}"]["code_verifier"] = "x" * 64  # not the verifier of the challenge that was sent
+    flows[query_of(back)["state"]]["flow"]["code_verifier"] = "x" * 64  # not the one of the challenge that was sent
     session["microsoft_flows"] = flows
     session.save()
     assert client.get(local(back)).status_code == 302
@@ -269,3 +289,37 @@ def test_weiter_mit_microsoft_in_the_login_mask_leads_to_the_microsoft_sign_in(c
     microsoft.deliver(account.address, subject="über Graph")
     sync_account(account.pk)
     assert SyncedMessage.objects.filter(account=account, subject="über Graph").exists()
+
+
+@pytest.mark.django_db
+def test_a_second_tab_does_not_break_the_first_tabs_sign_in(client, user, ms_account, microsoft):
+    migration = _waiting(user, ms_account)
+    client.force_login(user)
+    first = client.post(reverse("microsoft-sign-in", args=[migration.pk]))["Location"]
+    second = client.post(reverse("microsoft-sign-in", args=[migration.pk]))["Location"]  # another tab, a double click
+    assert query_of(first)["state"] != query_of(second)["state"]
+    back = browser_get(microsoft, first)
+    assert client.get(local(back)).status_code == 302  # no state mismatch
+    assert Migration.objects.get(pk=migration.pk).status == "verifying"
+    assert steps.run_migration(migration.pk) == "done"
+    # The other tab's flow is still there, and still single use.
+    assert len(client.session["microsoft_flows"]) == 1
+
+
+@pytest.mark.django_db
+def test_it_keeps_few_and_young_flows_in_the_session(client, user, ms_account, microsoft, monkeypatch):
+    from migration.microsoft import flow
+
+    migration = _waiting(user, ms_account)
+    client.force_login(user)
+    starts = [client.post(reverse("microsoft-sign-in", args=[migration.pk]))["Location"] for _ in range(6)]
+    kept = client.session["microsoft_flows"]
+    assert len(kept) == flow.MAX_FLOWS and query_of(starts[0])["state"] not in kept  # the oldest went
+    # After ten minutes a flow (and its PKCE verifier) is gone: its callback changes nothing.
+    back = browser_get(microsoft, starts[-1])
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + flow.FLOW_MAX_AGE + 1)
+    response = client.get(local(back))
+    assert response.status_code == 400 and "gehört nicht zu Ihrer Anmeldung" in response.content.decode()
+    assert Migration.objects.get(pk=migration.pk).status == "awaiting_user"
+    assert client.session["microsoft_flows"] == {}

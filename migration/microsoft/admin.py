@@ -28,12 +28,10 @@ class TenantConsentAdmin(admin.ModelAdmin):
     def resend_admin_link(self, request, queryset):
         sent, skipped = 0, 0
         for tenant_consent in queryset:
-            waiting = list(consent.waiting_migrations(tenant_consent.tenant))
-            # To the admin if known; else to the waiting users, who forward it.
-            to = [tenant_consent.admin_email] if tenant_consent.admin_email else [m.user.email for m in waiting]
-            if consent.send_admin_link(consent=tenant_consent, to=to, migration=waiting[0] if waiting else None):
-                sent += 1
-            else:
+            # To the admin if known; else one message to each waiting user, who forwards it.
+            count = consent.resend_admin_links(consent=tenant_consent)
+            sent += count
+            if not count:
                 skipped += 1
         self.message_user(request, _("%(sent)d Links gesendet, %(skipped)d ohne Empfänger übersprungen.")
                           % {"sent": sent, "skipped": skipped}, messages.INFO)

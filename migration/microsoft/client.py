@@ -10,7 +10,7 @@ whether trying again can help.
 
 import re
 import warnings
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import msal
 import requests
@@ -177,16 +177,23 @@ def admin_consent_url(*, tenant: str, state: str) -> str:
         "client_id": settings.MS_CLIENT_ID, "scope": " ".join(ADMIN_CONSENT_SCOPES),
         "redirect_uri": admin_redirect_uri(), "state": state,
     })
-    return f"{instance()}/{tenant}/v2.0/adminconsent?{query}"
+    # One path segment, whatever the tenant holds: a "/", "?" or "#" in it must
+    # not steer the admin to another tenant (common) or another endpoint.
+    return f"{instance()}/{quote(tenant, safe='')}/v2.0/adminconsent?{query}"
 
 
 def prove_admin_consent(tenant: str) -> bool:
     """True once the app can get a token in that tenant (its service principal exists).
 
+    This shows the app is registered in the tenant, which happens with the
+    first consent; it does not show which delegated permissions were granted.
+    The user's next sign-in is the final proof (a missing permission sends the
+    migration back to "awaiting admin consent").
+
     An admin-consent callback proves nothing by itself: anyone can call our
     callback URL with admin_consent=True.
     """
-    app = build_app(authority=f"{instance()}/{tenant}")
+    app = build_app(authority=f"{instance()}/{quote(tenant, safe='')}")
     try:
         result = app.acquire_token_for_client([f"{GRAPH_RESOURCE}/.default"])
     except requests.RequestException:

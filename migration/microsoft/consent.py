@@ -6,6 +6,10 @@ issued no code), so every migration of the tenant that waits goes back to
 that is still open notices the change and continues to Microsoft by itself
 (one redirect that usually passes without a prompt); a page opened later
 shows "Zustimmung erteilt – jetzt anmelden".
+
+Admins who consent by hand in the Entra admin center send no callback: a
+periodic task (poll_admin_consents) tries the callback's proof for every
+tenant with waiting migrations and resumes them the same way.
 """
 
 import logging
@@ -32,6 +36,9 @@ logger = logging.getLogger(__name__)
 LINK_SALT = "migration.microsoft.admin-link"
 SESSION_KEY = "microsoft_admin_states"
 REQUEST_MAX_AGE = timedelta(hours=1)  # from the redirect to Microsoft until its callback
+# In Migration.detected once the "consent granted" e-mail is out: a redelivered
+# task (acks_late) must not tell the user twice.
+MAIL_MARKER = "consent_mail_sent"
 
 
 def tenant_of(migration: Migration) -> str:
@@ -43,7 +50,13 @@ def tenant_of(migration: Migration) -> str:
 
 
 def require_admin_consent(*, migration: Migration, reason: str, actor: str) -> Migration:
-    """Microsoft answered "Need admin approval": wait for an admin of the tenant."""
+    """Microsoft answered "Need admin approval": wait for an admin of the tenant.
+
+    A migration that already waits stays as it is: the user signed in again
+    before an admin consented (the caller says that the consent is still missing).
+    """
+    if migration.status == Status.AWAITING_ADMIN_CONSENT:
+        return migration
     tenant = tenant_of(migration)
     consent, created = TenantConsent.objects.get_or_create(tenant=tenant)
     if not created and consent.status != ConsentStatus.REQUESTED:
@@ -51,6 +64,7 @@ def require_admin_consent(*, migration: Migration, reason: str, actor: str) -> M
         TenantConsent.objects.filter(pk=consent.pk).update(status=ConsentStatus.REQUESTED)
     detected = {**(migration.detected or {}), "tenant": tenant}
     detected.pop("consent_granted", None)
+    detected.pop(MAIL_MARKER, None)  # the next consent is news again
     return services.transition(
         migration, to=Status.AWAITING_ADMIN_CONSENT, reason=f"admin consent required: {reason}"[:300],
         actor=actor, detected=detected, secret_encrypted="", error_code="",
@@ -75,9 +89,12 @@ def read_admin_link(token: str) -> dict | None:
     return data
 
 
-def send_admin_link(*, consent: TenantConsent, to: list[str], migration: Migration | None) -> bool:
-    """E-mail a fresh link; returns False when there is nobody to send it to."""
-    to = [address for address in to if address]
+def send_admin_link(*, consent: TenantConsent, to: str, migration: Migration | None) -> bool:
+    """E-mail a fresh link to one address; returns False when there is none.
+
+    One message per recipient: waiting users must not see each other's
+    addresses, and each link names the mailbox it was asked for.
+    """
     if not to:
         return False
     link = make_admin_link(tenant=consent.tenant, migration_id=migration.pk if migration else None)
@@ -90,9 +107,24 @@ def send_admin_link(*, consent: TenantConsent, to: list[str], migration: Migrati
             "gewährt selbst keinen Zugriff.\n"
         ) % {"app": settings.MS_APP_DISPLAY_NAME, "tenant": consent.tenant, "link": link,
              "days": settings.MS_ADMIN_LINK_DAYS}
-    send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, to)
+        if migration is not None:
+            body += "\n" + _("Die Anfrage betrifft das Postfach %(address)s.") % {
+                "address": migration.account.address} + "\n"
+    send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [to])
     TenantConsent.objects.filter(pk=consent.pk).update(last_link_sent_at=timezone.now())
     return True
+
+
+def resend_admin_links(*, consent: TenantConsent) -> int:
+    """Support's "send again": to the admin if known, else to each waiting user. Returns the messages sent."""
+    waiting = list(waiting_migrations(consent.tenant))
+    if consent.admin_email:
+        # One consent covers the whole tenant: one message, naming a mailbox
+        # only when a single one waits.
+        only = waiting[0] if len(waiting) == 1 else None
+        return int(send_admin_link(consent=consent, to=consent.admin_email, migration=only))
+    # Each waiting user forwards their own link.
+    return sum(send_admin_link(consent=consent, to=m.user.email, migration=m) for m in waiting)
 
 
 def waiting_migrations(tenant: str):
@@ -157,6 +189,7 @@ def record_admin_consent(*, consent: TenantConsent, reported_tenant_id: str = ""
     resumed = []
     for migration in waiting_migrations(consent.tenant):
         detected = {**(migration.detected or {}), "consent_granted": True}
+        detected.pop(MAIL_MARKER, None)
         try:
             with transaction.atomic():
                 services.transition(migration, to=Status.AWAITING_USER, reason="admin consent granted",
@@ -176,9 +209,19 @@ def _notify(migration_id: int) -> None:
 
 
 def send_consent_granted_mail(migration_id: int) -> bool:
+    """Tell the user once that the consent is there; False when nothing was sent."""
     migration = Migration.objects.select_related("account", "user").filter(pk=migration_id).first()
-    if migration is None or not migration.user.email or migration.status != Status.AWAITING_USER:
+    if migration is None or not migration.user.email:
         return False
+    # The marker goes in before the mail goes out: a task redelivered after
+    # a crash in between finds it and sends nothing (at most once; the page
+    # shows the news as well).
+    with transaction.atomic():
+        locked = Migration.objects.select_for_update().filter(pk=migration_id, status=Status.AWAITING_USER).first()
+        detected = (locked.detected or {}) if locked else {}
+        if not detected.get("consent_granted") or detected.get(MAIL_MARKER):
+            return False
+        Migration.objects.filter(pk=migration_id).update(detected={**detected, MAIL_MARKER: True})
     link = settings.SITE_URL.rstrip("/") + reverse("migration-detail", args=[migration.pk])
     with translation.override(settings.LANGUAGE_CODE):
         subject = _("Zustimmung erteilt – jetzt anmelden")
@@ -188,3 +231,39 @@ def send_consent_granted_mail(migration_id: int) -> bool:
         ) % {"address": migration.account.address, "link": link}
     send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [migration.user.email])
     return True
+
+
+# --- consent given by hand in the Entra admin center ---------------------------------
+
+def poll_admin_consents() -> list[int]:
+    """Resume the waiting migrations of every tenant whose consent can now be proven.
+
+    An admin who uses "Grant admin consent" in entra.microsoft.com sends us no
+    callback; this tries the callback's proof (a client-credentials token for
+    the tenant) instead. One token request per waiting tenant and run; the
+    beat runs it every MS_CONSENT_POLL_SECONDS. Returns the resumed migrations.
+    """
+    if not client.configured():
+        return []
+    tenants = Migration.objects.filter(
+        status=Status.AWAITING_ADMIN_CONSENT, provider_kind=ProviderKind.MICROSOFT
+    ).values_list("detected__tenant", flat=True).distinct()
+    resumed = []
+    for tenant in sorted({t for t in tenants if isinstance(t, str) and t}):
+        consent, _created = TenantConsent.objects.get_or_create(tenant=tenant)
+        if consent.granted_at is not None:
+            # Consented before, and Microsoft asked again (permissions removed,
+            # or new ones): the app's service principal is still there, so a
+            # token proves nothing and resuming would send the users round in
+            # circles, one e-mail per run. The admin link's callback, or the
+            # user's "Erneut anmelden" after a manual grant, go on instead.
+            continue
+        try:
+            proven = client.prove_admin_consent(tenant)
+        except MicrosoftError as error:
+            logger.info("admin-consent poll for %s: %s", tenant, error)
+            continue
+        if proven:
+            logger.info("admin consent for %s found by the poll (granted outside the portal)", tenant)
+            resumed += record_admin_consent(consent=consent)
+    return resumed

@@ -2,14 +2,15 @@
 the worker's verifying step.
 
 The flow dict (state, PKCE verifier, nonce) lives in the user's session,
-keyed by what it is for ("m<migration id>" or "a<account id>" for a
-re-connect); the callback finds it by its state. The code is exchanged by the
-worker: the callback stores the flow and the auth response encrypted on the
-migration (never in task arguments, events or logs) and moves it to
-verifying.
+keyed by its state, with what it is for ("m<migration id>" or "a<account
+id>" for a re-connect); the callback finds it by the state it brings back.
+The code is exchanged by the worker: the callback stores the flow and the
+auth response encrypted on the migration (never in task arguments, events or
+logs) and moves it to verifying.
 """
 
 import logging
+import time
 from datetime import timedelta
 
 from django.db import transaction
@@ -29,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 SESSION_KEY = "microsoft_flows"
 MAX_FLOWS = 5  # per session: a few tabs, not an ever-growing session
+# A sign-in at Microsoft takes minutes; a PKCE verifier left over from an
+# abandoned one should not sit in the session for long.
+FLOW_MAX_AGE = 600  # seconds
 SIGN_IN_STATUSES = (Status.AWAITING_USER, Status.AWAITING_ADMIN_CONSENT)
 # The verifying step's delta round starts this long before now; the first sync
 # after the handoff covers everything older down to V2's high-water mark.
@@ -36,22 +40,40 @@ DELTA_SKEW = timedelta(minutes=10)
 INBOX = "INBOX"  # V2's folder name: the inbox keeps V2's high-water mark
 
 
-def remember_flow(session, key: str, flow: dict) -> None:
-    flows = dict(session.get(SESSION_KEY) or {})
-    flows.pop(key, None)
-    flows[key] = {k: v for k, v in flow.items() if k != "auth_uri"}
+def remember_flow(session, purpose: str, flow: dict) -> None:
+    """Keep the flow under its own state.
+
+    Keyed by state, not by purpose: a second tab or a double click on the same
+    migration adds a flow instead of replacing the first, whose callback would
+    otherwise fail with a state mismatch.
+    """
+    now = time.time()
+    flows = _live_flows(session, now)
+    flows[flow["state"]] = {"for": purpose, "at": now,
+                            "flow": {k: v for k, v in flow.items() if k != "auth_uri"}}
     session[SESSION_KEY] = dict(list(flows.items())[-MAX_FLOWS:])
 
 
 def take_flow(session, state: str) -> tuple[str, dict] | None:
-    """The flow whose state came back, removed from the session (single use)."""
-    flows = dict(session.get(SESSION_KEY) or {})
-    for key, flow in flows.items():
-        if state and constant_time_compare(str(flow.get("state", "")), state):
-            del flows[key]
+    """(purpose, flow) of the flow whose state came back, removed from the session (single use)."""
+    flows = _live_flows(session, time.time())
+    for key in list(flows):
+        if state and constant_time_compare(key, state):
+            kept = flows.pop(key)
             session[SESSION_KEY] = flows
-            return key, flow
+            return kept["for"], kept["flow"]
+    if len(flows) != len(session.get(SESSION_KEY) or {}):
+        session[SESSION_KEY] = flows  # expired ones go
     return None
+
+
+def _live_flows(session, now: float) -> dict:
+    """The session's flows younger than FLOW_MAX_AGE, oldest first."""
+    return {
+        state: kept for state, kept in (session.get(SESSION_KEY) or {}).items()
+        # Entries of another shape (an older version of this module) are dropped too.
+        if isinstance(kept, dict) and "for" in kept and now - float(kept.get("at", 0)) < FLOW_MAX_AGE
+    }
 
 
 def begin_migration_sign_in(*, session, migration: Migration) -> str:

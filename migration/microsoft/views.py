@@ -22,6 +22,8 @@ from migration.models import Migration, Status, TenantConsent
 from sync.models import Engine, MailAccount, ProviderKind
 
 WRONG_STATE = _("Die Migration ist in einem anderen Schritt; die Seite zeigt den aktuellen Stand.")
+STILL_NO_CONSENT = _("Microsoft verlangt weiterhin die Zustimmung eines Administrators; sie ist noch nicht erteilt. "
+                     "Bitten Sie Ihren Administrator, wie unten beschrieben zuzustimmen.")
 ADMIN_OUTCOMES = {
     "granted": _("Vielen Dank! Die Zustimmung ist erteilt und von Microsoft bestätigt. Wartende Migrationen laufen "
                  "jetzt weiter; die Benutzer werden per E-Mail informiert."),
@@ -83,7 +85,10 @@ def callback(request):
             answer = {k: str(request.GET.get(k, "")) for k in ("error", "error_description", "error_subcode")}
             if client.needs_admin_consent(answer):
                 codes = ",".join(str(c) for c in sorted(client.aadsts_codes(answer))) or answer["error"]
+                already_waiting = migration.status == Status.AWAITING_ADMIN_CONSENT
                 consent.require_admin_consent(migration=migration, reason=codes, actor=_actor(request))
+                if already_waiting:  # "Erneut bei Microsoft anmelden" before an admin consented
+                    messages.info(request, STILL_NO_CONSENT)
             else:
                 messages.error(request, errors.message_for(client.error_from(answer).code))
         else:
@@ -125,7 +130,7 @@ def send_admin_link(request, pk: int):
         return redirect("migration-detail", pk=pk)
     tenant_consent, _created = TenantConsent.objects.get_or_create(tenant=consent.tenant_of(migration))
     TenantConsent.objects.filter(pk=tenant_consent.pk).update(admin_email=form.cleaned_data["email"])
-    consent.send_admin_link(consent=tenant_consent, to=[form.cleaned_data["email"]], migration=migration)
+    consent.send_admin_link(consent=tenant_consent, to=form.cleaned_data["email"], migration=migration)
     messages.success(request, _("Der Link wurde an %(email)s gesendet.") % {"email": form.cleaned_data["email"]})
     return redirect("migration-detail", pk=pk)
 

@@ -4,8 +4,9 @@ The real protocol with the real checks: OpenID discovery per tenant; /authorize
 redirecting with a code or an error; /token checking the client secret, the
 redirect URI, the PKCE S256 verifier, single-use codes and revocable refresh
 tokens; the v2.0 admin-consent endpoint; client-credentials tokens only for
-tenants that consented; Graph behind bearer tokens (microsoft_graph.py).
-Tests set and read the state in plain attributes.
+tenants that hold the app's service principal (a consent creates it); Graph
+behind bearer tokens (microsoft_graph.py). Tests set and read the state in
+plain attributes, or act as an admin in Entra (grant_consent_in_entra).
 """
 
 import base64
@@ -55,6 +56,10 @@ class Tenant:
     consent_error_at: str = "authorize"
     consent_error: str = "access_denied"
     admin_consented: bool = False
+    # The app's service principal in the tenant. The first consent creates it;
+    # removing the app's permissions later leaves it in place, and
+    # client-credentials tokens need nothing more.
+    service_principal: bool = False
 
 
 @dataclass
@@ -140,6 +145,16 @@ class FakeMicrosoft(GraphMixin):
                               (received or datetime.now(timezone.utc)).replace(microsecond=0))
             target.messages.append(message)
             return message
+
+    def grant_consent_in_entra(self, tenant: Tenant) -> None:
+        """An admin's "Grant admin consent for <tenant>" in entra.microsoft.com: no redirect, no callback."""
+        with self.lock:
+            tenant.admin_consented = tenant.service_principal = True
+
+    def remove_permissions_in_entra(self, tenant: Tenant) -> None:
+        """An admin removes the app's granted permissions; its service principal stays."""
+        with self.lock:
+            tenant.admin_consented = False
 
     def revoke_refresh_tokens(self, address: str) -> None:
         with self.lock:
@@ -253,7 +268,7 @@ class FakeMicrosoft(GraphMixin):
             tenant = self.tenant_for(segment)
             if tenant is None or not form.get("scope", "").endswith("/.default"):
                 return _oauth_error(400, "invalid_request", 90002, "Tenant not found.")
-            if not tenant.admin_consented:
+            if not (tenant.admin_consented or tenant.service_principal):
                 return _oauth_error(400, "unauthorized_client", 700016,
                                     f"Application with identifier '{self.client_id}' was not found in the "
                                     f"directory '{segment}'.")
@@ -316,7 +331,7 @@ class FakeMicrosoft(GraphMixin):
         if self.admin_consent_answer != "accept":
             return 302, _with(redirect_uri, {"error": "access_denied", "state": state, "admin_consent": "False",
                                              "error_description": "AADSTS65004: User declined to consent."})
-        tenant.admin_consented = True
+        tenant.admin_consented = tenant.service_principal = True
         return 302, _with(redirect_uri, {"admin_consent": "True", "tenant": tenant.id, "state": state,
                                          "scope": q.get("scope", "")})
 
