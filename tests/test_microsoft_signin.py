@@ -323,3 +323,13 @@ def test_it_keeps_few_and_young_flows_in_the_session(client, user, ms_account, m
     assert response.status_code == 400 and "gehört nicht zu Ihrer Anmeldung" in response.content.decode()
     assert Migration.objects.get(pk=migration.pk).status == "awaiting_user"
     assert client.session["microsoft_flows"] == {}
+
+
+@pytest.mark.django_db
+def test_an_imap_migration_cannot_be_sent_to_microsoft(client, user, make_account, microsoft):
+    migration = _waiting(user, make_account(user, "anna@contoso.com"))  # detected as IMAP
+    assert migration.provider_kind == "imap"
+    client.force_login(user)
+    response = client.post(reverse("microsoft-sign-in", args=[migration.pk]))
+    assert response["Location"] == reverse("migration-detail", args=[migration.pk])  # not to Microsoft
+    assert "microsoft_flows" not in client.session

@@ -24,7 +24,7 @@ from migration.microsoft.graph import Graph, graph_time
 from migration.models import Migration, Status
 from sync import crypto
 from sync import services as sync_services
-from sync.models import MailAccount
+from sync.models import MailAccount, ProviderKind
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,8 @@ def _live_flows(session, now: float) -> dict:
 
 def begin_migration_sign_in(*, session, migration: Migration) -> str:
     """The Microsoft sign-in URL for this migration (login_hint: the account's address)."""
-    if migration.status not in SIGN_IN_STATUSES:
+    # Only on the Microsoft path: a crafted POST must not send an IMAP or Exchange migration there.
+    if migration.status not in SIGN_IN_STATUSES or migration.provider_kind != ProviderKind.MICROSOFT:
         raise services.MigrationError("wrong_state")
     flow = client.begin_sign_in(login_hint=migration.account.address,
                                 select_account=bool((migration.detected or {}).get("select_account")))
