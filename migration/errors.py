@@ -17,6 +17,14 @@ MESSAGES = {
         "Es konnte keine sichere Verbindung (TLS) aufgebaut werden. Bitte prüfen Sie Server, Port "
         "und Verschlüsselung."
     ),
+    "ews_auth_failed": _(
+        "Exchange hat die Anmeldung abgelehnt. Bitte prüfen Sie den Benutzernamen (DOMÄNE\\benutzer oder "
+        "benutzer@firma.de) und das Passwort."
+    ),
+    "ews_tls_failed": _(
+        "Es konnte keine sichere Verbindung zum Exchange-Server aufgebaut werden. Hat der Server ein Zertifikat "
+        "Ihrer eigenen Zertifizierungsstelle, fügen Sie es unter „Erweitert“ als CA-Zertifikat ein."
+    ),
     "rate_limited": _(
         "Zu viele Verbindungsversuche in kurzer Zeit. Bitte warten Sie zehn Minuten und versuchen Sie es dann "
         "erneut; Ihre Angaben bleiben erhalten."

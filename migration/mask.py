@@ -15,7 +15,7 @@ from django.shortcuts import redirect, render
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
-from migration import proposal, selectors
+from migration import proposal, selectors, services
 from migration.models import Migration, MigrationEvent, Status
 from sync.models import ProviderKind
 from sync.providers import IMAP_PROVIDERS
@@ -49,6 +49,13 @@ def choose_provider(*, migration: Migration, key: str, actor: str) -> Migration:
     if choice is None or migration.status not in CHOOSABLE:
         raise ChoiceRefused(key)
     detected = proposal.for_choice(migration.account, dict(migration.detected or {}), key, choice.kind)
+    if migration.status == Status.AWAITING_ADMIN_CONSENT and choice.kind != ProviderKind.MICROSOFT:
+        # Leaving the wait for a Microsoft admin: the new provider's step is a plain login step.
+        try:
+            return services.transition(migration, to=Status.AWAITING_USER, reason=f"provider chosen: {key}",
+                                       actor=actor, provider_kind=choice.kind, detected=detected, connection={})
+        except services.TransitionConflict:
+            raise ChoiceRefused(key) from None
     with transaction.atomic():
         changed = Migration.objects.filter(pk=migration.pk, status=migration.status).update(
             provider_kind=choice.kind, detected=detected, connection={}
@@ -66,12 +73,16 @@ def choose_provider(*, migration: Migration, key: str, actor: str) -> Migration:
 @login_required
 def picker(request, pk: int):
     migration = selectors.get_migration_for_user(request.user, pk)
+    if migration.status not in CHOOSABLE:
+        return redirect("migration-detail", pk=pk)  # a finished or running migration has no login step
     return render(request, "migration/mask/picker.html", {"migration": migration, "nav": "settings"})
 
 
 @login_required
 def all_providers(request, pk: int):
     migration = selectors.get_migration_for_user(request.user, pk)
+    if migration.status not in CHOOSABLE:
+        return redirect("migration-detail", pk=pk)
     return render(request, "migration/mask/all_providers.html",
                   {"migration": migration, "choices": CHOICES, "nav": "settings"})
 

@@ -11,6 +11,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
 from migration.models import ACTIVE_STATUSES, WORKER_STATUSES, Migration, MigrationEvent, Status
 from migration.selectors import current_campaign
@@ -95,10 +96,12 @@ def start_migration(*, user, account: MailAccount) -> Migration:
     return migration
 
 
+@sensitive_variables("password")
 def submit_imap_credentials(*, migration: Migration, server: ImapSettings, password: str, actor: str) -> Migration:
     return submit_credentials(migration=migration, connection=asdict(server), password=password, actor=actor)
 
 
+@sensitive_variables("password")
 def submit_credentials(*, migration: Migration, connection: dict, password: str, actor: str) -> Migration:
     """Keep what the user entered (password encrypted) and let the worker verify it.
 
@@ -107,9 +110,12 @@ def submit_credentials(*, migration: Migration, connection: dict, password: str,
     """
     if migration.status != Status.AWAITING_USER:
         raise MigrationError("wrong_state")
+    # provider_kind is written with the connection: if the user picked another
+    # provider in a second tab meanwhile, the form they submitted still wins.
     migration = transition(
         migration, to=Status.VERIFYING, reason="credentials entered", actor=actor, connection=connection,
-        secret_encrypted=crypto.encrypt_json({"password": password}), error_code="",
+        provider_kind=migration.provider_kind, secret_encrypted=crypto.encrypt_json({"password": password}),
+        error_code="",
     )
     with transaction.atomic():
         enqueue(migration.pk)

@@ -7,6 +7,8 @@ outside transactions, and a step that finds the work done does nothing.
 
 import logging
 
+from django.views.decorators.debug import sensitive_variables
+
 from migration import handoff, proposal, services
 from migration.exchange import flow as exchange_flow
 from migration.imap import flow as imap_flow
@@ -53,6 +55,7 @@ def _detecting(migration: Migration) -> None:
                         detected=detected, provider_kind=kind)
 
 
+@sensitive_variables("password")
 def _verifying(migration: Migration) -> None:
     if migration.provider_kind == ProviderKind.MICROSOFT:
         microsoft_flow.verify(migration)
@@ -71,7 +74,8 @@ def _verifying(migration: Migration) -> None:
                                   connection["username"])
             cursors = imap_flow.verify(server, password)
     except MailboxError as error:
-        services.fail(migration, code=error.code, reason=f"verify: {error.code}")
+        code = exchange_flow.error_code(error.code) if migration.provider_kind == ProviderKind.EXCHANGE else error.code
+        services.fail(migration, code=code, reason=f"verify: {error.code}")
         return
     services.transition(
         migration, to=Status.HANDING_OVER, reason=f"verified, {len(cursors)} folders", cursors=cursors,

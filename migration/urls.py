@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from migration import mask, views
+from migration import mask, new_password, views
 
 urlpatterns = [
     path("start/<int:account_id>/", views.start, name="migration-start"),
@@ -12,5 +12,6 @@ urlpatterns = [
     path("<int:pk>/anbieter/", mask.picker, name="migration-picker"),
     path("<int:pk>/anbieter/alle/", mask.all_providers, name="migration-all-providers"),
     path("<int:pk>/anbieter/waehlen/", mask.choose, name="migration-choose"),
+    path("konto/<int:account_id>/passwort/", new_password.new_password, name="account-new-password"),
     path("microsoft/", include("migration.microsoft.urls")),
 ]

@@ -88,7 +88,10 @@ class _GuardedProtocol(Protocol):
 @contextmanager
 def open_account(server: EwsSettings, password: str):
     """An exchangelib Account whose every request goes through the egress guard."""
-    _scheme, host, port = egress.split_url(server.url)
+    scheme, host, port = egress.split_url(server.url)
+    if scheme != "https":
+        # Basic and NTLM over plain http would expose the credentials; whoever set the URL.
+        raise MailboxError("tls_failed", permanent=True)
     # Resolved and checked once; exchangelib then only ever talks to this address.
     address = resolve_checked(host, port)
     config = Configuration(

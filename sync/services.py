@@ -3,6 +3,7 @@
 from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
 from sync import crypto
 from sync.imap import FetchedMessage, ImapSettings
@@ -120,6 +121,31 @@ def record_sync_result(*, account_id: int, error_code: str = "") -> None:
     MailAccount.objects.filter(pk=account_id).exclude(
         status__in=[AccountStatus.STOPPED, AccountStatus.RECONNECT]
     ).update(**fields)
+
+
+def record_v3_failure(*, account_id: int, error_code: str) -> None:
+    """A V3 sync failed. A rejected password stops the syncing until the user enters a new one:
+    logging in with it again every interval would lock the account (Active Directory lockout
+    policies, providers' brute-force protection)."""
+    if error_code.endswith("auth_failed"):
+        MailAccount.objects.filter(pk=account_id).exclude(status=AccountStatus.STOPPED).update(
+            status=AccountStatus.RECONNECT, last_sync_error=error_code
+        )
+        return
+    record_sync_result(account_id=account_id, error_code=error_code)
+
+
+@sensitive_variables("password")
+def replace_password(*, account_id: int, password: str) -> None:
+    """The user entered a new mailbox password for a V3 account; the next sync (queued now) checks it."""
+    with transaction.atomic():
+        MailAccount.objects.filter(pk=account_id).update(
+            secret_encrypted=crypto.encrypt_json({"password": password}), status=AccountStatus.ACTIVE,
+            last_sync_error="",
+        )
+        from sync.tasks import sync_account as sync_task
+
+        transaction.on_commit(lambda: sync_task.delay(account_id))
 
 
 def stop_v2_after_shutdown(*, v2_running: bool) -> int:

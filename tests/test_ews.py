@@ -11,6 +11,7 @@ from sync.egress import EgressRefused
 from sync.engines import v3_ews
 from sync.imap import MailboxError
 from sync.models import FolderState, SyncedMessage
+from sync.services import replace_password
 from tests.fakes.fixtures import EWS_PASSWORD, EWS_USER, fake_ews, fake_ews_ntlm, hosts, no_connections  # noqa: F401
 
 NOW = datetime.now(timezone.utc)
@@ -187,9 +188,11 @@ def test_it_records_a_wrong_password_during_sync_and_keeps_the_cursor(ews_accoun
     fake_ews.deliver("inbox", subject="wartet")
     assert v3_ews.sync(ews_account) == 0
     ews_account.refresh_from_db()
-    assert (ews_account.status, ews_account.last_sync_error) == ("error", "auth_failed")
+    # One refused login, then the sync waits for the user (no lockout by retrying).
+    assert (ews_account.status, ews_account.last_sync_error) == ("reconnect", "ews_auth_failed")
     assert FolderState.objects.get(account=ews_account, name="INBOX").ews_sync_state == state_before
-    fake_ews.password = EWS_PASSWORD
+    replace_password(account_id=ews_account.pk, password="neues-passwort")  # the user enters the new one
+    ews_account.refresh_from_db()
     assert v3_ews.sync(ews_account) == 1  # nothing was lost
 
 
@@ -225,3 +228,9 @@ def test_it_reports_a_wrong_ntlm_password_as_auth_failed(fake_ews_ntlm, ntlm_ser
         ews.verify(ntlm_server, "falsch")
     assert error.value.code == "auth_failed"
     assert "ntlm-ok" not in fake_ews_ntlm.calls and "ntlm-challenge" in fake_ews_ntlm.calls
+
+
+def test_it_never_sends_credentials_over_plain_http(fake_ews, server):
+    with no_connections(), pytest.raises(MailboxError) as error:
+        ews.verify(dataclasses.replace(server, url=server.url.replace("https://", "http://")), EWS_PASSWORD)
+    assert error.value.code == "tls_failed"

@@ -78,3 +78,24 @@ def test_choosing_exchange_shows_the_exchange_form(client, user, waiting):
     response = client.post(reverse("migration-credentials", args=[waiting.pk]), {"password": "x"})
     assert response.status_code == 400
     assert Migration.objects.get(pk=waiting.pk).status == "awaiting_user"
+
+
+@pytest.mark.parametrize("key, kind, field", [("gmx", "imap", 'name="host"'), ("exchange", "exchange", 'name="server"')])
+def test_leaving_the_admin_consent_wait_for_another_provider_shows_its_form(client, user, waiting, key, kind, field):
+    Migration.objects.filter(pk=waiting.pk).update(status="awaiting_admin_consent", provider_kind="microsoft",
+                                                   detected={**waiting.detected, "tenant": "ionos.de"})
+    client.force_login(user)
+    client.post(reverse("migration-choose", args=[waiting.pk]), {"provider": key})
+    migration = Migration.objects.get(pk=waiting.pk)
+    assert (migration.status, migration.provider_kind) == ("awaiting_user", kind)
+    assert migration.events.last().reason == f"provider chosen: {key}"
+    page = client.get(reverse("migration-detail", args=[waiting.pk])).content.decode()
+    assert field in page and 'name="password"' in page and 'data-testid="back"' in page
+
+
+def test_the_picker_is_only_open_while_a_login_step_waits(client, user, waiting):
+    Migration.objects.filter(pk=waiting.pk).update(status="done")
+    client.force_login(user)
+    detail = reverse("migration-detail", args=[waiting.pk])
+    assert client.get(reverse("migration-picker", args=[waiting.pk]))["Location"] == detail
+    assert client.get(reverse("migration-all-providers", args=[waiting.pk]))["Location"] == detail

@@ -100,8 +100,8 @@ def test_it_migrates_an_exchange_account_and_keeps_every_message_exactly_once(
 
 
 @pytest.mark.parametrize("overrides, code", [
-    ({"password": "falsch"}, "auth_failed"),
-    ({"ca_pem": ""}, "tls_failed"),  # the server's own CA is not trusted without it: never "verify off"
+    ({"password": "falsch"}, "ews_auth_failed"),
+    ({"ca_pem": ""}, "ews_tls_failed"),  # the server's own CA is not trusted without it: never "verify off"
     ({"server": "mail.unbekannt.test"}, "unreachable"),
 ])
 def test_a_failed_connection_leaves_the_account_on_v2_untouched_and_can_be_retried(
@@ -124,6 +124,8 @@ def test_a_failed_connection_leaves_the_account_on_v2_untouched_and_can_be_retri
     assert FolderState.objects.get(account=exchange_account, name="INBOX").ews_sync_state == ""
     page = client.get(reverse("migration-detail", args=[migration.pk])).content.decode()
     assert "Ihr Konto synchronisiert unverändert weiter über V2." in page
+    assert {"ews_auth_failed": "DOMÄNE\\benutzer", "ews_tls_failed": "unter „Erweitert“ als CA-Zertifikat",
+            "unreachable": "nicht erreichbar"}[code] in page
 
     client.post(reverse("migration-retry", args=[migration.pk]))
     assert Migration.objects.get(pk=migration.pk).status == "awaiting_user"

@@ -14,6 +14,11 @@ _OFFERS_NTLM = re.compile(r"\b(ntlm|negotiate)\b", re.I)
 _OFFERS_BASIC = re.compile(r"\bbasic\b", re.I)
 
 
+def error_code(code: str) -> str:
+    """Exchange's own wording for the codes where IMAP's advice would mislead (app passwords, no CA field)."""
+    return f"ews_{code}" if code in ("auth_failed", "tls_failed") else code
+
+
 def settings_from(connection: dict, address: str) -> EwsSettings:
     return EwsSettings(url=connection["ews_url"], username=connection["username"], address=address,
                        auth_type=connection.get("auth_type") or "ntlm", ca_pem=connection.get("ca_pem", ""))

@@ -11,10 +11,11 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from migration.exchange import flow as exchange_flow
 from sync import ews
 from sync.imap import MailboxError
 from sync.models import FolderState, MailAccount
-from sync.services import password_of, record_sync_result, store_messages
+from sync.services import password_of, record_sync_result, record_v3_failure, store_messages
 
 
 def sync(account: MailAccount) -> int:
@@ -29,7 +30,7 @@ def sync(account: MailAccount) -> int:
                 added += _sync_folder(client, account, state)
     except MailboxError as error:
         # Folders finished before the error keep their new state: nothing is fetched twice.
-        record_sync_result(account_id=account.pk, error_code=error.code)
+        record_v3_failure(account_id=account.pk, error_code=exchange_flow.error_code(error.code))
         return added
     record_sync_result(account_id=account.pk)
     return added

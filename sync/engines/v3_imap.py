@@ -13,14 +13,14 @@ from django.utils import timezone
 from sync import imap
 from sync.imap import MailboxError
 from sync.models import FolderState, MailAccount
-from sync.services import imap_settings_of, password_of, record_sync_result, store_messages
+from sync.services import imap_settings_of, password_of, record_sync_result, record_v3_failure, store_messages
 
 
 def sync(account: MailAccount) -> int:
     try:
         client = imap.open_mailbox(imap_settings_of(account), password_of(account))
     except MailboxError as error:
-        record_sync_result(account_id=account.pk, error_code=error.code)
+        record_v3_failure(account_id=account.pk, error_code=error.code)
         return 0
     added = 0
     try:
