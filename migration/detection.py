@@ -8,16 +8,20 @@ An answer that fits more than one provider (IONOS sells IMAP and Microsoft
 mailboxes behind the same MX) is reported as candidates, never guessed.
 
 Per domain the facts are cached (DETECTION_CACHE_SECONDS); hints and the user
-name are derived per call, so the cache holds no translated text.
+name are derived per call, so the cache holds no translated text. A result is
+cached only when every source it depended on answered: a DNS timeout or an
+unreachable Autodiscover is an outage, not a "no".
 """
 
 import fnmatch
 import re
+import socket
 from dataclasses import asdict, dataclass, field
 
 import dns.exception
 import dns.nameserver
 import dns.resolver
+import requests
 from defusedxml import ElementTree as SafeET
 from django.conf import settings
 from django.core.cache import cache
@@ -132,7 +136,8 @@ def _detect_domain(domain: str, address: str) -> tuple[dict, bool]:
         if provider:
             return _facts(provider, "mx", mx=mx), True
     if settings.DETECTION_HTTP_LOOKUPS:
-        found = _http_lookups(domain, address, mx)
+        found, answered = _http_lookups(domain, address, mx)
+        definitive = definitive and answered
         if found:
             found["mx"] = mx
             return found, definitive
@@ -203,29 +208,57 @@ def _ascii_domain(raw: str) -> str:
 # --- HTTP lookups (optional) -------------------------------------------------------------------------------------
 
 
-def _http_lookups(domain: str, address: str, mx: list[str]) -> dict | None:
+def _http_lookups(domain: str, address: str, mx: list[str]) -> tuple[dict | None, bool]:
+    """The first server an HTTP source proposes, and whether every source asked on the way answered.
+
+    Any HTTP response is an answer, a 404 too. A source that could not be asked
+    (timeout, refused connection) leaves the result open: during a short
+    Autodiscover outage an Exchange domain would otherwise be cached as IMAP.
+    """
     urls = [AUTOCONFIG_URL.format(domain=domain), settings.ISPDB_URL + domain]
     if mx:
         # ISPDB also knows hosters by their MX domain (Thunderbird asks it the same way).
         mx_domain = ".".join(mx[0].split(".")[-2:])
         if mx_domain != domain:
             urls.append(settings.ISPDB_URL + mx_domain)
+    all_answered = True
     for url in urls:
-        server = _autoconfig(url, domain)
+        server, answered = _autoconfig(url, domain)
+        all_answered = all_answered and answered
         if server:
             provider = next((p.key for p in IMAP_PROVIDERS.values() if p.host == server["host"]), "imap_other")
-            return _facts(provider, "autoconfig", server=server)
-    server = _autodiscover(domain, address)
+            return _facts(provider, "autoconfig", server=server), all_answered
+    server, answered = _autodiscover(domain, address)
+    all_answered = all_answered and answered
     if server:
-        return _facts("exchange", "autodiscover", server=server)
-    return None
+        return _facts("exchange", "autodiscover", server=server), all_answered
+    return None, all_answered
 
 
-def _fetch(method: str, url: str, **kwargs):
+def _fetch(method: str, url: str, **kwargs) -> tuple[requests.Response | None, bool]:
+    """The response (None if there is none), and whether the source answered at all."""
     try:
-        return egress.guarded_request(method, url, timeout=settings.DETECTION_HTTP_TIMEOUT, **kwargs)
+        return egress.guarded_request(method, url, timeout=settings.DETECTION_HTTP_TIMEOUT, **kwargs), True
+    except egress.EgressRefused as error:
+        return None, _refusal_is_final(error.host)
     except egress.EgressError:
-        return None  # refused, unreachable, bad TLS: simply no answer from this source
+        return None, False  # unreachable, timeout, TLS or protocol trouble: maybe different in a minute
+
+
+def _refusal_is_final(host: str) -> bool:
+    """The guard refuses names that do not resolve as well as forbidden addresses.
+
+    Both are answers (most domains have no autoconfig or autodiscover name at
+    all); a resolver that could not be asked (EAI_AGAIN) is not. The guard keeps
+    no reason, so the name is looked up once more, and only after a refusal.
+    """
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        return error.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME))
+    except (UnicodeError, ValueError):
+        return True  # not a name at all
+    return True  # it resolves: the policy refused the address
 
 
 def _xml(content: bytes):
@@ -235,12 +268,14 @@ def _xml(content: bytes):
         return None
 
 
-def _autoconfig(url: str, domain: str) -> dict | None:
-    """The first IMAP server with TLS from a Thunderbird clientConfig document."""
-    response = _fetch("GET", url)
+def _autoconfig(url: str, domain: str) -> tuple[dict | None, bool]:
+    """The first IMAP server with TLS from a Thunderbird clientConfig document, and whether url answered."""
+    response, answered = _fetch("GET", url)
     root = _xml(response.content) if response is not None and response.status_code == 200 else None
-    if root is None:
-        return None
+    return (_imap_server(root, domain) if root is not None else None), answered
+
+
+def _imap_server(root, domain: str) -> dict | None:
     for server in root.iter("incomingServer"):
         socket_type = (server.findtext("socketType") or "").strip().upper()
         if server.get("type") != "imap" or socket_type not in ("SSL", "STARTTLS"):
@@ -259,18 +294,21 @@ def _autoconfig(url: str, domain: str) -> dict | None:
     return None
 
 
-def _autodiscover(domain: str, address: str) -> dict | None:
-    """Exchange's POX Autodiscover, without credentials.
+def _autodiscover(domain: str, address: str) -> tuple[dict | None, bool]:
+    """Exchange's POX Autodiscover, without credentials; and whether it answered."""
+    body = AUTODISCOVER_REQUEST.format(address=_xml_text(address)).encode()
+    response, answered = _fetch("POST", AUTODISCOVER_URL.format(domain=domain), data=body,
+                                headers={"Content-Type": "text/xml; charset=utf-8"})
+    return (_ews_server(response, domain) if response is not None else None), answered
+
+
+def _ews_server(response, domain: str) -> dict | None:
+    """The EWS server an Autodiscover response points to, if it comes from Exchange.
 
     An anonymous request usually gets a 401 that asks for NTLM/Negotiate/Basic:
     enough to know Exchange answers there, and its host usually serves EWS too.
     A 200 may name the EWS URL itself.
     """
-    body = AUTODISCOVER_REQUEST.format(address=_xml_text(address)).encode()
-    response = _fetch("POST", AUTODISCOVER_URL.format(domain=domain), data=body,
-                      headers={"Content-Type": "text/xml; charset=utf-8"})
-    if response is None:
-        return None
     ews_url = ""
     if response.status_code == 200:
         root = _xml(response.content)

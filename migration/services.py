@@ -154,6 +154,11 @@ def fail(migration: Migration, *, code: str, reason: str = "") -> Migration:
     return transition(migration, to=Status.FAILED, reason=reason or code, error_code=code)
 
 
+def heartbeat(migration: Migration) -> None:
+    """A worker step that takes long says it is alive (see sweep_stuck_migrations)."""
+    Migration.objects.filter(pk=migration.pk, status=migration.status).update(updated_at=timezone.now())
+
+
 def sweep_stuck_migrations() -> list[int]:
     """Re-queue migrations that sat in a worker step too long (a killed worker).
 

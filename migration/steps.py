@@ -66,13 +66,17 @@ def _verifying(migration: Migration) -> None:
         services.fail(migration, code="secret_unreadable")
         return
     connection = migration.connection
+    # A big mailbox takes longer than MIGRATION_STUCK_SECONDS to walk: the
+    # heartbeat keeps the sweeper from starting a second, parallel verify.
+    heartbeat = lambda: services.heartbeat(migration)  # noqa: E731
     try:
         if migration.provider_kind == ProviderKind.EXCHANGE:
-            connection, cursors = exchange_flow.verify(connection, migration.account.address, password)
+            connection, cursors = exchange_flow.verify(connection, migration.account.address, password,
+                                                       heartbeat=heartbeat)
         else:
             server = ImapSettings(connection["host"], int(connection["port"]), connection["security"],
                                   connection["username"])
-            cursors = imap_flow.verify(server, password)
+            cursors = imap_flow.verify(server, password, heartbeat=heartbeat)
     except MailboxError as error:
         code = exchange_flow.error_code(error.code) if migration.provider_kind == ProviderKind.EXCHANGE else error.code
         services.fail(migration, code=code, reason=f"verify: {error.code}")

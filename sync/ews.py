@@ -144,18 +144,19 @@ def _caused_by_tls(error: BaseException) -> bool:
     return False
 
 
-def verify(server: EwsSettings, password: str) -> dict[str, dict]:
+def verify(server: EwsSettings, password: str, *, heartbeat=None) -> dict[str, dict]:
     """Log in, open each synced folder and return its V3 cursor (SyncFolderItems state).
 
     The state is taken by walking the folder once with ids only: Exchange has
     no "start from now", and ids cost little. Mail arriving after this point
     is what the first incremental sync sees; mail before it comes from V2 or
-    from the overlap window at the first sync.
+    from the overlap window at the first sync. A big mailbox takes a while:
+    heartbeat() is called once per page so the caller can show it is alive.
     """
     with mailbox_errors(), open_account(server, password) as account:
         cursors = {}
         for name, distinguished in EWS_FOLDERS.items():
-            _ids, state = _changes(_folder(account, distinguished), "")
+            _ids, state = _changes(_folder(account, distinguished), "", keep_ids=False, heartbeat=heartbeat)
             cursors[name] = {"ews_folder": distinguished, "ews_sync_state": state}
         return cursors
 
@@ -182,7 +183,7 @@ def sync_folder(account: Account, distinguished: str, *, sync_state: str, since:
     except ErrorInvalidSyncStateData:
         reset = True
         # The new state first, then the window: mail arriving in between is in both, never in neither.
-        _ignored, new_state = _changes(folder, "")
+        _ignored, new_state = _changes(folder, "", keep_ids=False)
         ids, since = [], min(since, resync_since) if since else resync_since
     if since is not None:
         ids += [(item_id, changekey) for item_id, changekey in
@@ -194,16 +195,24 @@ def _folder(account: Account, distinguished: str):
     return {"inbox": lambda: account.inbox, "sentitems": lambda: account.sent}[distinguished]()
 
 
-def _changes(folder, sync_state: str) -> tuple[list[tuple[str, str]], str]:
-    """Ids of items created since sync_state ("" = all), and the state after them."""
+def _changes(folder, sync_state: str, *, keep_ids: bool = True,
+             heartbeat=None) -> tuple[list[tuple[str, str]], str]:
+    """Ids of items created since sync_state ("" = all), and the state after them.
+
+    keep_ids=False only walks (verifying a mailbox of 100,000 items needs its
+    final state, not 100,000 ids in memory).
+    """
     # exchangelib falls back to the folder's remembered state when given none.
     folder.item_sync_state = sync_state or None
-    created = [
-        (item.id, item.changekey)
-        for change, item in folder.sync_items(sync_state=sync_state or None, only_fields=[],
-                                              max_changes_returned=SYNC_PAGE)
-        if change == "create"
-    ]
+    created = []
+    seen = 0
+    for change, item in folder.sync_items(sync_state=sync_state or None, only_fields=[],
+                                          max_changes_returned=SYNC_PAGE):
+        seen += 1
+        if heartbeat is not None and seen % SYNC_PAGE == 0:
+            heartbeat()
+        if keep_ids and change == "create":
+            created.append((item.id, item.changekey))
     return created, folder.item_sync_state or sync_state
 
 

@@ -1,6 +1,7 @@
 """Provider detection: the built-in table, MX records from a local nameserver, HTTP lookups, the cache."""
 
 import json
+import socket
 
 import pytest
 
@@ -255,6 +256,67 @@ def test_it_sends_lookups_only_through_the_egress_guard(http_lookups, hosts, set
         result = detect("anna@firma.test")
     assert result.provider == "imap_other"
     assert all(host == "127.0.0.1" for host, _port in connections)  # only the ISPDB (allow-listed) was asked
+
+
+AUTODISCOVER_ASKS_FOR_NTLM = (401, {"WWW-Authenticate": "Negotiate, NTLM"}, "")
+
+
+@pytest.fixture
+def outage():
+    """A port on 127.0.0.1 that never answers: "timeout" accepts and stays silent, "refused" has no listener."""
+    silent = socket.create_server(("127.0.0.1", 0), backlog=8)  # never accept()ed: the kernel completes the handshake
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        refused = closed.getsockname()[1]
+    yield {"timeout": silent.getsockname()[1], "refused": refused}
+    silent.close()
+
+
+def _serve_source_from(source, port, monkeypatch, settings):
+    if source == "autoconfig":
+        monkeypatch.setattr(detection, "AUTOCONFIG_URL", f"http://autoconfig.{{domain}}:{port}/mail/config-v1.1.xml")
+    elif source == "ispdb":
+        settings.ISPDB_URL = f"http://127.0.0.1:{port}/ispdb/"
+    else:
+        monkeypatch.setattr(detection, "AUTODISCOVER_URL",
+                            f"http://autodiscover.{{domain}}:{port}/autodiscover/autodiscover.xml")
+
+
+def _unresolvable(errno):
+    def lookup():
+        raise socket.gaierror(errno, "lookup failed")
+    return lookup
+
+
+@pytest.mark.parametrize("kind", ["timeout", "refused"])
+@pytest.mark.parametrize("source", ["autoconfig", "ispdb", "autodiscover"])
+def test_it_does_not_cache_a_result_while_a_source_cannot_be_asked(http_lookups, outage, monkeypatch, settings,
+                                                                    source, kind):
+    settings.DETECTION_HTTP_TIMEOUT = 0.2
+    _serve_source_from(source, outage[kind], monkeypatch, settings)
+    assert detect("anna@firma.test").provider == "imap_other"
+    # The outage is over: the next detection asks again instead of repeating "plain IMAP" for an hour.
+    _serve_source_from(source, http_lookups.port, monkeypatch, settings)
+    http_lookups.routes["/autodiscover/autodiscover.xml"] = AUTODISCOVER_ASKS_FOR_NTLM
+    assert detect("anna@firma.test").provider == "exchange"
+
+
+def test_it_caches_when_every_source_answered_even_with_not_found(http_lookups):
+    assert detect("anna@firma.test").provider == "imap_other"
+    asked = len(http_lookups.requests)
+    http_lookups.routes["/autodiscover/autodiscover.xml"] = AUTODISCOVER_ASKS_FOR_NTLM
+    assert detect("anna@firma.test").provider == "imap_other"
+    assert len(http_lookups.requests) == asked
+
+
+@pytest.mark.parametrize("errno, cached", [pytest.param(socket.EAI_NONAME, True, id="no-such-name"),
+                                           pytest.param(socket.EAI_AGAIN, False, id="resolver-failed")])
+def test_it_caches_missing_lookup_names_but_not_a_resolver_failure(http_lookups, hosts, errno, cached):
+    # Most domains have no autoconfig or autodiscover name: that is an answer. A resolver that failed is not.
+    hosts["autoconfig.firma.test"] = hosts["autodiscover.firma.test"] = _unresolvable(errno)
+    assert detect("anna@firma.test").provider == "imap_other"
+    hosts["autoconfig.firma.test"] = hosts["autodiscover.firma.test"] = "127.0.0.1"
+    http_lookups.routes["/autodiscover/autodiscover.xml"] = AUTODISCOVER_ASKS_FOR_NTLM
+    assert detect("anna@firma.test").provider == ("imap_other" if cached else "exchange")
 
 
 @pytest.mark.parametrize("raw, parsed", [

@@ -268,3 +268,20 @@ def test_it_counts_attempts_from_many_threads_exactly(settings):
     for thread in threads:
         thread.join()
     assert len(refused) == 15
+
+
+def test_one_address_in_any_spelling_shares_one_budget(settings):
+    settings.EGRESS_RATE_PER_USER, settings.EGRESS_RATE_PER_DESTINATION = 100, 3
+    for user_id, spelling in enumerate(["203.0.113.7", "0xcb007107", "[203.0.113.7]"]):
+        check_rate(user_id, spelling, 993)
+    with pytest.raises(RateLimited):
+        check_rate(50, "3405803783", 993)  # the same address as one number
+
+
+def test_the_big_providers_have_no_shared_budget(settings):
+    settings.EGRESS_RATE_PER_USER, settings.EGRESS_RATE_PER_DESTINATION = 100, 2
+    for user_id in range(10):
+        check_rate(user_id, "imap.gmx.net", 993)  # a deadline rush at GMX locks nobody out
+    settings.EGRESS_RATE_PER_USER = 1
+    with pytest.raises(RateLimited):
+        check_rate(1, "imap.gmx.net", 993)  # the per-user limit still holds

@@ -234,3 +234,12 @@ def test_it_never_sends_credentials_over_plain_http(fake_ews, server):
     with no_connections(), pytest.raises(MailboxError) as error:
         ews.verify(dataclasses.replace(server, url=server.url.replace("https://", "http://")), EWS_PASSWORD)
     assert error.value.code == "tls_failed"
+
+
+def test_verifying_a_big_mailbox_reports_progress_once_per_page(fake_ews, server):
+    for n in range(1100):
+        fake_ews.deliver("inbox", subject=f"alt {n}", received=NOW - timedelta(minutes=n))
+    beats = []
+    cursors = ews.verify(server, EWS_PASSWORD, heartbeat=lambda: beats.append(1))
+    assert cursors["INBOX"]["ews_sync_state"] and len(beats) == 2  # after 512 and 1024 items
+    assert fake_ews.calls.count("SyncFolderItems") == 3 + 1  # 3 inbox pages, 1 sent

@@ -89,6 +89,19 @@ def test_it_sweeps_stuck_migrations_back_into_the_queue(verifying_migration, set
         assert _queued_migration_ids(redis) == [verifying_migration.pk]
 
 
+def test_a_long_verify_keeps_beating_and_is_not_swept(verifying_migration, settings, monkeypatch):
+    settings.MIGRATION_STUCK_SECONDS = 60
+    Migration.objects.filter(pk=verifying_migration.pk).update(updated_at=timezone.now() - timedelta(minutes=5))
+    services.heartbeat(Migration.objects.get(pk=verifying_migration.pk))
+    assert services.sweep_stuck_migrations() == []  # alive: no second, parallel verify
+
+    beats = []
+    real = services.heartbeat
+    monkeypatch.setattr(services, "heartbeat", lambda migration: beats.append(migration.status) or real(migration))
+    assert steps.run_migration(verifying_migration.pk) == "done"
+    assert beats and set(beats) == {"verifying"}  # once per folder while verifying
+
+
 def test_it_never_sweeps_migrations_that_wait_for_the_user(user, imap_account, settings):
     migration = services.start_migration(user=user, account=imap_account)
     steps.run_migration(migration.pk)

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from tests.fakes.fixtures import EWS_PASSWORD, EWS_USER, fake_dns, fake_ews, no_connections  # noqa: F401
+from tests.fakes.fixtures import (  # noqa: F401
+    EWS_PASSWORD, EWS_USER, fake_dns, fake_ews, fake_ews_ntlm, hosts, no_connections,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -73,6 +76,19 @@ def test_it_exits_2_when_the_egress_policy_refuses(mail_settings, host):
     assert error.value.returncode == 2 and "egress policy refused" in str(error.value)
 
 
+@pytest.mark.parametrize("provider", ["imap", "ews"])
+def test_it_exits_1_when_the_host_name_does_not_resolve(mail_settings, hosts, provider):
+    def unknown():
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    hosts["mail.unbekannt.test"] = unknown
+    with no_connections(), pytest.raises(CommandError) as error:
+        _run("probe_mailbox", "--provider", provider, "--host", "mail.unbekannt.test", "--username", "anna@firma.test",
+             stdin=io.StringIO("geheim\n"))
+    # Not "the egress policy refused": support would go looking in EGRESS_ALLOW_NETWORKS.
+    assert error.value.returncode == 1 and str(error.value) == "cannot resolve mail.unbekannt.test"
+
+
 def test_it_exits_3_when_the_destination_was_tried_too_often(mail_settings, dovecot, mailbox, settings):
     settings.EGRESS_RATE_PER_DESTINATION = 1
     args = ("probe_mailbox", "--provider", "imap", "--host", "127.0.0.1", "--port", str(dovecot.tls_port),
@@ -105,6 +121,20 @@ def test_it_probes_an_exchange_mailbox(fake_ews, tmp_path):
                stdin=io.StringIO(EWS_PASSWORD + "\n"))
     cursors = json.loads(out.split("\n", 1)[1])
     assert set(cursors) == {"INBOX", "Sent"} and cursors["INBOX"]["ews_sync_state"]
+
+
+@pytest.mark.parametrize("server, auth", [("fake_ews", "basic"), ("fake_ews_ntlm", "ntlm")])
+@pytest.mark.parametrize("flag", [(), ("--auth", "auto")], ids=["default", "explicit"])
+def test_it_lets_the_exchange_server_choose_the_sign_in_like_the_migration(request, tmp_path, server, auth, flag):
+    fake = request.getfixturevalue(server)
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text(fake.cert_pem)
+    out = _run("probe_mailbox", "--provider", "ews", "--host", f"localhost:{fake.port}", "--username", EWS_USER,
+               "--address", "anna@firma.test", *flag, "--ca-file", str(ca_file), stdin=io.StringIO(EWS_PASSWORD + "\n"))
+    assert out.startswith(f"connected: 2 folders (auth {auth})\n")
+    assert set(json.loads(out.split("\n", 1)[1])) == {"INBOX", "Sent"}
+    assert fake.calls[0] == "401"  # the anonymous question came first
+    assert ("ntlm-ok" in fake.calls) is (auth == "ntlm")
 
 
 def test_it_reports_an_untrusted_exchange_certificate(fake_ews):

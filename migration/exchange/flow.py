@@ -40,8 +40,8 @@ def auth_type_offered(url: str, ca_pem: str) -> str:
     return "ntlm"
 
 
-def verify(connection: dict, address: str, password: str) -> tuple[dict, dict]:
+def verify(connection: dict, address: str, password: str, *, heartbeat=None) -> tuple[dict, dict]:
     """Log in, check the inbox, return (connection with the auth type settled, cursors per folder)."""
     if connection.get("auth_type", AUTO) == AUTO:
         connection = {**connection, "auth_type": auth_type_offered(connection["ews_url"], connection.get("ca_pem", ""))}
-    return connection, ews.verify(settings_from(connection, address), password)
+    return connection, ews.verify(settings_from(connection, address), password, heartbeat=heartbeat)

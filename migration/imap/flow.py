@@ -6,11 +6,16 @@ from sync import imap
 from sync.imap import ImapSettings
 
 
-def verify(server: ImapSettings, password: str) -> dict:
-    """Log in, list the folders and return each folder's V3 cursor."""
+def verify(server: ImapSettings, password: str, *, heartbeat=None) -> dict:
+    """Log in, list the folders and return each folder's V3 cursor (heartbeat() after each)."""
     client = imap.open_mailbox(server, password)
     try:
-        return {folder: imap.folder_cursor(client, folder) for folder in imap.syncable_folders(client)}
+        cursors = {}
+        for folder in imap.syncable_folders(client):
+            cursors[folder] = imap.folder_cursor(client, folder)
+            if heartbeat is not None:
+                heartbeat()
+        return cursors
     except (OSError, imap.IMAPClientError):
         raise imap.MailboxError("protocol", permanent=False) from None
     finally:

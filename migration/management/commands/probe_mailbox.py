@@ -5,17 +5,26 @@
         --username 'CORP\\anna' --address anna@example.com
 
 The password comes from a prompt, or from the first line of stdin when stdin
-is not a terminal; never from the command line (shell history, `ps`). Exit
-codes: 0 connected, 1 the connection failed, 2 the egress policy refused the
-destination, 3 too many attempts (rate limit).
+is not a terminal; never from the command line (shell history, `ps`).
+
+For EWS, --auth auto (the default) lets the server's anonymous 401 choose the
+sign-in method, NTLM before Basic, exactly as the migration does
+(migration.exchange.flow.verify); ntlm or basic force one. The method used is
+printed after "connected".
+
+Exit codes: 0 connected, 1 the connection failed or the host name does not
+resolve ("cannot resolve HOST"), 2 the egress policy refused the destination,
+3 too many attempts (rate limit).
 """
 
 import getpass
 import json
+import socket
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
+from migration.exchange import flow as exchange_flow
 from migration.imap import flow as imap_flow
 from sync import ews
 from sync.egress import EgressRefused, RateLimited, check_rate, resolve_checked, split_url
@@ -34,17 +43,20 @@ class Command(BaseCommand):
         parser.add_argument("--security", choices=["ssl", "starttls"], default="ssl", help="IMAP only")
         parser.add_argument("--username", required=True, help="IMAP user name; EWS: DOMAIN\\user or UPN")
         parser.add_argument("--address", help="EWS: the mailbox's e-mail address (default: --username)")
-        parser.add_argument("--auth", choices=["ntlm", "basic"], default="ntlm", help="EWS only")
+        parser.add_argument("--auth", choices=[exchange_flow.AUTO, "ntlm", "basic"], default=exchange_flow.AUTO,
+                            help="EWS only; auto asks the server, like the migration")
         parser.add_argument("--ca-file", help="EWS: the Exchange server's own CA certificate (PEM file)")
 
     def handle(self, *args, **options):
         password = _read_password(options.get("stdin") or sys.stdin)
         try:
             probe, host, port = self._prepare(options)
+            # The guard refuses unknown names too; asked first, so support is not sent to the allow-list.
+            _check_resolves(host, port)
             # The same guard the connection applies; checked here too, to say why.
             resolve_checked(host, port)
             check_rate(None, host, port)
-            cursors = probe(password)
+            cursors, auth_type = probe(password)
         except EgressRefused as error:
             raise CommandError(f"the egress policy refused {error.host} (not a public address, and not in "
                                "EGRESS_ALLOW_NETWORKS)", returncode=2) from None
@@ -53,14 +65,14 @@ class Command(BaseCommand):
                                returncode=3) from None
         except MailboxError as error:
             raise CommandError(f"connection failed: {error.code}", returncode=1) from None
-        self.stdout.write(f"connected: {len(cursors)} folders")
+        self.stdout.write(f"connected: {len(cursors)} folders" + (f" (auth {auth_type})" if auth_type else ""))
         self.stdout.write(json.dumps(cursors, indent=2, sort_keys=True))
 
     def _prepare(self, options):
         if options["provider"] == "imap":
             port = options["port"] or (993 if options["security"] == "ssl" else 143)
             server = ImapSettings(options["host"], port, options["security"], options["username"])
-            return (lambda password: imap_flow.verify(server, password)), server.host, port
+            return (lambda password: (imap_flow.verify(server, password), "")), server.host, port
         host = options["host"]
         if options["port"] and "://" not in host and ":" not in host:
             host = f"{host}:{options['port']}"
@@ -75,10 +87,22 @@ class Command(BaseCommand):
         if options["ca_file"]:
             with open(options["ca_file"], encoding="ascii") as handle:
                 ca_pem = handle.read()
-        server = ews.EwsSettings(url=url, username=options["username"], address=address,
-                                 auth_type=options["auth"], ca_pem=ca_pem)
+        connection = {"ews_url": url, "username": options["username"], "auth_type": options["auth"],
+                      "ca_pem": ca_pem}
         _scheme, host, port = split_url(url)
-        return (lambda password: ews.verify(server, password)), host, port
+        return (lambda password: _verify_ews(connection, address, password)), host, port
+
+
+def _verify_ews(connection: dict, address: str, password: str) -> tuple[dict, str]:
+    settled, cursors = exchange_flow.verify(connection, address, password)
+    return cursors, settled["auth_type"]
+
+
+def _check_resolves(host: str, port: int) -> None:
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, ValueError):
+        raise CommandError(f"cannot resolve {host}", returncode=1) from None
 
 
 def _read_password(stdin) -> str:
