@@ -154,3 +154,22 @@ def test_auto_picks_ntlm_when_the_server_offers_it(client, user, exchange_accoun
     assert migration.connection["auth_type"] == "ntlm" and "ntlm-ok" in fake_ews_ntlm.calls
     exchange_account.refresh_from_db()
     assert exchange_account.ews_auth_type == "ntlm"
+
+
+def test_a_redelivered_task_finishes_an_exchange_migration_once(user, exchange_account, fake_ews):
+    from migration import services, steps
+
+    fake_ews.deliver("inbox", subject="einmal")
+    migration = services.start_migration(user=user, account=exchange_account)
+    assert steps.run_migration(migration.pk) == "awaiting_user"
+    connection = {"ews_url": fake_ews.url, "username": EWS_USER, "auth_type": "auto", "ca_pem": fake_ews.cert_pem}
+    services.submit_credentials(migration=Migration.objects.get(pk=migration.pk), connection=connection,
+                                password=EWS_PASSWORD, actor="test")
+    assert steps.run_migration(migration.pk) == "done"
+    calls = len(fake_ews.calls)
+    assert steps.run_migration(migration.pk) == "done"  # the broker delivered it again
+    assert MigrationEvent.objects.filter(migration=migration, to_status="done").count() == 1
+    assert len(fake_ews.calls) == calls  # no second login, no second walk
+    sync_account(exchange_account.pk)
+    sync_account(exchange_account.pk)
+    assert SyncedMessage.objects.filter(account=exchange_account, subject="einmal").count() == 1
