@@ -122,7 +122,8 @@ class TenantConsent(models.Model):
     """
 
     tenant = models.CharField(_("Mandant"), max_length=255, unique=True)
-    # The directory id Microsoft reported, recorded once a token proved the consent.
+    # The directory id from Microsoft's public OpenID configuration (never from a callback),
+    # recorded with the consent; domains of one directory share a consent.
     tenant_id = models.CharField(_("Mandanten-ID"), max_length=64, blank=True)
     status = models.CharField(_("Status"), max_length=20, choices=ConsentStatus.choices, default=ConsentStatus.REQUESTED)
     admin_email = models.EmailField(_("E-Mail des Administrators"), blank=True)

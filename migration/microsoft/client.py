@@ -15,6 +15,7 @@ from urllib.parse import quote, urlencode
 import msal
 import requests
 from django.conf import settings
+from django.core.cache import cache
 from django.urls import reverse
 
 # The resource all delegated scopes belong to. Not MS_GRAPH_URL: that is where
@@ -180,6 +181,33 @@ def admin_consent_url(*, tenant: str, state: str) -> str:
     # One path segment, whatever the tenant holds: a "/", "?" or "#" in it must
     # not steer the admin to another tenant (common) or another endpoint.
     return f"{instance()}/{quote(tenant, safe='')}/v2.0/adminconsent?{query}"
+
+
+_ISSUER_TENANT = re.compile(r"/([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})/v2\.0/?$")
+DIRECTORY_CACHE_SECONDS = 24 * 3600
+
+
+def directory_id(tenant: str) -> str:
+    """The directory (tenant) id Microsoft publishes for a domain; "" if it knows none.
+
+    Read from the issuer of the public OpenID configuration, so it needs no
+    token and comes from Microsoft, not from a callback's parameters. One
+    directory may own several mail domains (contoso.com, contoso.de).
+    """
+    key = f"ms:directory:{tenant.lower()}"
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    url = f"{instance()}/{quote(tenant, safe='')}/v2.0/.well-known/openid-configuration"
+    try:
+        response = requests.get(url, timeout=settings.MS_TIMEOUT, verify=verify(), allow_redirects=False)
+        issuer = str(response.json().get("issuer", "")) if response.status_code == 200 else ""
+    except (requests.RequestException, ValueError):
+        return ""  # not known now; ask again next time
+    match = _ISSUER_TENANT.search(issuer)
+    found = match[1].lower() if match else ""
+    cache.set(key, found, DIRECTORY_CACHE_SECONDS)
+    return found
 
 
 def prove_admin_consent(tenant: str) -> bool:

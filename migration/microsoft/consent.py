@@ -177,17 +177,29 @@ def complete_admin_consent(*, session, params) -> tuple[str, AdminConsentRequest
     if not proven:
         logger.warning("admin-consent callback for %s without a token to prove it", request.consent.tenant)
         return "unproven", request
-    record_admin_consent(consent=request.consent, reported_tenant_id=str(params.get("tenant", ""))[:64])
+    record_admin_consent(consent=request.consent)
     return "granted", request
 
 
-def record_admin_consent(*, consent: TenantConsent, reported_tenant_id: str = "") -> list[int]:
-    """The tenant consented: every migration waiting for it goes back to the sign-in."""
-    TenantConsent.objects.filter(pk=consent.pk).update(
-        status=ConsentStatus.GRANTED, granted_at=timezone.now(), tenant_id=reported_tenant_id or consent.tenant_id
-    )
+def record_admin_consent(*, consent: TenantConsent) -> list[int]:
+    """The tenant consented: every migration waiting for it goes back to the sign-in.
+
+    Consent is per directory, and a directory may own several mail domains:
+    waiting migrations of every domain with the same directory id resume too.
+    The id comes from Microsoft's OpenID configuration, never from the callback.
+    """
+    directory = client.directory_id(consent.tenant)
+    domains = _same_directory(consent.tenant, directory)
+    now = timezone.now()
+    for domain in domains:
+        sibling, _created = TenantConsent.objects.get_or_create(tenant=domain)
+        TenantConsent.objects.filter(pk=sibling.pk).update(
+            status=ConsentStatus.GRANTED, granted_at=now, tenant_id=directory or sibling.tenant_id
+        )
     resumed = []
-    for migration in waiting_migrations(consent.tenant):
+    for migration in Migration.objects.filter(
+        status=Status.AWAITING_ADMIN_CONSENT, provider_kind=ProviderKind.MICROSOFT, detected__tenant__in=domains
+    ):
         detected = {**(migration.detected or {}), "consent_granted": True}
         detected.pop(MAIL_MARKER, None)
         try:
@@ -198,8 +210,19 @@ def record_admin_consent(*, consent: TenantConsent, reported_tenant_id: str = ""
         except services.TransitionConflict:
             continue  # cancelled meanwhile
         resumed.append(migration.pk)
-    logger.info("admin consent for %s: %d migrations resume", consent.tenant, len(resumed))
+    logger.info("admin consent for %s (%s): %d migrations resume", ", ".join(domains), directory or "?", len(resumed))
     return resumed
+
+
+def _same_directory(tenant: str, directory: str) -> list[str]:
+    """tenant, plus the tenants of waiting migrations that Microsoft places in the same directory."""
+    if not directory:
+        return [tenant]
+    waiting = Migration.objects.filter(
+        status=Status.AWAITING_ADMIN_CONSENT, provider_kind=ProviderKind.MICROSOFT
+    ).values_list("detected__tenant", flat=True).distinct()
+    others = {t for t in waiting if isinstance(t, str) and t and t != tenant}
+    return [tenant, *sorted(t for t in others if client.directory_id(t) == directory)]
 
 
 def _notify(migration_id: int) -> None:
