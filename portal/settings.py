@@ -247,5 +247,8 @@ LOGGING = {
         "msal": {"level": "WARNING"},
         # exchangelib logs request headers (Authorization) at DEBUG.
         "exchangelib": {"level": "WARNING"},
+        # The NTLM handshake (pyspnego, requests_ntlm) can log its messages at DEBUG.
+        "spnego": {"level": "WARNING"},
+        "requests_ntlm": {"level": "WARNING"},
     },
 }

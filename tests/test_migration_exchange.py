@@ -173,3 +173,18 @@ def test_a_redelivered_task_finishes_an_exchange_migration_once(user, exchange_a
     sync_account(exchange_account.pk)
     sync_account(exchange_account.pk)
     assert SyncedMessage.objects.filter(account=exchange_account, subject="einmal").count() == 1
+
+
+def test_no_password_reaches_the_logs_even_at_debug(client, user, exchange_account, fake_ews, caplog,
+                                                    celery_worker_thread):
+    import base64
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    client.force_login(user)
+    migration = _start(client, exchange_account)
+    _submit(client, migration, fake_ews)
+    assert _finished(migration).status == "done"
+    sync_account(exchange_account.pk)
+    basic = base64.b64encode(f"{EWS_USER}:{EWS_PASSWORD}".encode()).decode()
+    assert caplog.records and EWS_PASSWORD not in caplog.text and basic not in caplog.text
