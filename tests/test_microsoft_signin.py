@@ -333,3 +333,19 @@ def test_an_imap_migration_cannot_be_sent_to_microsoft(client, user, make_accoun
     response = client.post(reverse("microsoft-sign-in", args=[migration.pk]))
     assert response["Location"] == reverse("migration-detail", args=[migration.pk])  # not to Microsoft
     assert "microsoft_flows" not in client.session
+
+
+@pytest.mark.django_db
+def test_an_alias_of_the_signed_in_mailbox_is_the_same_mailbox(client, user, make_account, microsoft):
+    microsoft.add_user("lena.meier@contoso.com", microsoft.contoso, aliases=["vertrieb@contoso.com"])
+    account = make_account(user, "vertrieb@contoso.com", provider_kind="microsoft")  # the CRM knows the alias
+    migration = _waiting(user, account)
+    client.force_login(user)
+    microsoft.sign_in_as = "lena.meier@contoso.com"  # Microsoft signs in with the primary name
+    sign_in(client, microsoft, migration)
+    assert steps.run_migration(migration.pk) == "done"
+    # An address that is no alias of this mailbox is still another identity.
+    other = _waiting(user, make_account(user, "einkauf@contoso.com", provider_kind="microsoft"))
+    sign_in(client, microsoft, other)
+    assert steps.run_migration(other.pk) == "failed"
+    assert Migration.objects.get(pk=other.pk).error_code == "ms_wrong_account"

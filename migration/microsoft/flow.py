@@ -108,8 +108,12 @@ def submit_auth_response(*, migration: Migration, flow: dict, auth_response: dic
 
 
 def identity_matches(address: str, *, claims: dict, me: dict) -> bool:
+    """The signed-in mailbox is the account's: by sign-in name, primary address or an alias."""
     identities = client.signed_in_identities(claims)
     identities.update(str(me.get(k) or "").strip().lower() for k in ("mail", "userPrincipalName"))
+    # "SMTP:primary@…", "smtp:alias@…"; other address types (X500:, SIP:) are not mail addresses.
+    identities.update(str(proxy)[5:].strip().lower() for proxy in me.get("proxyAddresses") or []
+                      if str(proxy).lower().startswith("smtp:"))
     return address.strip().lower() in identities - {""}
 
 

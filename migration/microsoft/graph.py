@@ -85,7 +85,8 @@ class Graph:
         raise MicrosoftError("ms_protocol", permanent=False)  # an endless chain of pages
 
     def me(self) -> dict:
-        return self.get("/v1.0/me", {"$select": "id,mail,userPrincipalName,displayName"})
+        # proxyAddresses: the mailbox's other SMTP addresses; the CRM may know it by an alias.
+        return self.get("/v1.0/me", {"$select": "id,mail,userPrincipalName,displayName,proxyAddresses"})
 
     def mail_folders(self) -> list[dict]:
         """Top-level folders worth syncing (no deleted items, junk, drafts, outbox)."""

@@ -69,6 +69,7 @@ class User:
     oid: str = field(default_factory=lambda: secrets.token_hex(16))
     mail: str | None = None
     upn: str | None = None
+    aliases: list = field(default_factory=list)  # further SMTP addresses of the mailbox (proxyAddresses)
     folders: dict = field(default_factory=dict)  # folder id -> Folder
 
 

@@ -42,7 +42,10 @@ class GraphMixin:
         user = self.users[grant["user"]]
         immutable = 'IdType="ImmutableId"' in (headers.get("Prefer") or "")
         if path == "/v1.0/me":
-            return 200, {"id": user.oid, "displayName": user.address, "mail": user.mail, "userPrincipalName": user.upn}
+            me = {"id": user.oid, "displayName": user.address, "mail": user.mail, "userPrincipalName": user.upn}
+            if "proxyAddresses" in query.get("$select", ""):  # like Graph: only when selected
+                me["proxyAddresses"] = [f"SMTP:{user.mail}"] + [f"smtp:{alias}" for alias in user.aliases]
+            return 200, me
         if path == "/v1.0/me/mailFolders":
             folders = [self._folder_json(f) for f in user.folders.values()]
             return self._page(folders, query, "/v1.0/me/mailFolders")
