@@ -183,12 +183,30 @@ def _reconnect_callback(request, account_id: int, ms_flow: dict):
     account = get_object_or_404(MailAccount, pk=account_id, owner=request.user)
     if "error" in request.GET:
         answer = {k: str(request.GET.get(k, "")) for k in ("error", "error_description", "error_subcode")}
+        if client.needs_admin_consent(answer):
+            return _reconnect_needs_consent(request, account)
         messages.error(request, errors.message_for(client.error_from(answer).code))
         return redirect("settings-mail")
     try:
         flow.complete_reconnect(account=account, flow=ms_flow, auth_response=client.auth_response_from(request.GET))
     except MicrosoftError as error:
+        if error.code == "ms_admin_consent":
+            return _reconnect_needs_consent(request, account)
         messages.error(request, errors.message_for(error.code))
     else:
         messages.success(request, _("%(address)s ist wieder verbunden.") % {"address": account.address})
     return redirect("settings-mail")
+
+
+def _reconnect_needs_consent(request, account: MailAccount):
+    """The grant of a V3 account was revoked tenant-wide: the same ways to an admin as in a migration.
+
+    There is no migration to resume; once the admin consented, the user re-connects.
+    """
+    tenant = account.address.rsplit("@", 1)[-1].lower()
+    TenantConsent.objects.get_or_create(tenant=tenant)  # support sees the request in the admin
+    context = {"tenant": tenant, "admin_link": consent.make_admin_link(tenant=tenant, migration_id=None),
+               "link_days": settings.MS_ADMIN_LINK_DAYS, "app_name": settings.MS_APP_DISPLAY_NAME,
+               "legacy_app_name": settings.MS_LEGACY_APP_DISPLAY_NAME}
+    return render(request, "migration/microsoft/reconnect_consent.html",
+                  {"account": account, "microsoft": context, "nav": "settings"})
