@@ -25,6 +25,26 @@ def _start(**env):
     ("HANDOFF_OVERLAP_HOURS", "-1"),
     ("CAMPAIGN_MIGRATE_BY", "18.07.2025"),
     ("ACCOUNT_ALLOW_SIGNUP", "ja"),
+    # egress guard and detection
+    ("EGRESS_ALLOW_NETWORKS", "127.0.0.1/33"),
+    ("EGRESS_ALLOW_NETWORKS", "10.0.0.0/8,intranet"),
+    ("EGRESS_RATE_PER_USER", "0"),
+    ("EGRESS_RATE_PER_DESTINATION", "viele"),
+    ("DNS_NAMESERVERS", "dns.example.com"),
+    ("DNS_NAMESERVERS", "127.0.0.1:99999"),
+    ("DNS_TIMEOUT", "0"),
+    ("DETECTION_HTTP_LOOKUPS", "vielleicht"),
+    ("DETECTION_HTTP_TIMEOUT", "kurz"),
+    ("DETECTION_CACHE_SECONDS", "-1"),
+    ("ISPDB_URL", "file:///etc/ispdb/"),
+    # Microsoft
+    ("MS_AUTHORITY", "http://login.microsoftonline.com/organizations"),
+    ("MS_AUTHORITY", "https://login.microsoftonline.com"),
+    ("MS_GRAPH_URL", "graph.microsoft.com"),
+    ("MS_INSTANCE_DISCOVERY", "vielleicht"),
+    ("MS_CA_FILE", "/nonexistent/ca.pem"),
+    ("MS_TIMEOUT", "0"),
+    ("MS_ADMIN_LINK_DAYS", "bald"),
 ])
 def test_it_names_the_bad_variable(name, value, tmp_path):
     result = _start(**{name: value, "PORTAL_DATA_DIR": str(tmp_path)})

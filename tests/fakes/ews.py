@@ -17,7 +17,7 @@ import ssl
 import tempfile
 import threading
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from xml.etree import ElementTree as ET
 from xml.sax.saxutils import escape, quoteattr
@@ -26,6 +26,7 @@ import spnego
 import spnego.exceptions
 
 from portal.devservers import make_certificate
+from tests.fakes.local_server import listen, serve_in_background, shut
 
 S = "http://schemas.xmlsoap.org/soap/envelope/"
 M = "http://schemas.microsoft.com/exchange/services/2006/messages"
@@ -55,19 +56,16 @@ class FakeEWS:
         self.cert_pem = cert.read_text()
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
-        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self._server = listen(_handler(self), context)
         self.port = self._server.server_address[1]
         self.url = f"https://localhost:{self.port}/EWS/Exchange.asmx"
 
     def start(self) -> "FakeEWS":
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        serve_in_background(self._server)
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        shut(self._server)
 
     def ntlm_user_file(self, directory: Path) -> Path:
         """pyspnego's acceptor reads the accounts it knows from the file NTLM_USER_FILE names."""

@@ -20,11 +20,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from portal.devservers import make_certificate
+from tests.fakes.local_server import listen, serve_in_background, shut
 from tests.fakes.microsoft_graph import GraphMixin
 
 CONSUMERS = "9188040d-6c67-4c5b-b112-36a304b66dad"
@@ -185,17 +186,14 @@ class FakeMicrosoft(GraphMixin):
             pass
 
         Handler.fake = fake
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
         # Handshake in the handler thread: a stalled client cannot block accept().
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True, do_handshake_on_connect=False)
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.server = listen(Handler, context, do_handshake_on_connect=False)
+        serve_in_background(self.server)
         return self
 
     def stop(self) -> None:
         if self.server:
-            self.server.shutdown()
-            self.server.server_close()
+            shut(self.server)
 
     # --- identity platform ---------------------------------------------------------
     def tenant_for(self, segment: str) -> Tenant | None:

@@ -12,9 +12,10 @@ tls_names the server speaks HTTPS with a certificate for exactly those names
 import ssl
 import subprocess
 import tempfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from tests.fakes.local_server import listen, serve_in_background, shut
 
 
 def make_named_certificate(directory: Path, names: list[str]) -> tuple[Path, Path]:
@@ -33,30 +34,28 @@ class FakeWeb:
         self.routes = dict(routes or {})
         self.requests: list[tuple[str, str, dict, bytes]] = []
         self.sni: list[str | None] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
         self.scheme = "http"
         self.cert_pem = ""
+        context = None
         if tls_names:
             cert, key = make_named_certificate(Path(tempfile.mkdtemp(prefix="fake-web-")), tls_names)
             self.cert_pem = cert.read_text()
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(cert, key)
             context.sni_callback = lambda sock, name, ctx: self.sni.append(name)
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
             self.scheme = "https"
+        self._server = listen(_handler(self), context)
         self.port = self._server.server_address[1]
 
     def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
         return f"{self.scheme}://{host}:{self.port}{path}"
 
     def start(self) -> "FakeWeb":
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        serve_in_background(self._server)
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        shut(self._server)
 
 
 def _handler(web: FakeWeb):
