@@ -15,7 +15,6 @@ unreachable Autodiscover is an outage, not a "no".
 
 import fnmatch
 import re
-import socket
 from dataclasses import asdict, dataclass, field
 
 import dns.exception
@@ -27,8 +26,9 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils.translation import gettext_lazy as _
 
+from portal.env import parse_nameserver as _nameserver  # the forms portal.settings accepts
 from sync import egress
-from sync.providers import APP_PASSWORD_HINT, IMAP_PROVIDERS, username_for
+from sync.providers import APP_PASSWORD_HINT, IMAP_PROVIDERS, PROVIDER_HOSTS, username_for
 
 # Consumer domains that Microsoft runs itself (Outlook.com).
 MICROSOFT_DOMAINS = ("outlook.com", "outlook.de", "hotmail.com", "hotmail.de", "live.com", "live.de", "msn.com")
@@ -50,7 +50,7 @@ LABELS = {
     "imap_other": _("Anderer IMAP-Anbieter"), **{key: p.label for key, p in IMAP_PROVIDERS.items()},
 }
 # The built-in table's own servers: proposing them never needs a confirmation.
-TRUSTED_HOSTS = {p.host for p in IMAP_PROVIDERS.values()}
+TRUSTED_HOSTS = PROVIDER_HOSTS
 AUTOCONFIG_URL = "https://autoconfig.{domain}/mail/config-v1.1.xml"
 AUTODISCOVER_URL = "https://autodiscover.{domain}/autodiscover/autodiscover.xml"
 AUTODISCOVER_REQUEST = (
@@ -188,14 +188,6 @@ def _mx_hosts(domain: str) -> tuple[list[str], bool]:
     return [host for _preference, host in records if host and host != "."], True  # "0 ." is a null MX: no mail
 
 
-def _nameserver(raw: str) -> tuple[str, int]:
-    # Same forms portal.settings accepts: "10.0.0.53", "10.0.0.53:5353", "fd00::53", "[fd00::53]:5353".
-    if raw.startswith("[") or raw.count(":") == 1:
-        host, port = raw.rsplit(":", 1)
-        return host.strip("[]"), int(port)
-    return raw, 53
-
-
 def _ascii_domain(raw: str) -> str:
     try:
         domain = raw.strip().rstrip(".").encode("idna").decode("ascii").lower()
@@ -240,25 +232,10 @@ def _fetch(method: str, url: str, **kwargs) -> tuple[requests.Response | None, b
     try:
         return egress.guarded_request(method, url, timeout=settings.DETECTION_HTTP_TIMEOUT, **kwargs), True
     except egress.EgressRefused as error:
-        return None, _refusal_is_final(error.host)
+        # No such name, or a forbidden address: answers. A resolver that could not be asked is not.
+        return None, error.reason != "resolver"
     except egress.EgressError:
         return None, False  # unreachable, timeout, TLS or protocol trouble: maybe different in a minute
-
-
-def _refusal_is_final(host: str) -> bool:
-    """The guard refuses names that do not resolve as well as forbidden addresses.
-
-    Both are answers (most domains have no autoconfig or autodiscover name at
-    all); a resolver that could not be asked (EAI_AGAIN) is not. The guard keeps
-    no reason, so the name is looked up once more, and only after a refusal.
-    """
-    try:
-        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except socket.gaierror as error:
-        return error.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME))
-    except (UnicodeError, ValueError):
-        return True  # not a name at all
-    return True  # it resolves: the policy refused the address
 
 
 def _xml(content: bytes):

@@ -4,6 +4,7 @@ A bad value stops start-up with the variable's name in the message, so an
 operator never runs with a silently ignored setting.
 """
 
+import ipaddress
 import os
 from datetime import date
 from urllib.parse import unquote, urlparse
@@ -82,3 +83,16 @@ def envdatabase(name: str, default: str) -> dict:
         }
     # Never echo the URL: it may hold a password.
     raise ImproperlyConfigured(f"{name} must start with sqlite:/// or postgres://")
+
+
+def parse_nameserver(raw: str) -> tuple[str, int]:
+    """"10.0.0.53", "10.0.0.53:5353", "fd00::53" or "[fd00::53]:5353" -> (address, port); ValueError otherwise."""
+    if raw.startswith("[") or raw.count(":") == 1:
+        address, port = raw.rsplit(":", 1)
+        address, port = address.strip("[]"), int(port)
+    else:
+        address, port = raw, 53
+    ipaddress.ip_address(address)
+    if not 0 < port < 65536:
+        raise ValueError(raw)
+    return address, port

@@ -12,7 +12,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
-from portal.env import envbool, envdatabase, envdate, envint, envlist, envstr
+from portal.env import envbool, envdatabase, envdate, envint, envlist, envstr, parse_nameserver
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Everything the embedded defaults create lives here; it is ignored by git.
@@ -170,13 +170,8 @@ MAIL_CONNECT_TIMEOUT = envint("MAIL_CONNECT_TIMEOUT", 15, minimum=1)
 # Nameservers for the MX lookup ("10.0.0.53" or "127.0.0.1:5353"); empty: the system's.
 DNS_NAMESERVERS = envlist("DNS_NAMESERVERS", [])
 for _nameserver in DNS_NAMESERVERS:
-    # "10.0.0.53", "10.0.0.53:5353", "fd00::53" or "[fd00::53]:5353" (parsed again in migration.detection).
-    _address, _port = (_nameserver.rsplit(":", 1) if _nameserver.count(":") == 1 or _nameserver.startswith("[")
-                       else (_nameserver, "53"))
     try:
-        ipaddress.ip_address(_address.strip("[]"))
-        if not 0 < int(_port) < 65536:
-            raise ValueError
+        parse_nameserver(_nameserver)
     except ValueError:
         raise ImproperlyConfigured(f"DNS_NAMESERVERS: {_nameserver!r} is not an address like 127.0.0.1:5353") from None
 # Seconds for one whole DNS lookup (all nameservers and retries together).

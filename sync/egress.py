@@ -24,6 +24,8 @@ from django.conf import settings
 from django.core.cache import cache
 from requests.adapters import HTTPAdapter
 
+from sync.providers import PROVIDER_HOSTS
+
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # Refused even where a Python version's is_global would let them pass.
 _ALWAYS_REFUSED = [ipaddress.ip_network(net) for net in (
@@ -45,11 +47,18 @@ class EgressError(Exception):
 
 
 class EgressRefused(EgressError):
-    """The policy refused the destination (it never saw a packet from us)."""
+    """The policy refused the destination (it never saw a packet from us).
 
-    def __init__(self, host: str):
-        super().__init__(f"egress policy refused {host}")
+    reason says why, for operators and for callers that cache answers:
+    "forbidden" (an address the policy does not allow, or not a URL we
+    follow), "unknown_name" (DNS says the name does not exist) or "resolver"
+    (DNS could not be asked; may work in a minute). Users see none of this.
+    """
+
+    def __init__(self, host: str, reason: str = "forbidden"):
+        super().__init__(f"egress policy refused {host} ({reason})")
         self.host = host
+        self.reason = reason
 
 
 class Unreachable(EgressError):
@@ -104,8 +113,11 @@ def resolve_checked(host: str, port: int) -> str:
     """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError, ValueError):
-        raise EgressRefused(host) from None
+    except socket.gaierror as error:
+        unknown = error.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME))
+        raise EgressRefused(host, "unknown_name" if unknown else "resolver") from None
+    except (UnicodeError, ValueError):
+        raise EgressRefused(host, "unknown_name") from None  # not a name at all
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if not addresses or not all(is_allowed(address) for address in addresses):
         raise EgressRefused(host)
@@ -138,7 +150,7 @@ def check_rate(user_id: int | None, host: str, port: int) -> None:
     checks = []
     if user_id is not None:
         checks.append((f"egress:rate:user:{user_id}:{window}", settings.EGRESS_RATE_PER_USER))
-    if canonical not in _known_provider_hosts():
+    if canonical not in PROVIDER_HOSTS:
         destination = hashlib.sha256(f"{canonical}:{port}".encode()).hexdigest()[:32]
         checks.append((f"egress:rate:dest:{destination}:{window}", settings.EGRESS_RATE_PER_DESTINATION))
     for key, limit in checks:
@@ -147,8 +159,8 @@ def check_rate(user_id: int | None, host: str, port: int) -> None:
 
 
 def _canonical_host(host: str) -> str:
-    """One spelling per destination: "Mail.Example.com.", "0x7f000001" and "127.1" count as what they are."""
-    host = host.strip().lower().rstrip(".").strip("[]")
+    """One spelling per destination: "Mail.Example.com.", "bücher.de"/"xn--bcher-kva.de", "0x7f000001"/"127.1"."""
+    host = host.strip().strip("[]")
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:
@@ -157,13 +169,11 @@ def _canonical_host(host: str) -> str:
         # The legacy IPv4 forms the C resolver accepts (hex, octal, fewer dots).
         return socket.inet_ntoa(socket.inet_aton(host))
     except OSError:
-        return host
-
-
-def _known_provider_hosts() -> set[str]:
-    from sync.providers import IMAP_PROVIDERS
-
-    return {provider.host for provider in IMAP_PROVIDERS.values()}
+        pass
+    try:
+        return ascii_host(host)
+    except EgressRefused:
+        return host.lower().rstrip(".")
 
 
 def _count(key: str) -> int:

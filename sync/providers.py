@@ -44,6 +44,10 @@ IMAP_PROVIDERS: dict[str, ImapProvider] = {
     )
 }
 
+# The built-in providers' own servers: detection proposes them without asking,
+# and the rate limit gives them no shared budget.
+PROVIDER_HOSTS = frozenset(provider.host for provider in IMAP_PROVIDERS.values())
+
 APP_PASSWORD_HINT = _("Ist die Zwei-Faktor-Anmeldung aktiv, verwenden Sie ein App-Passwort.")
 
 

@@ -285,3 +285,10 @@ def test_the_big_providers_have_no_shared_budget(settings):
     settings.EGRESS_RATE_PER_USER = 1
     with pytest.raises(RateLimited):
         check_rate(1, "imap.gmx.net", 993)  # the per-user limit still holds
+
+
+def test_an_international_name_shares_its_budget_with_its_ascii_form(settings):
+    settings.EGRESS_RATE_PER_USER, settings.EGRESS_RATE_PER_DESTINATION = 100, 1
+    check_rate(1, "mail.bücher.de", 993)
+    with pytest.raises(RateLimited):
+        check_rate(2, "mail.xn--bcher-kva.de", 993)

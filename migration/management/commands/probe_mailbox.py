@@ -19,7 +19,6 @@ resolve ("cannot resolve HOST"), 2 the egress policy refused the destination,
 
 import getpass
 import json
-import socket
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
@@ -52,12 +51,13 @@ class Command(BaseCommand):
         try:
             probe, host, port = self._prepare(options)
             # The guard refuses unknown names too; asked first, so support is not sent to the allow-list.
-            _check_resolves(host, port)
             # The same guard the connection applies; checked here too, to say why.
             resolve_checked(host, port)
             check_rate(None, host, port)
             cursors, auth_type = probe(password)
         except EgressRefused as error:
+            if error.reason != "forbidden":
+                raise CommandError(f"cannot resolve {error.host}", returncode=1) from None
             raise CommandError(f"the egress policy refused {error.host} (not a public address, and not in "
                                "EGRESS_ALLOW_NETWORKS)", returncode=2) from None
         except RateLimited:
@@ -96,13 +96,6 @@ class Command(BaseCommand):
 def _verify_ews(connection: dict, address: str, password: str) -> tuple[dict, str]:
     settled, cursors = exchange_flow.verify(connection, address, password)
     return cursors, settled["auth_type"]
-
-
-def _check_resolves(host: str, port: int) -> None:
-    try:
-        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError, ValueError):
-        raise CommandError(f"cannot resolve {host}", returncode=1) from None
 
 
 def _read_password(stdin) -> str:
