@@ -12,7 +12,6 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from migration.exchange import flow as exchange_flow
 from migration.models import Migration
 from sync import ews
 from sync import services as sync_services
@@ -53,7 +52,7 @@ def _hand_over_to_imap(migration: Migration, account: MailAccount, *, now, overl
 def _hand_over_to_ews(migration: Migration, account: MailAccount, *, now, overlap) -> None:
     """Exchange: the settings the worker verified move to the account, each folder gets its
     SyncFolderItems state. Folder names match V2's ("INBOX"), so V2's high-water mark is found."""
-    server = exchange_flow.settings_from(migration.connection, account.address)
+    server = ews.settings_from(migration.connection, account.address)
     ews.apply_to_account(account, server=server, password=_password(migration))
     account.provider_kind = ProviderKind.EXCHANGE
     _switch_to_v3(account, now=now)

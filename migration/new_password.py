@@ -35,7 +35,9 @@ def new_password(request, account_id: int):
     status = 200
     if request.method == "POST" and form.is_valid():
         try:
-            egress.check_rate(request.user.pk, *_destination(account))
+            egress.check_rate(request.user.pk, *egress.destination(
+                url=account.ews_url if account.provider_kind == ProviderKind.EXCHANGE else "",
+                host=account.imap_host, port=account.imap_port))
         except egress.RateLimited:
             form.add_error(None, errors.message_for("rate_limited"))
             status = 429
@@ -49,10 +51,3 @@ def new_password(request, account_id: int):
         "account": account, "form": form, "error_message": errors.message_for(account.last_sync_error),
         "nav": "settings",
     }, status=status)
-
-
-def _destination(account: MailAccount) -> tuple[str, int]:
-    if account.provider_kind == ProviderKind.EXCHANGE:
-        _scheme, host, port = egress.split_url(account.ews_url)
-        return host, port
-    return account.imap_host, account.imap_port or 993

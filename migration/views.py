@@ -137,7 +137,8 @@ def credentials(request, pk: int):
     connection = form.connection()
     try:
         # Counted per user and per destination: the form is no port scanner or password sprayer.
-        egress.check_rate(request.user.pk, *_destination(connection))
+        egress.check_rate(request.user.pk, *egress.destination(
+            url=connection.get("ews_url", ""), host=connection.get("host", ""), port=connection.get("port")))
     except egress.RateLimited:
         form.add_error(None, errors.message_for("rate_limited"))
         return _render_detail(request, migration, form, status=429)
@@ -148,13 +149,6 @@ def credentials(request, pk: int):
         # The double click: the first submit already moved the migration on.
         messages.info(request, _user_error("wrong_state"))
     return redirect("migration-detail", pk=pk)
-
-
-def _destination(connection: dict) -> tuple[str, int]:
-    if "ews_url" in connection:
-        _scheme, host, port = egress.split_url(connection["ews_url"])
-        return host, port
-    return connection["host"], int(connection["port"])
 
 
 @login_required

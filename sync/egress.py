@@ -260,6 +260,14 @@ def split_url(url: str) -> tuple[str, str, int]:
     return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
+def destination(*, url: str = "", host: str = "", port: int | None = None) -> tuple[str, int]:
+    """(host, port) a mailbox connection goes to: an EWS URL's, or an IMAP host and port."""
+    if url:
+        _scheme, host, port = split_url(url)
+        return host, port
+    return host, int(port or 993)
+
+
 def guarded_get(url: str, *, timeout: float, max_redirects: int = 3, headers: dict | None = None,
                 ca_pem: str = "", max_bytes: int = DEFAULT_MAX_BYTES) -> requests.Response:
     return guarded_request("GET", url, timeout=timeout, max_redirects=max_redirects, headers=headers,

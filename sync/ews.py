@@ -250,9 +250,15 @@ def _to_message(item) -> FetchedMessage:
 # --- reading and writing an account's EWS settings --------------------------------------------------------------
 
 
+def settings_from(connection: dict, address: str) -> EwsSettings:
+    """From a migration's connection dict (ews_url, username, auth_type, ca_pem); NTLM unless settled otherwise."""
+    return EwsSettings(url=connection["ews_url"], username=connection["username"], address=address,
+                       auth_type=connection.get("auth_type") or "ntlm", ca_pem=connection.get("ca_pem", ""))
+
+
 def settings_of(account) -> EwsSettings:
-    return EwsSettings(url=account.ews_url, username=account.username or account.address, address=account.address,
-                       auth_type=account.ews_auth_type or "ntlm", ca_pem=account.tls_ca_pem)
+    return settings_from({"ews_url": account.ews_url, "username": account.username or account.address,
+                          "auth_type": account.ews_auth_type, "ca_pem": account.tls_ca_pem}, account.address)
 
 
 def apply_to_account(account, *, server: EwsSettings, password: str) -> None:

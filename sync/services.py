@@ -123,11 +123,15 @@ def record_sync_result(*, account_id: int, error_code: str = "") -> None:
     ).update(**fields)
 
 
+# Codes that mean "the mailbox refused the stored password" (IMAP's, and Exchange's own wording).
+PASSWORD_REFUSED = {"auth_failed", "ews_auth_failed"}
+
+
 def record_v3_failure(*, account_id: int, error_code: str) -> None:
     """A V3 sync failed. A rejected password stops the syncing until the user enters a new one:
     logging in with it again every interval would lock the account (Active Directory lockout
     policies, providers' brute-force protection)."""
-    if error_code.endswith("auth_failed"):
+    if error_code in PASSWORD_REFUSED:
         MailAccount.objects.filter(pk=account_id).exclude(status=AccountStatus.STOPPED).update(
             status=AccountStatus.RECONNECT, last_sync_error=error_code
         )

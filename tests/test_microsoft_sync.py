@@ -124,3 +124,12 @@ def test_the_beat_syncs_microsoft_accounts_without_an_imap_host(migrated):
     assert migrated.imap_host == ""
     assert migrated in accounts_due_for_sync(v2_running=False)
     assert crypto.decrypt_json(migrated.token_cache_encrypted)["home_account_id"]
+
+
+def test_a_sync_does_not_fetch_microsofts_configuration_again(migrated, microsoft):
+    sync_account(migrated.pk)  # warm
+    before = len(microsoft.requests)
+    microsoft.deliver(migrated.address, subject="ohne Umwege")
+    assert sync_account(migrated.pk) == 1
+    discovery = [r for r in microsoft.requests[before:] if "openid-configuration" in r.get("path", "")]
+    assert discovery == []

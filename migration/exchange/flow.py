@@ -5,7 +5,6 @@ import re
 from django.conf import settings
 
 from sync import egress, ews
-from sync.ews import EwsSettings
 
 AUTO = "auto"
 # NTLM first: on-premises Exchange offers it almost always, and unlike Basic
@@ -17,11 +16,6 @@ _OFFERS_BASIC = re.compile(r"\bbasic\b", re.I)
 def error_code(code: str) -> str:
     """Exchange's own wording for the codes where IMAP's advice would mislead (app passwords, no CA field)."""
     return f"ews_{code}" if code in ("auth_failed", "tls_failed") else code
-
-
-def settings_from(connection: dict, address: str) -> EwsSettings:
-    return EwsSettings(url=connection["ews_url"], username=connection["username"], address=address,
-                       auth_type=connection.get("auth_type") or "ntlm", ca_pem=connection.get("ca_pem", ""))
 
 
 def auth_type_offered(url: str, ca_pem: str) -> str:
@@ -44,4 +38,4 @@ def verify(connection: dict, address: str, password: str, *, heartbeat=None) -> 
     """Log in, check the inbox, return (connection with the auth type settled, cursors per folder)."""
     if connection.get("auth_type", AUTO) == AUTO:
         connection = {**connection, "auth_type": auth_type_offered(connection["ews_url"], connection.get("ca_pem", ""))}
-    return connection, ews.verify(settings_from(connection, address), password, heartbeat=heartbeat)
+    return connection, ews.verify(ews.settings_from(connection, address), password, heartbeat=heartbeat)

@@ -62,6 +62,12 @@ def verify():
     return settings.MS_CA_FILE or True
 
 
+# MSAL's cache of Microsoft's discovery answers (OpenID configuration, kept
+# for a day) shared by every app this process builds: without it each sync of
+# each account would fetch the configuration again. It holds no tokens.
+HTTP_CACHE: dict = {}
+
+
 def build_app(*, authority: str | None = None, cache: msal.SerializableTokenCache | None = None):
     if not configured():
         raise MicrosoftError("ms_not_configured", permanent=True)
@@ -70,7 +76,7 @@ def build_app(*, authority: str | None = None, cache: msal.SerializableTokenCach
         return msal.ConfidentialClientApplication(
             settings.MS_CLIENT_ID, client_credential=settings.MS_CLIENT_SECRET,
             authority=authority or settings.MS_AUTHORITY, instance_discovery=settings.MS_INSTANCE_DISCOVERY,
-            verify=verify(), timeout=settings.MS_TIMEOUT, token_cache=cache,
+            verify=verify(), timeout=settings.MS_TIMEOUT, token_cache=cache, http_cache=HTTP_CACHE,
         )
     except requests.RequestException:
         raise MicrosoftError("ms_unreachable", permanent=False) from None

@@ -42,11 +42,13 @@ MAIL_MARKER = "consent_mail_sent"
 
 
 def tenant_of(migration: Migration) -> str:
-    """The tenant as the portal addresses it: recorded, else the mail domain.
+    """The tenant as the portal addresses it: recorded, else the mail domain."""
+    return (migration.detected or {}).get("tenant") or tenant_for_address(migration.account.address)
 
-    Microsoft accepts a verified domain wherever a tenant id goes.
-    """
-    return (migration.detected or {}).get("tenant") or migration.account.address.rsplit("@", 1)[-1].lower()
+
+def tenant_for_address(address: str) -> str:
+    """Microsoft accepts a verified mail domain wherever a tenant id goes."""
+    return address.rsplit("@", 1)[-1].lower()
 
 
 def require_admin_consent(*, migration: Migration, reason: str, actor: str) -> Migration:

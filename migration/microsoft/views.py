@@ -45,11 +45,7 @@ def detail_context(migration: Migration) -> dict:
     if migration.provider_kind != ProviderKind.MICROSOFT:
         return {}
     detected = migration.detected or {}
-    context = {
-        "consent_granted": bool(detected.get("consent_granted")),
-        "tenant": consent.tenant_of(migration), "app_name": settings.MS_APP_DISPLAY_NAME,
-        "legacy_app_name": settings.MS_LEGACY_APP_DISPLAY_NAME, "link_days": settings.MS_ADMIN_LINK_DAYS,
-    }
+    context = {"consent_granted": bool(detected.get("consent_granted")), **_consent_steps(consent.tenant_of(migration))}
     if migration.status == Status.AWAITING_ADMIN_CONSENT:
         context["admin_link"] = consent.make_admin_link(tenant=context["tenant"], migration_id=migration.pk)
         context["email_form"] = AdminEmailForm()
@@ -203,10 +199,14 @@ def _reconnect_needs_consent(request, account: MailAccount):
 
     There is no migration to resume; once the admin consented, the user re-connects.
     """
-    tenant = account.address.rsplit("@", 1)[-1].lower()
+    tenant = consent.tenant_for_address(account.address)
     TenantConsent.objects.get_or_create(tenant=tenant)  # support sees the request in the admin
-    context = {"tenant": tenant, "admin_link": consent.make_admin_link(tenant=tenant, migration_id=None),
-               "link_days": settings.MS_ADMIN_LINK_DAYS, "app_name": settings.MS_APP_DISPLAY_NAME,
-               "legacy_app_name": settings.MS_LEGACY_APP_DISPLAY_NAME}
+    context = {**_consent_steps(tenant), "admin_link": consent.make_admin_link(tenant=tenant, migration_id=None)}
     return render(request, "migration/microsoft/reconnect_consent.html",
                   {"account": account, "microsoft": context, "nav": "settings"})
+
+
+def _consent_steps(tenant: str) -> dict:
+    """What the admin-consent steps show: the tenant, both app names, the link's validity."""
+    return {"tenant": tenant, "app_name": settings.MS_APP_DISPLAY_NAME,
+            "legacy_app_name": settings.MS_LEGACY_APP_DISPLAY_NAME, "link_days": settings.MS_ADMIN_LINK_DAYS}

@@ -10,6 +10,7 @@ import pytest
 import requests
 from django.urls import reverse
 
+from migration.microsoft import client as ms_client
 from tests.fakes.microsoft import FakeMicrosoft
 
 CONTOSO = "6e5c2f0a-1b2c-4d3e-8f90-0a1b2c3d4e5f"
@@ -33,6 +34,8 @@ def microsoft(fake_microsoft_server, settings):
     """The fake with two tenants; contoso.com users may consent themselves."""
     fake = fake_microsoft_server
     fake.reset()
+    # The fake keeps its address for the session but not its tenants: nothing of an earlier test may be cached.
+    ms_client.HTTP_CACHE.clear()
     fake.redirect_uris = set()
     settings.MS_CLIENT_ID = fake.client_id
     settings.MS_CLIENT_SECRET = fake.client_secret
