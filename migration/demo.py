@@ -17,8 +17,9 @@ from migration.models import Campaign
 from migration.selectors import current_campaign, invalidate_campaign
 from portal.devservers import make_message
 from sync import services as sync_services
-from sync.engines import v2
-from sync.imap import ImapSettings, dedup_key_for
+from sync import v2
+from sync.identity import FetchedMessage
+from sync.imap.client import ImapSettings
 from sync.models import AccountStatus, Engine, FolderState, MailAccount, SyncedMessage
 
 DEMO_USER = ("demo@example.com", "demo-passwort-1")
@@ -149,6 +150,12 @@ def _ensure_accounts(user, *, host: str, tls_port: int, v2_running: bool, report
     return on_v2
 
 
+def _stand_in_row(account: MailAccount, message: FetchedMessage) -> SyncedMessage:
+    return SyncedMessage(account=account, dedup_key=message.dedup_key, fingerprint=message.fingerprint,
+                         message_id=message.message_id, folder=v2.V2_FOLDER, subject=message.subject,
+                         sender=message.sender, received_at=message.received_at, imported_by=Engine.V2)
+
+
 def _stand_in_history(account: MailAccount) -> int:
     """Without a mail server: the seed mail as V2 history, so "E-Mails" is not empty.
 
@@ -159,9 +166,8 @@ def _stand_in_history(account: MailAccount) -> int:
         return 0
     now = timezone.now()
     rows = [
-        SyncedMessage(account=account, dedup_key=dedup_key_for(m.message_id(account.address), {}),
-                      message_id=m.message_id(account.address), folder=v2.V2_FOLDER, subject=m.subject,
-                      sender=m.sender, received_at=now - m.age, imported_by=Engine.V2)
+        _stand_in_row(account, FetchedMessage(message_id=m.message_id(account.address), subject=m.subject,
+                                              sender=m.sender, received_at=now - m.age))
         for m in SEED_MESSAGES if m.with_message_id
     ]
     with transaction.atomic():

@@ -30,6 +30,10 @@ MESSAGES = {
         "erneut; Ihre Angaben bleiben erhalten."
     ),
     "protocol": _("Der E-Mail-Server hat unerwartet geantwortet. Bitte versuchen Sie es später erneut."),
+    "sync_internal": _(
+        "Die Synchronisierung wurde durch einen unerwarteten Fehler unterbrochen. Der Fehler ist für den Support "
+        "vermerkt; die nächste Synchronisierung versucht es automatisch erneut."
+    ),
     "not_supported": _("Diese Anbieterart kann hier noch nicht migriert werden. Bitte wenden Sie sich an den Support."),
     "secret_unreadable": _("Die gespeicherten Zugangsdaten sind nicht mehr lesbar. Bitte melden Sie sich erneut an."),
     "cancelled_by_staff": _("Die Migration wurde vom Support abgebrochen."),

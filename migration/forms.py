@@ -3,7 +3,7 @@ from dataclasses import asdict
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
-from sync.imap import ImapSettings
+from sync.imap.client import ImapSettings
 from sync.models import Security
 
 

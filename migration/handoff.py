@@ -1,9 +1,11 @@
 """Move an account's sync state from V2 to V3 in one transaction.
 
-V3 starts from the cursors recorded while verifying (IMAP: UID above the
-cursor; Graph: the delta link; EWS: the SyncFolderItems state) and, once, from V2's high-water mark minus the overlap window (mail
-that V2 had not polled yet). What V2 imported stays in the store and is the
-dedup set both engines share.
+V3 starts from the cursors recorded while verifying (IMAP: UIDVALIDITY and
+UIDNEXT; Graph: the delta link; EWS: the SyncFolderItems state), and each
+folder's first V3 run reads the whole folder once (v3_synced_at is None): a
+message delivered, moved or copied in before, during or after the switch is
+imported whatever its Date, and what V2 imported is recognised by the one
+message identity (sync.identity) and not imported again.
 """
 
 from datetime import timedelta
@@ -13,9 +15,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from migration.models import Migration
-from sync import ews
+from sync.exchange import client as ews
 from sync import services as sync_services
-from sync.imap import ImapSettings
+from sync.imap.client import ImapSettings
 from sync.models import AccountStatus, Engine, FolderState, MailAccount, ProviderKind
 
 

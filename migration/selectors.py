@@ -45,6 +45,11 @@ def current_campaign_dates() -> CampaignDates:
     return dates
 
 
+def v2_shutdown_date() -> date:
+    """The active campaign's V2 shutdown date (settings.SYNC_V2_SHUTDOWN_DATE names this)."""
+    return current_campaign_dates().v2_shutdown
+
+
 def invalidate_campaign() -> None:
     transaction.on_commit(lambda: cache.delete(CAMPAIGN_CACHE_KEY))
 

@@ -16,7 +16,7 @@ from django.views.decorators.debug import sensitive_variables
 from migration.models import ACTIVE_STATUSES, WORKER_STATUSES, Migration, MigrationEvent, Status
 from migration.selectors import current_campaign
 from sync import crypto
-from sync.imap import ImapSettings
+from sync.imap.client import ImapSettings
 from sync.models import Engine, MailAccount
 
 logger = logging.getLogger(__name__)

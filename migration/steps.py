@@ -17,7 +17,7 @@ from migration.microsoft import flow as microsoft_flow
 from migration.models import Migration, Status
 from migration.services import TransitionConflict
 from sync import crypto
-from sync.imap import ImapSettings, MailboxError
+from sync.imap.client import ImapSettings, MailboxError
 from sync.models import ProviderKind
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ Passwords are encrypted at once and never appear in an error, a log or a repr.
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone as dt_timezone
-from email.utils import format_datetime
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
@@ -19,7 +18,9 @@ from django.utils.dateparse import parse_datetime
 
 from sync import crypto
 from sync import services as sync_services
-from sync.imap import FetchedMessage, ImapSettings, dedup_key_for
+from sync import headers
+from sync.identity import FetchedMessage, normalize_message_id
+from sync.imap.client import ImapSettings
 from sync.models import Engine, FolderState, MailAccount, ProviderKind, Security
 from sync.providers import IMAP_PROVIDERS
 
@@ -130,8 +131,7 @@ class _Reader:
         if parsed is None:
             self.fail(key, "expected an ISO 8601 date and time, e.g. 2025-06-30T14:05:00+02:00")
             return None
-        # Without an offset the export meant UTC (documented); the offset is kept
-        # otherwise, because the fallback dedup key hashes the Date header as written.
+        # Without an offset the export meant UTC (documented).
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt_timezone.utc)
 
     def items(self, key: str) -> list:
@@ -199,26 +199,22 @@ def _parse_account(index: int, item, errors: list[str]) -> AccountRow:
 
 
 def _parse_message(reader: _Reader) -> tuple[str, FetchedMessage]:
-    # Long values are accepted and cut when stored, like the engines do: the
-    # dedup key must be computed from the whole header, exactly as they do.
+    # Long values are accepted and cut when stored, like the engines do.
     message_id = reader.text("message_id", max_length=MAX_HEADER)
     received_at = reader.when("received_at")
-    headers = {
-        # The engines hash the Date header as the message carries it; an export
-        # without it gets the RFC 5322 form of received_at (see the docs).
-        "Date": reader.text("date", max_length=MAX_HEADER) or (format_datetime(received_at) if received_at else ""),
-        "From": reader.text("from", max_length=MAX_HEADER),
-        "To": reader.text("to", max_length=MAX_HEADER),
-        "Subject": reader.text("subject", max_length=MAX_HEADER),
-    }
-    if not message_id and not headers["Date"]:
-        # Without either, all such messages would hash to one key and collapse into one row.
-        reader.fail("message_id", "a message without message_id needs date or received_at")
+    date_text = reader.text("date", max_length=MAX_HEADER)
+    sent_at = headers.parse_date(date_text)
+    if date_text and sent_at is None:
+        # The fallback identity needs the date as every engine reads it; an unreadable one is refused.
+        reader.fail("date", "not an RFC 5322 date, e.g. Mon, 30 Jun 2025 14:01:00 +0200")
+    if not normalize_message_id(message_id) and not (sent_at or received_at):
+        # Without either, all such messages would share one identity and collapse into one row.
+        reader.fail("message_id", "a message without a usable message_id needs date or received_at")
     message = FetchedMessage(
-        uid=reader.integer("uid", default=None, low=1, high=2**63 - 1), dedup_key=dedup_key_for(message_id, headers),
-        message_id=message_id[:998], subject=headers["Subject"][:500], sender=headers["From"][:500],
-        received_at=received_at,
-        size=reader.integer("size", default=0, low=0, high=2**31 - 1),
+        message_id=message_id[:998], subject=reader.text("subject", max_length=MAX_HEADER)[:500],
+        sender=reader.text("from", max_length=MAX_HEADER)[:500], to=reader.text("to", max_length=MAX_HEADER)[:2000],
+        sent_at=sent_at, received_at=received_at, size=reader.integer("size", default=0, low=0, high=2**31 - 1),
+        uid=reader.integer("uid", default=None, low=1, high=2**63 - 1),
     )
     return reader.text("folder", default="INBOX"), message
 

@@ -1,13 +1,15 @@
 from django.contrib import admin
+from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext_lazy as _
 
-from sync.models import FolderState, MailAccount, SyncedMessage
+from sync.models import FolderState, MailAccount, SkippedMessage, SyncedMessage
 from sync.services import invalidate_banner
 
 
 class FolderStateInline(admin.TabularInline):
     model = FolderState
     fields = ("name", "v2_high_water", "v2_last_poll_at", "uidvalidity", "uidnext", "highestmodseq",
-              "last_seen_uid", "v3_since", "v3_synced_at")
+              "last_seen_uid", "graph_folder_id", "ews_folder_id", "v3_synced_at")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -19,7 +21,17 @@ class MailAccountAdmin(admin.ModelAdmin):
     list_filter = ("engine", "status", "provider_kind", "provider_name")
     search_fields = ("address", "owner__email")
     # secret_encrypted is not editable and therefore never in a form or list.
-    readonly_fields = ("engine", "last_sync_at", "last_sync_error", "v2_stopped_at")
+    readonly_fields = ("engine", "last_sync_at", "last_sync_error", "v2_stopped_at", "sync_lease_until",
+                       "sync_queued_at", "skipped_messages")
+
+    @admin.display(description=_("Übersprungene Nachrichten"))
+    def skipped_messages(self, obj):
+        """Messages the sync could not store, with the reason (the newest 20; all in their own list)."""
+        rows = obj.skipped_messages.order_by("-seen_at")[:20] if obj.pk else []
+        if not rows:
+            return "–"
+        return format_html("<ul>{}</ul>", format_html_join(
+            "", "<li>{} · {} · {} {}</li>", ((r.folder, r.reference, r.reason, r.detail) for r in rows)))
     inlines = [FolderStateInline]
 
     def save_model(self, request, obj, form, change):
@@ -41,7 +53,18 @@ class MailAccountAdmin(admin.ModelAdmin):
 
 @admin.register(SyncedMessage)
 class SyncedMessageAdmin(admin.ModelAdmin):
-    list_display = ("subject", "sender", "account", "folder", "received_at", "imported_by")
+    list_display = ("subject", "sender", "account", "folder", "sent_at", "received_at", "imported_by")
     list_filter = ("imported_by",)
     search_fields = ("subject", "sender", "message_id", "account__address")
     readonly_fields = [f.name for f in SyncedMessage._meta.fields]
+
+
+@admin.register(SkippedMessage)
+class SkippedMessageAdmin(admin.ModelAdmin):
+    list_display = ("account", "folder", "reference", "reason", "detail", "seen_at")
+    list_filter = ("reason",)
+    search_fields = ("account__address", "folder", "reference")
+    readonly_fields = [f.name for f in SkippedMessage._meta.fields]
+
+    def has_add_permission(self, request):
+        return False

@@ -54,6 +54,11 @@ class MailAccount(models.Model):
     last_sync_error = models.CharField(_("Letzter Fehler"), max_length=300, blank=True)
     v2_stopped_at = models.DateTimeField(_("V2 gestoppt am"), null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # One sync run per account at a time: a run holds the lease until it ends or
+    # the lease expires (a killed worker); the fan-out skips queued accounts.
+    sync_lease_until = models.DateTimeField(_("Synchronisierung läuft bis"), null=True, blank=True, editable=False)
+    sync_lease_token = models.CharField(max_length=32, blank=True, editable=False)
+    sync_queued_at = models.DateTimeField(_("Synchronisierung eingereiht am"), null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name = _("E-Mail-Konto")
@@ -69,7 +74,10 @@ class FolderState(models.Model):
     """Per-folder sync state: V2's high-water mark and V3's IMAP cursor."""
 
     account = models.ForeignKey(MailAccount, models.CASCADE, related_name="folders")
-    name = models.CharField(max_length=255)
+    # The server's name (IMAP), or the path of display names below the root ("Posteingang/Projekte": Graph, EWS).
+    name = models.CharField(max_length=500)
+    # IMAP: RFC 8474 MAILBOXID where the server has OBJECTID (a rename keeps it).
+    mailbox_id = models.CharField(max_length=255, blank=True)
     # V2 polled by date: the newest INTERNALDATE it imported in this folder.
     v2_high_water = models.DateTimeField(null=True, blank=True)
     v2_last_poll_at = models.DateTimeField(null=True, blank=True)
@@ -84,7 +92,8 @@ class FolderState(models.Model):
     # Microsoft Graph: the folder's id and the delta link the next sync follows.
     graph_folder_id = models.CharField(max_length=255, blank=True)
     delta_link = models.TextField(blank=True)
-    # Exchange (EWS): the opaque SyncFolderItems state the next sync continues from.
+    # Exchange (EWS): the folder's id and the opaque SyncFolderItems state the next sync continues from.
+    ews_folder_id = models.CharField(max_length=512, blank=True)
     ews_sync_state = models.TextField(blank=True)
 
     class Meta:
@@ -98,15 +107,23 @@ class SyncedMessage(models.Model):
     """A message imported into the CRM; exactly one row per message and account."""
 
     account = models.ForeignKey(MailAccount, models.CASCADE, related_name="messages")
-    # Normalised Message-ID, or "sha256:..." of stable headers when there is none.
+    # The message's identity (sync.identity): its Message-ID, "<id>#<fingerprint>" for a
+    # second message reusing an id, or "sha256:<fingerprint>" when it has no usable id.
     dedup_key = models.CharField(max_length=300)
+    # Per-field SHA-256 digests of the normalised date, sender address and subject (sync.identity.fingerprint).
+    fingerprint = models.CharField(max_length=64, blank=True)
     message_id = models.CharField(max_length=998, blank=True)
-    folder = models.CharField(max_length=255)
-    subject = models.CharField(max_length=500, blank=True)
-    sender = models.CharField(max_length=500, blank=True)
-    received_at = models.DateTimeField(null=True)
+    folder = models.CharField(max_length=500)
+    subject = models.CharField(_("Betreff"), max_length=500, blank=True)
+    sender = models.CharField(_("Von"), max_length=500, blank=True)
+    recipients = models.TextField(_("An"), blank=True)
+    cc = models.TextField(_("Cc"), blank=True)
+    sent_at = models.DateTimeField(_("Gesendet"), null=True, blank=True)
+    received_at = models.DateTimeField(_("Empfangen"), null=True)
     size = models.PositiveIntegerField(default=0)
     provider_uid = models.BigIntegerField(null=True, blank=True)
+    # Graph's immutable id or the EWS item id: how the body is fetched when a user opens the message.
+    provider_id = models.CharField(max_length=512, blank=True)
     imported_by = models.CharField(max_length=2, choices=Engine.choices)
     imported_at = models.DateTimeField(auto_now_add=True)
 
@@ -118,3 +135,37 @@ class SyncedMessage(models.Model):
 
     def __str__(self):
         return self.subject or self.dedup_key
+
+
+class SkippedMessage(models.Model):
+    """A message a sync run could not store: the reason for support staff; the run went on."""
+
+    account = models.ForeignKey(MailAccount, models.CASCADE, related_name="skipped_messages")
+    folder = models.CharField(_("Ordner"), max_length=500)
+    # "uid:<UIDVALIDITY>:<UID>" for IMAP, the provider's id for Graph and EWS.
+    reference = models.CharField(_("Verweis"), max_length=600)
+    reason = models.CharField(_("Grund"), max_length=40)
+    detail = models.CharField(_("Einzelheiten"), max_length=300, blank=True)
+    seen_at = models.DateTimeField(_("Zuletzt gesehen"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("Übersprungene Nachricht")
+        verbose_name_plural = _("Übersprungene Nachrichten")
+        constraints = [
+            models.UniqueConstraint(fields=["account", "folder", "reference"], name="skipped_unique_per_account")
+        ]
+
+    def __str__(self):
+        return f"{self.folder} {self.reference}: {self.reason}"
+
+
+class MessageBody(models.Model):
+    """A message's content, fetched from the provider when a user first opens it, then kept."""
+
+    message = models.OneToOneField(SyncedMessage, models.CASCADE, primary_key=True, related_name="body")
+    text = models.TextField(blank=True)
+    # Already sanitized (nh3): safe to render; remote images are removed unless the user allows them.
+    html = models.TextField(blank=True)
+    # [{"name": str, "content_type": str, "size": int (bytes)}]
+    attachments = models.JSONField(default=list, blank=True)
+    fetched_at = models.DateTimeField(auto_now=True)

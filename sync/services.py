@@ -1,13 +1,24 @@
 """Writes of the mail side: storing messages, credentials and sync results."""
 
+import logging
+
+from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
+from django.utils.module_loading import import_string
 from django.views.decorators.debug import sensitive_variables
 
 from sync import crypto
-from sync.imap import FetchedMessage, ImapSettings
-from sync.models import AccountStatus, MailAccount, SyncedMessage
+from sync import identity
+from sync.identity import FetchedMessage
+from sync.imap.client import ImapSettings
+from sync.models import AccountStatus, MailAccount, SkippedMessage, SyncedMessage
+
+
+logger = logging.getLogger(__name__)
+# The error code of a run that ended in an exception no engine expected.
+UNEXPECTED_ERROR = "sync_internal"
 
 
 def banner_cache_key(user_id: int) -> str:
@@ -20,30 +31,56 @@ def invalidate_banner(user_id: int) -> None:
 
 
 def store_messages(*, account: MailAccount, folder: str, messages: list[FetchedMessage], engine: str) -> int:
-    """Insert messages that the account does not have yet; return how many.
+    """Insert the messages the account does not have yet; return how many rows were inserted.
 
-    The unique (account, dedup_key) constraint is the final guard: two engines
-    or two overlapping runs can offer the same message, only one row lands.
+    Identity by sync.identity: a message whose key is stored with the same
+    fingerprint is the same message (from another engine, run or folder) and
+    is skipped; one whose Message-ID is stored with another fingerprint is a
+    different message reusing the id and gets the collision key. The unique
+    (account, dedup_key) constraint is the final guard between overlapping
+    runs; the count is taken from the table, so rows that lost that race are
+    not reported as added. Three queries per batch.
     """
     if not messages:
         return 0
-    keys = {message.dedup_key for message in messages}
-    known = set(
-        SyncedMessage.objects.filter(account=account, dedup_key__in=keys).values_list("dedup_key", flat=True)
+    candidates = {key for m in messages for key in (m.dedup_key, identity.collision_key(m.dedup_key, m.fingerprint))}
+    known = dict(
+        SyncedMessage.objects.filter(account=account, dedup_key__in=candidates).values_list("dedup_key", "fingerprint")
     )
-    fresh = {}
+    fresh: dict[str, FetchedMessage] = {}
     for message in messages:
-        if message.dedup_key not in known:
-            fresh.setdefault(message.dedup_key, message)
+        key = message.dedup_key
+        holder = known.get(key, fresh[key].fingerprint if key in fresh else None)
+        if holder is not None and not identity.same_message(holder, message.fingerprint):
+            key = identity.collision_key(key, message.fingerprint)
+            holder = known.get(key, fresh[key].fingerprint if key in fresh else None)
+        if holder is None:
+            fresh[key] = message
+    if not fresh:
+        return 0
     rows = [
         SyncedMessage(
-            account=account, dedup_key=m.dedup_key, message_id=m.message_id, folder=folder, subject=m.subject,
-            sender=m.sender, received_at=m.received_at, size=m.size, provider_uid=m.uid, imported_by=engine,
+            account=account, dedup_key=key, fingerprint=m.fingerprint, message_id=m.message_id, folder=folder,
+            subject=m.subject, sender=m.sender, recipients=m.to, cc=m.cc, sent_at=m.sent_at, received_at=m.received_at,
+            size=m.size, provider_uid=m.uid, provider_id=m.provider_id, imported_by=engine,
         )
-        for m in fresh.values()
+        for key, m in fresh.items()
     ]
+    before = SyncedMessage.objects.filter(account=account, dedup_key__in=fresh.keys()).count()
     SyncedMessage.objects.bulk_create(rows, ignore_conflicts=True)
-    return len(rows)
+    return SyncedMessage.objects.filter(account=account, dedup_key__in=fresh.keys()).count() - before
+
+
+def record_skipped(*, account_id: int, folder: str, reference: str, reason: str, detail: str = "") -> None:
+    """Note a message the run could not store (support staff see it in the admin); the run goes on.
+
+    reason: a short code ("unreadable", "too_large", ...); detail: no message
+    content and no secrets, only what helps support (an exception's class name).
+    """
+    SkippedMessage.objects.update_or_create(
+        account_id=account_id, folder=folder[:500], reference=reference[:600],
+        defaults={"reason": reason[:40], "detail": detail[:300]},
+    )
 
 
 def set_imap_credentials(*, account: MailAccount, server: ImapSettings, password: str) -> None:
@@ -161,19 +198,35 @@ def stop_v2_after_shutdown(*, v2_running: bool) -> int:
     )
 
 
+def v2_running() -> bool:
+    """Whether V2 still polls today. The shutdown date is the campaign's (staff edit it), read
+    through the callable named by settings.SYNC_V2_SHUTDOWN_DATE: the sync outlives the
+    campaign and never imports it. Without that setting, settings.CAMPAIGN_V2_SHUTDOWN."""
+    source = settings.SYNC_V2_SHUTDOWN_DATE
+    shutdown = import_string(source)() if source else settings.CAMPAIGN_V2_SHUTDOWN
+    return timezone.localdate() < shutdown
+
+
 def accounts_to_sync() -> list[int]:
-    from migration.selectors import current_campaign_dates
     from sync.selectors import accounts_due_for_sync
 
-    v2_running = current_campaign_dates().v2_running(timezone.localdate())
-    stop_v2_after_shutdown(v2_running=v2_running)
-    return list(accounts_due_for_sync(v2_running=v2_running).values_list("pk", flat=True))
+    running = v2_running()
+    stop_v2_after_shutdown(v2_running=running)
+    return list(accounts_due_for_sync(v2_running=running).values_list("pk", flat=True))
 
 
 def sync_account(account_id: int) -> int:
-    """One sync run for one account through the engine it is on now."""
-    from migration.selectors import current_campaign_dates
-    from sync.engines import v2, v3_ews, v3_graph, v3_imap
+    """One sync run for one account through the engine it is on now; returns new messages.
+
+    An exception an engine did not expect (a bug, a server answer nobody
+    foresaw) is logged and recorded on the account as "sync_internal", which
+    the settings page shows; it is not retried at once (it would fail the same
+    way), the next scheduled run tries again.
+    """
+    from sync import v2
+    from sync.exchange import engine as v3_ews
+    from sync.imap import engine as v3_imap
+    from sync.microsoft import engine as v3_graph
 
     account = MailAccount.objects.filter(pk=account_id).first()
     if account is None:
@@ -182,9 +235,15 @@ def sync_account(account_id: int) -> int:
         engine = {"imap": v3_imap.sync, "microsoft": v3_graph.sync, "exchange": v3_ews.sync}.get(account.provider_kind)
         if engine is None or account.status in (AccountStatus.STOPPED, AccountStatus.RECONNECT):
             return 0
+    else:
+        if account.provider_kind != "imap" or account.status == AccountStatus.STOPPED:
+            return 0  # V2 polled IMAP only
+        if not v2_running():
+            return 0  # V2 is switched off: it never polls again
+        engine = v2.poll
+    try:
         return engine(account)
-    if account.provider_kind != "imap" or account.status == AccountStatus.STOPPED:
-        return 0  # V2 polled IMAP only
-    if not current_campaign_dates().v2_running(timezone.localdate()):
-        return 0  # V2 is switched off: it never polls again
-    return v2.poll(account)
+    except Exception as error:  # noqa: BLE001 - recorded for support, never silent; see the docstring
+        logger.exception("Sync of account %s failed unexpectedly (%s)", account_id, type(error).__name__)
+        record_sync_result(account_id=account_id, error_code=UNEXPECTED_ERROR)
+        return 0

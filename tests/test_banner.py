@@ -15,7 +15,7 @@ from migration.selectors import current_campaign, invalidate_campaign
 from portal.banner import banner_for
 from sync import crypto
 from sync import services as sync_services
-from sync.engines import v2
+from sync import v2
 from sync.models import AccountStatus, MailAccount
 
 SHELL_PAGES = ["dashboard", "message-list", "settings-mail"]

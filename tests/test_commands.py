@@ -14,7 +14,7 @@ from django.urls import reverse
 from migration.management.commands.add_user import Command as AddUser
 from portal.devservers import make_message
 from sync import crypto
-from sync.engines import v2
+from sync import v2
 from sync.models import FolderState, MailAccount, SyncedMessage
 
 User = get_user_model()
@@ -184,7 +184,8 @@ def test_it_never_rewinds_a_high_water_mark(user, import_file):
     ({"folders": [{"name": "INBOX", "v2_high_water": "gestern"}]}, "accounts[1].folders[0].v2_high_water: expected"),
     ({"folders": [{"name": "INBOX", "v2_highwater": "2025-06-30T14:05:00Z"}]},
      "accounts[1].folders[0].v2_highwater: unknown field"),
-    ({"imported": [{"subject": "ohne alles"}]}, "accounts[1].imported[0].message_id: a message without message_id"),
+    ({"imported": [{"subject": "ohne alles"}]}, "accounts[1].imported[0].message_id: a message without a usable message_id"),
+        ({"imported": [{"subject": "x", "date": "irgendwann"}]}, "accounts[1].imported[0].date: not an RFC 5322 date"),
     ({"address": "anna@gmx.de"}, "accounts[1].address: same owner and address as accounts[0]"),
     ({"owner": "niemand@example.com"}, "accounts[1].owner: no such user"),
 ])

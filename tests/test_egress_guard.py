@@ -10,9 +10,10 @@ import threading
 import pytest
 
 from portal.devservers import free_port
-from sync import egress, ews
+from sync import egress
+from sync.exchange import client as ews
 from sync.egress import EgressRefused, RateLimited, TlsFailed, check_rate, guarded_get, is_allowed
-from sync.imap import ImapSettings, MailboxError, open_mailbox
+from sync.imap.client import ImapSettings, MailboxError, open_mailbox
 from tests.fakes.fixtures import hosts, no_connections, record_connections, web  # noqa: F401
 
 # Every spelling resolves without DNS: numeric forms, IDNA look-alikes, /etc/hosts.

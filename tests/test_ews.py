@@ -6,10 +6,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from exchangelib.protocol import CachingProtocol
 
-from sync import crypto, ews
+from sync import crypto
+from sync.exchange import client as ews
 from sync.egress import EgressRefused
-from sync.engines import v3_ews
-from sync.imap import MailboxError
+from sync.exchange import engine as v3_ews
+from sync.imap.client import MailboxError
 from sync.models import FolderState, SyncedMessage
 from sync.services import replace_password
 from tests.fakes.fixtures import EWS_PASSWORD, EWS_USER, fake_ews, fake_ews_ntlm, hosts, no_connections  # noqa: F401

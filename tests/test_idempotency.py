@@ -23,7 +23,7 @@ def verifying_migration(user, imap_account, mailbox, dovecot, mail_settings):
     steps.run_migration(migration.pk)  # detection, then it waits for the user
     migration.refresh_from_db()
     assert migration.status == "awaiting_user"
-    from sync.imap import ImapSettings
+    from sync.imap.client import ImapSettings
 
     server = ImapSettings("127.0.0.1", dovecot.tls_port, "ssl", mailbox[0])
     return services.submit_imap_credentials(migration=migration, server=server, password=mailbox[1], actor="test")

@@ -3,7 +3,7 @@
 import pytest
 
 from sync import crypto
-from sync.engines import v3_graph
+from sync.microsoft import engine as v3_graph
 from sync.models import MailAccount
 from tests.fakes.microsoft_fixtures import (  # noqa: F401 - fixtures
     browser_get, fake_microsoft_server, local, microsoft, ms_account, sign_in,

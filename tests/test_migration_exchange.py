@@ -10,7 +10,7 @@ from django.urls import reverse
 
 from migration.models import Migration, MigrationEvent
 from sync import crypto
-from sync.imap import dedup_key_for
+from sync.identity import normalize_message_id
 from sync.models import FolderState, SyncedMessage
 from sync.services import sync_account
 from tests.conftest import wait_for
@@ -31,7 +31,7 @@ def exchange_account(make_account, user):
 
 
 def _v2_imported(account, item):
-    SyncedMessage.objects.create(account=account, dedup_key=dedup_key_for(item["message_id"], {}),
+    SyncedMessage.objects.create(account=account, dedup_key=normalize_message_id(item["message_id"]),
                                  message_id=item["message_id"], folder="INBOX", subject=item["subject"],
                                  received_at=item["received"], imported_by="v2")
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 def _switch_to_v3(account, dovecot, mailbox, *, overlap_from=None):
     from migration import handoff, services
     from migration.imap import flow
-    from sync.imap import ImapSettings
+    from sync.imap.client import ImapSettings
 
     migration = services.start_migration(user=account.owner, account=account)
     server = ImapSettings("127.0.0.1", dovecot.tls_port, "ssl", mailbox[0])
@@ -83,13 +83,17 @@ def test_it_picks_up_mail_v2_missed_inside_the_overlap_window(imap_account, dove
         ("V2 kennt", "v2"), ("V2 verpasst", "v3")]
 
 
-def test_it_does_not_reimport_history_older_than_the_overlap_window(imap_account, dovecot, mailbox, mail_settings):
-    # V2 imported a recent message; an ancient one V2 never had stays out.
-    dovecot.deliver(mailbox[0], make_message(subject="uralt"), when=datetime(2020, 1, 1, tzinfo=timezone.utc))
-    FolderState.objects.create(account=imap_account, name="INBOX",
-                               v2_high_water=datetime.now(timezone.utc) - timedelta(hours=1))
+def test_it_imports_an_old_message_moved_into_inbox_before_the_switch(imap_account, dovecot, mailbox, mail_settings):
+    # V2 polled by date: a 2020 message moved into INBOX after its last poll is
+    # below every date window. The first V3 run reads the whole folder.
+    dovecot.deliver(mailbox[0], make_message(subject="schon da"))
+    assert sync_account(imap_account.pk) == 1  # V2
+    dovecot.deliver(mailbox[0], make_message(subject="uralt, verschoben"), when=datetime(2020, 1, 1, tzinfo=timezone.utc))
     _switch_to_v3(imap_account, dovecot, mailbox)
+    assert sync_account(imap_account.pk) == 1
     assert sync_account(imap_account.pk) == 0
+    assert sorted(SyncedMessage.objects.filter(account=imap_account).values_list("subject", "imported_by")) == [
+        ("schon da", "v2"), ("uralt, verschoben", "v3")]
 
 
 def test_it_dedupes_messages_without_message_id(imap_account, dovecot, mailbox, mail_settings):

@@ -13,7 +13,7 @@ from django.db import connection
 
 from migration import services, steps
 from migration.models import Migration, MigrationEvent
-from sync.imap import ImapSettings
+from sync.imap.client import ImapSettings
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)

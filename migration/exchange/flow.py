@@ -4,18 +4,15 @@ import re
 
 from django.conf import settings
 
-from sync import egress, ews
+from sync import egress
+from sync.exchange import client as ews
+from sync.exchange.client import error_code  # noqa: F401 - the migration's callers use it from here
 
 AUTO = "auto"
 # NTLM first: on-premises Exchange offers it almost always, and unlike Basic
 # the password itself never crosses the wire. "Negotiate" includes NTLM.
 _OFFERS_NTLM = re.compile(r"\b(ntlm|negotiate)\b", re.I)
 _OFFERS_BASIC = re.compile(r"\bbasic\b", re.I)
-
-
-def error_code(code: str) -> str:
-    """Exchange's own wording for the codes where IMAP's advice would mislead (app passwords, no CA field)."""
-    return f"ews_{code}" if code in ("auth_failed", "tls_failed") else code
 
 
 def auth_type_offered(url: str, ca_pem: str) -> str:

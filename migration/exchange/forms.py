@@ -4,7 +4,8 @@ from django.utils.translation import gettext_lazy as _
 
 from migration.exchange.flow import AUTO
 from migration.forms import MailboxForm
-from sync import egress, ews
+from sync import egress
+from sync.exchange import client as ews
 
 MAX_CA_PEM = 64 * 1024  # a few certificates; more is not a CA bundle a server needs
 

@@ -2,8 +2,8 @@
 
 What the form proposes comes from migration.proposal."""
 
-from sync import imap
-from sync.imap import ImapSettings
+from sync.imap import client as imap, folders
+from sync.imap.client import ImapSettings
 
 
 def verify(server: ImapSettings, password: str, *, heartbeat=None) -> dict:
@@ -11,7 +11,7 @@ def verify(server: ImapSettings, password: str, *, heartbeat=None) -> dict:
     client = imap.open_mailbox(server, password)
     try:
         cursors = {}
-        for folder in imap.syncable_folders(client):
+        for folder in folders.syncable_folders(client):
             cursors[folder] = imap.folder_cursor(client, folder)
             if heartbeat is not None:
                 heartbeat()

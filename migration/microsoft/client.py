@@ -1,11 +1,7 @@
-"""MSAL and the Microsoft identity platform.
+"""The Microsoft sign-in and admin-consent flows of the migration (MSAL).
 
-A ConfidentialClientApplication is built per use from settings (MS_CLIENT_ID,
-MS_CLIENT_SECRET, MS_AUTHORITY, MS_INSTANCE_DISCOVERY, MS_CA_FILE), with the
-token cache of the one account it serves. msal returns protocol errors as
-data and raises ValueError for a response that does not belong to the flow;
-both become MicrosoftError with a code the UI translates and a flag saying
-whether trying again can help.
+Token handling shared with the V3 sync (build_app, access_token, the error
+mapping) lives in sync.microsoft.client and is re-exported here.
 """
 
 import re
@@ -18,31 +14,14 @@ from django.conf import settings
 from django.core.cache import cache
 from django.urls import reverse
 
-# The resource all delegated scopes belong to. Not MS_GRAPH_URL: that is where
-# requests go (a fake in tests), this is the name of the API at Microsoft.
-GRAPH_RESOURCE = "https://graph.microsoft.com"
-# msal adds openid, profile and offline_access (the refresh token) by itself.
-SCOPES = ["User.Read", "Mail.Read"]
+from sync.microsoft.client import (  # noqa: F401 - re-exported for the migration's modules
+    CONSENT_CODES, GRAPH_RESOURCE, HTTP_CACHE, SCOPES, MicrosoftError, aadsts_codes, access_token, build_app,
+    configured, error_from, instance, load_cache, needs_admin_consent, verify,
+)
+
 ADMIN_CONSENT_SCOPES = ["offline_access", f"{GRAPH_RESOURCE}/User.Read", f"{GRAPH_RESOURCE}/Mail.Read"]
-# AADSTS65001: nobody consented; 90094: admin approval needed; 90095: approval
-# requested through the admin-consent workflow (the "approval" screen).
-CONSENT_CODES = {65001, 90094, 90095}
 # Keys of the redirect back to us that the code exchange needs; nothing else is kept.
 AUTH_RESPONSE_KEYS = ("code", "state", "client_info", "session_state")
-
-
-class MicrosoftError(Exception):
-    """code: a key of migration.microsoft.errors.MESSAGES."""
-
-    def __init__(self, code: str, *, permanent: bool, aadsts: int | None = None):
-        super().__init__(code if aadsts is None else f"{code} (AADSTS{aadsts})")
-        self.code = code
-        self.permanent = permanent
-        self.aadsts = aadsts
-
-
-def configured() -> bool:
-    return bool(settings.MS_CLIENT_ID and settings.MS_CLIENT_SECRET)
 
 
 def redirect_uri() -> str:
@@ -51,37 +30,6 @@ def redirect_uri() -> str:
 
 def admin_redirect_uri() -> str:
     return settings.SITE_URL.rstrip("/") + reverse("microsoft-admin-callback")
-
-
-def instance() -> str:
-    """https://login.microsoftonline.com (the authority without its tenant)."""
-    return settings.MS_AUTHORITY.rsplit("/", 1)[0]
-
-
-def verify():
-    return settings.MS_CA_FILE or True
-
-
-# MSAL's cache of Microsoft's discovery answers (OpenID configuration, kept
-# for a day) shared by every app this process builds: without it each sync of
-# each account would fetch the configuration again. It holds no tokens.
-HTTP_CACHE: dict = {}
-
-
-def build_app(*, authority: str | None = None, cache: msal.SerializableTokenCache | None = None):
-    if not configured():
-        raise MicrosoftError("ms_not_configured", permanent=True)
-    try:
-        # Building the app fetches the authority's OpenID configuration.
-        return msal.ConfidentialClientApplication(
-            settings.MS_CLIENT_ID, client_credential=settings.MS_CLIENT_SECRET,
-            authority=authority or settings.MS_AUTHORITY, instance_discovery=settings.MS_INSTANCE_DISCOVERY,
-            verify=verify(), timeout=settings.MS_TIMEOUT, token_cache=cache, http_cache=HTTP_CACHE,
-        )
-    except requests.RequestException:
-        raise MicrosoftError("ms_unreachable", permanent=False) from None
-    except ValueError:  # a tenant Microsoft does not know, or a discovery answer that is not https
-        raise MicrosoftError("ms_protocol", permanent=True) from None
 
 
 def begin_sign_in(*, login_hint: str, select_account: bool = False) -> dict:
@@ -116,66 +64,6 @@ def redeem(flow: dict, auth_response: dict) -> tuple[dict, msal.SerializableToke
     if "access_token" not in result:
         raise MicrosoftError("ms_protocol", permanent=False)
     return result, cache
-
-
-def aadsts_codes(response: dict) -> set[int]:
-    codes = {int(c) for c in response.get("error_codes") or [] if str(c).isdigit()}
-    codes.update(int(c) for c in re.findall(r"AADSTS(\d+)", str(response.get("error_description", ""))))
-    return codes
-
-
-def needs_admin_consent(response: dict) -> bool:
-    error = str(response.get("error", ""))
-    if error == "consent_required" or response.get("error_subcode") == "consent_required":
-        return True
-    # access_denied after the "Need admin approval" / "Approval required" screen carries 90094/90095.
-    return bool(aadsts_codes(response) & CONSENT_CODES)
-
-
-def error_from(response: dict) -> MicrosoftError:
-    codes = aadsts_codes(response)
-    first = min(codes) if codes else None
-    if needs_admin_consent(response):
-        return MicrosoftError("ms_admin_consent", permanent=True, aadsts=first)
-    error = response.get("error")
-    if error == "access_denied":
-        return MicrosoftError("ms_denied", permanent=True, aadsts=first)
-    if error in ("invalid_grant", "interaction_required", "login_required"):
-        return MicrosoftError("ms_code_rejected", permanent=True, aadsts=first)
-    if error in ("temporarily_unavailable", "server_error"):
-        return MicrosoftError("ms_unreachable", permanent=False, aadsts=first)
-    return MicrosoftError("ms_protocol", permanent=True, aadsts=first)
-
-
-def load_cache(serialized: str) -> msal.SerializableTokenCache:
-    cache = msal.SerializableTokenCache()
-    if serialized:
-        cache.deserialize(serialized)
-    return cache
-
-
-def access_token(serialized_cache: str, *, home_account_id: str, force_refresh: bool = False) -> tuple[str, str | None]:
-    """A valid access token from the account's cache, refreshed when needed.
-
-    Returns (token, the cache serialized again if MSAL changed it, else None).
-    A refresh token that was revoked or expired raises ms_reconnect.
-    """
-    cache = load_cache(serialized_cache)
-    app = build_app(cache=cache)
-    account = next((a for a in app.get_accounts() if a.get("home_account_id") == home_account_id), None)
-    if account is None:
-        raise MicrosoftError("ms_reconnect", permanent=True)
-    try:
-        result = app.acquire_token_silent_with_error(SCOPES, account, force_refresh=force_refresh)
-    except requests.RequestException:
-        raise MicrosoftError("ms_unreachable", permanent=False) from None
-    if not result:  # no refresh token in the cache
-        raise MicrosoftError("ms_reconnect", permanent=True)
-    if "error" in result:
-        if result.get("error") in ("invalid_grant", "interaction_required", "login_required"):
-            raise MicrosoftError("ms_reconnect", permanent=True, aadsts=min(aadsts_codes(result), default=None))
-        raise error_from(result)
-    return result["access_token"], (cache.serialize() if cache.has_state_changed else None)
 
 
 def admin_consent_url(*, tenant: str, state: str) -> str:

@@ -20,7 +20,7 @@ from django.utils.crypto import constant_time_compare
 from migration import services
 from migration.microsoft import client, consent
 from migration.microsoft.client import MicrosoftError
-from migration.microsoft.graph import Graph, graph_time
+from sync.microsoft.graph import Graph, graph_time
 from migration.models import Migration, Status
 from sync import crypto
 from sync import services as sync_services

@@ -1,6 +1,6 @@
 """A fake Exchange Web Services endpoint for exchangelib, over HTTPS on 127.0.0.1.
 
-It speaks just enough SOAP for sync.ews: GetFolder (any distinguished folder),
+It speaks just enough SOAP for sync.exchange.client: GetFolder (any distinguished folder),
 SyncFolderItems (paging with IncludesLastItemInRange, opaque sync states,
 ErrorInvalidSyncStateData for a state it did not issue or has invalidated),
 FindItem (a DateTimeReceived >= restriction, paged), GetItem and a 401 for a wrong
@@ -132,7 +132,7 @@ class FakeEWS:
         for condition in request.iter(f"{{{T}}}IsGreaterThanOrEqualTo"):
             field = condition.find(f"{{{T}}}FieldURI").get("FieldURI")
             value = condition.find(f".//{{{T}}}Constant").get("Value")
-            assert field == "item:DateTimeReceived", field  # the only restriction sync.ews sends
+            assert field == "item:DateTimeReceived", field  # the only restriction sync.exchange.client sends
             since = datetime.fromisoformat(value.replace("Z", "+00:00"))
             items = [item for item in items if item["received"] >= since]
         view = request.find(f"{{{M}}}IndexedPageItemView")

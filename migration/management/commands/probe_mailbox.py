@@ -25,9 +25,9 @@ from django.core.management.base import BaseCommand, CommandError
 
 from migration.exchange import flow as exchange_flow
 from migration.imap import flow as imap_flow
-from sync import ews
+from sync.exchange import client as ews
 from sync.egress import EgressRefused, RateLimited, check_rate, resolve_checked, split_url
-from sync.imap import ImapSettings, MailboxError
+from sync.imap.client import ImapSettings, MailboxError
 
 
 class Command(BaseCommand):

@@ -8,16 +8,17 @@ the overlap window); the dedup key, the Message-ID as for IMAP, skips what V2
 or an earlier run imported.
 """
 
+import email.utils
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
 
-from migration.microsoft import client
-from migration.microsoft.client import MicrosoftError
-from migration.microsoft.graph import DeltaExpired, Graph, GraphUnauthorized
+from sync.microsoft import client
+from sync.microsoft.client import MicrosoftError
+from sync.microsoft.graph import DeltaExpired, Graph, GraphUnauthorized
 from sync import crypto
-from sync.imap import FetchedMessage, dedup_key_for
+from sync.identity import FetchedMessage
 from sync.models import AccountStatus, FolderState, MailAccount
 from sync.services import mark_reconnect, microsoft_tokens_of, record_sync_result, save_microsoft_cache, store_messages
 
@@ -81,7 +82,7 @@ def _sync_folder(graph: Graph, account: MailAccount, state: FolderState) -> int:
         # Graph forgot the sync state: a new round over the recent past; dedup keeps it exact.
         changed, delta_link = graph.delta(state.graph_folder_id, since=_restart_since(state))
     items.extend(changed)
-    messages = [_message(item) for item in items]
+    messages = [message_of(item) for item in items]
     added = store_messages(account=account, folder=state.name, messages=messages, engine="v3")
     FolderState.objects.filter(pk=state.pk).update(delta_link=delta_link, v3_synced_at=timezone.now())
     return added
@@ -91,14 +92,27 @@ def _restart_since(state: FolderState) -> datetime:
     return (state.v3_synced_at or timezone.now()) - timedelta(hours=settings.HANDOFF_OVERLAP_HOURS)
 
 
-def _message(item: dict) -> FetchedMessage:
-    sender = ((item.get("from") or {}).get("emailAddress") or {}).get("address", "")
-    received = _parse_time(item.get("receivedDateTime"))
-    message_id = str(item.get("internetMessageId") or "")
-    headers = {"Date": item.get("receivedDateTime", ""), "From": sender, "To": "", "Subject": item.get("subject") or ""}
+def _addresses(recipients) -> str:
+    """Graph recipients ([{"emailAddress": {"name", "address"}}]) as one header-style text."""
+    return ", ".join(
+        email.utils.formataddr(((r.get("emailAddress") or {}).get("name") or "",
+                                (r.get("emailAddress") or {}).get("address") or ""))
+        for r in recipients or [] if isinstance(r, dict)
+    )
+
+
+def message_of(item: dict) -> FetchedMessage:
+    """A Graph message resource as a FetchedMessage (identity by sync.identity's rule).
+
+    sentDateTime is the Date header as Exchange stored it: the fingerprint's date.
+    """
+    sender = ((item.get("from") or {}).get("emailAddress") or {})
     return FetchedMessage(
-        uid=None, dedup_key=dedup_key_for(message_id, headers), message_id=message_id.strip()[:998],
-        subject=str(item.get("subject") or "")[:500], sender=str(sender)[:500], received_at=received, size=0,
+        message_id=str(item.get("internetMessageId") or "")[:998], subject=str(item.get("subject") or "")[:500],
+        sender=email.utils.formataddr((sender.get("name") or "", sender.get("address") or ""))[:500],
+        to=_addresses(item.get("toRecipients"))[:2000], cc=_addresses(item.get("ccRecipients"))[:2000],
+        sent_at=_parse_time(item.get("sentDateTime")), received_at=_parse_time(item.get("receivedDateTime")),
+        size=0, provider_id=str(item.get("id") or "")[:512],
     )
 
 

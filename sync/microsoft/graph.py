@@ -11,10 +11,10 @@ from datetime import datetime, timezone
 import requests
 from django.conf import settings
 
-from migration.microsoft.client import MicrosoftError, verify
+from sync.microsoft.client import MicrosoftError, verify
 
 PREFER = 'IdType="ImmutableId", odata.maxpagesize=100'
-MESSAGE_FIELDS = "internetMessageId,subject,from,receivedDateTime"
+MESSAGE_FIELDS = "internetMessageId,subject,from,toRecipients,ccRecipients,sentDateTime,receivedDateTime"
 MAX_PAGES = 500
 # Folders whose mail does not belong in the CRM (as the IMAP engine skips them).
 SKIPPED_FOLDERS = ("deleteditems", "junkemail", "drafts", "outbox")

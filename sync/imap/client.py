@@ -4,36 +4,23 @@ Errors are mapped to MailboxError codes that the UI translates; the original
 exception text (which may echo server output) is never shown to users.
 """
 
-import email.utils
-import hashlib
 import imaplib
 import socket
 import ssl
 from dataclasses import dataclass
 from datetime import datetime, timezone as dt_timezone
-from email.parser import BytesHeaderParser
-from email.policy import default as default_policy
 
 from django.conf import settings
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
+from sync import headers
 from sync.egress import EgressRefused, resolve_checked
+from sync.errors import MailboxError
+from sync.identity import FetchedMessage  # noqa: F401 - the engines' message type, re-exported
 
-HEADER_FIELDS = b"BODY[HEADER.FIELDS (MESSAGE-ID SUBJECT FROM TO DATE)]"
-FETCH_ITEMS = ["INTERNALDATE", "RFC822.SIZE", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID SUBJECT FROM TO DATE)]"]
+FETCH_ITEMS = ["INTERNALDATE", "RFC822.SIZE", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID SUBJECT FROM TO CC DATE CONTENT-TYPE)]"]
 FETCH_BATCH = 500
-# Folders whose mail does not belong in the CRM.
-SKIPPED_FLAGS = {b"\\Noselect", b"\\NonExistent", b"\\Trash", b"\\Junk", b"\\Drafts", b"\\All"}
-
-
-class MailboxError(Exception):
-    """code: auth_failed | unreachable | tls_failed | protocol."""
-
-    def __init__(self, code: str, *, permanent: bool):
-        super().__init__(code)
-        self.code = code
-        self.permanent = permanent
 
 
 class _PinnedIMAP4(imaplib.IMAP4):
@@ -134,15 +121,6 @@ def close(client) -> None:
     _close_quietly(client)
 
 
-def syncable_folders(client: IMAPClient) -> list[str]:
-    names = []
-    for flags, _delimiter, name in client.list_folders():
-        if SKIPPED_FLAGS.intersection(flags):
-            continue
-        names.append(name)
-    return names
-
-
 def folder_cursor(client: IMAPClient, folder: str) -> dict:
     items = ["UIDVALIDITY", "UIDNEXT"]
     if b"CONDSTORE" in client.capabilities():
@@ -155,55 +133,62 @@ def folder_cursor(client: IMAPClient, folder: str) -> dict:
     }
 
 
-@dataclass(frozen=True)
-class FetchedMessage:
-    uid: int
-    dedup_key: str
-    message_id: str
-    subject: str
-    sender: str
-    received_at: datetime | None
-    size: int
+def _fields(data: dict) -> bytes | None:
+    # The server names the item after what was asked (BODY[HEADER.FIELDS (...)]);
+    # NIL (None) when another client expunged the message after our SEARCH.
+    for key, value in data.items():
+        if isinstance(key, bytes) and key.startswith(b"BODY[HEADER"):
+            return value
+    return None
 
 
-def dedup_key_for(message_id: str, headers) -> str:
-    """The per-account identity of a message, shared by V2 and V3.
+def parse_fetched(uid: int, data: dict) -> FetchedMessage | None:
+    """One FETCH answer as a FetchedMessage; None when the server sent no headers (expunged).
 
-    Message-ID when there is one; otherwise a hash of headers that do not
-    change between fetches (no UID: it differs between folders and engines).
+    Headers are read by sync.headers (tolerant of anything real mail holds).
     """
-    normalized = message_id.strip().strip("<>").strip()
-    if normalized:
-        return normalized[:300]
-    stable = "\n".join(str(headers.get(name, "")).strip() for name in ("Date", "From", "To", "Subject"))
-    return "sha256:" + hashlib.sha256(stable.encode("utf-8", "replace")).hexdigest()
+    raw = _fields(data)
+    if raw is None:
+        return None
+    fields = headers.split_fields(bytes(raw))
+    hint = headers.charset_hint(fields)
 
+    def value(name: str) -> str:
+        return headers.decode_value(b" ".join(fields.get(name, [])[:1]), hint)
 
-def _parse(uid: int, data: dict) -> FetchedMessage:
-    headers = BytesHeaderParser(policy=default_policy).parsebytes(data.get(HEADER_FIELDS, b""))
-    message_id = str(headers.get("Message-ID", "") or "")
     received = data.get(b"INTERNALDATE")
-    if received is None and headers.get("Date"):
-        try:
-            received = email.utils.parsedate_to_datetime(str(headers["Date"]))
-        except (TypeError, ValueError):
-            received = None
-    if received is not None and received.tzinfo is None:
+    if isinstance(received, datetime):
         # IMAPClient returns INTERNALDATE as local naive time by default.
         received = received.astimezone(dt_timezone.utc)
+    else:
+        received = None
+    size = data.get(b"RFC822.SIZE")
     return FetchedMessage(
-        uid=uid, dedup_key=dedup_key_for(message_id, headers), message_id=message_id.strip()[:998],
-        subject=str(headers.get("Subject", "") or "")[:500], sender=str(headers.get("From", "") or "")[:500],
-        received_at=received, size=int(data.get(b"RFC822.SIZE", 0) or 0),
+        message_id=value("message-id")[:998], subject=value("subject")[:500], sender=value("from")[:500],
+        to=value("to")[:2000], cc=value("cc")[:2000], sent_at=headers.parse_date(value("date")),
+        received_at=received, size=int(size) if isinstance(size, int) else 0, uid=uid,
     )
 
 
-def fetch_messages(client: IMAPClient, uids: list[int]) -> list[FetchedMessage]:
-    """FETCH headers in batches: one command per message is ~7x slower."""
+def fetch_messages(client: IMAPClient, uids: list[int], *, skipped: list | None = None) -> list[FetchedMessage]:
+    """FETCH headers in batches: one command per message is ~7x slower.
+
+    Messages expunged meanwhile (absent from the answer, or NIL parts) are left
+    out; they are gone from the mailbox. A message whose answer cannot be read
+    at all is left out too and, when `skipped` is a list, noted there as
+    (uid, reason, detail) for the caller to record.
+    """
     fetched = []
     ordered = sorted(set(uids))
     for start in range(0, len(ordered), FETCH_BATCH):
         batch = ordered[start : start + FETCH_BATCH]
         for uid, data in client.fetch(batch, FETCH_ITEMS).items():
-            fetched.append(_parse(uid, data))
+            try:
+                message = parse_fetched(uid, data)
+            except Exception as error:  # noqa: BLE001 - one bad message never stops a mailbox
+                if skipped is not None:
+                    skipped.append((uid, "unreadable", type(error).__name__))
+                continue
+            if message is not None:
+                fetched.append(message)
     return fetched

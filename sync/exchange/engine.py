@@ -2,7 +2,7 @@
 
 Like the IMAP engine, the first sync after the handoff also reads mail since
 v3_since (V2's high-water mark minus the overlap window) and the dedup key
-drops what V2 imported. A state the server refuses is rebuilt by sync.ews,
+drops what V2 imported. A state the server refuses is rebuilt by sync.exchange.client,
 which then re-reads the overlap window by date.
 """
 
@@ -11,9 +11,8 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from migration.exchange import flow as exchange_flow
-from sync import ews
-from sync.imap import MailboxError
+from sync.exchange import client as ews
+from sync.imap.client import MailboxError
 from sync.models import FolderState, MailAccount
 from sync.services import password_of, record_sync_result, record_v3_failure, store_messages
 
@@ -30,7 +29,7 @@ def sync(account: MailAccount) -> int:
                 added += _sync_folder(client, account, state)
     except MailboxError as error:
         # Folders finished before the error keep their new state: nothing is fetched twice.
-        record_v3_failure(account_id=account.pk, error_code=exchange_flow.error_code(error.code))
+        record_v3_failure(account_id=account.pk, error_code=ews.error_code(error.code))
         return added
     record_sync_result(account_id=account.pk)
     return added

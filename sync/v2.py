@@ -1,17 +1,17 @@
 """The legacy V2 engine: password IMAP polling by date, INBOX only.
 
 This is how V2 always worked: SEARCH SINCE the day of the last high-water mark
-and dedupe by Message-ID. It stops for good on the campaign's shutdown date.
+and dedupe by the one message identity (sync.identity). It stops for good on the campaign's shutdown date.
 """
 
 from datetime import timedelta
 
 from django.utils import timezone
 
-from sync import imap
-from sync.imap import MailboxError
+from sync.imap import client as imap
+from sync.imap.client import MailboxError
 from sync.models import FolderState, MailAccount
-from sync.services import imap_settings_of, password_of, record_sync_result, store_messages
+from sync.services import imap_settings_of, password_of, record_skipped, record_sync_result, store_messages
 
 V2_FOLDER = "INBOX"
 
@@ -32,13 +32,16 @@ def poll(account: MailAccount) -> int:
             uids = client.search(["SINCE", since])
         else:
             uids = client.search("ALL")
-        messages = imap.fetch_messages(client, uids)
+        skipped = []
+        messages = imap.fetch_messages(client, uids, skipped=skipped)
     except (MailboxError, OSError, imap.IMAPClientError):
         record_sync_result(account_id=account.pk, error_code="protocol")
         return 0
     finally:
         imap.close(client)
     added = store_messages(account=account, folder=V2_FOLDER, messages=messages, engine="v2")
+    for uid, reason, detail in skipped:
+        record_skipped(account_id=account.pk, folder=V2_FOLDER, reference=f"uid:{uid}", reason=reason, detail=detail)
     dates = [m.received_at for m in messages if m.received_at]
     high_water = max(dates + ([state.v2_high_water] if state.v2_high_water else []), default=None)
     FolderState.objects.filter(pk=state.pk).update(v2_high_water=high_water, v2_last_poll_at=timezone.now())

@@ -1,6 +1,6 @@
 """Exchange on-premises over EWS (exchangelib), behind the egress guard.
 
-Errors are mapped to sync.imap.MailboxError codes (auth_failed, unreachable,
+Errors are mapped to sync.imap.client.MailboxError codes (auth_failed, unreachable,
 tls_failed, protocol), so the migration and the UI treat both protocols alike.
 
 Why a Protocol subclass: exchangelib picks its HTTP adapter from the global
@@ -30,12 +30,14 @@ from exchangelib.protocol import CachingProtocol, Protocol
 
 from sync import egress
 from sync.egress import EgressError, PinnedAdapter, resolve_checked
-from sync.imap import FetchedMessage, MailboxError, dedup_key_for
+from sync.errors import MailboxError
+from sync.identity import FetchedMessage
 
 # FolderState.name -> EWS distinguished folder id. "INBOX" is the name V2
 # used, so V2's high-water mark is found under the same row at the handoff.
 EWS_FOLDERS = {"INBOX": "inbox", "Sent": "sentitems"}
-ITEM_FIELDS = ("message_id", "subject", "sender", "datetime_received", "size")
+ITEM_FIELDS = ("message_id", "subject", "sender", "to_recipients", "cc_recipients", "datetime_sent",
+               "datetime_received", "size")
 SYNC_PAGE = 512  # the most SyncFolderItems returns per call
 FETCH_CHUNK = 100
 READ_TIMEOUT = 60  # seconds for one EWS answer (a page of 512 changes can take a while)
@@ -50,6 +52,11 @@ class EwsSettings:
     auth_type: str = "ntlm"
     ca_pem: str = ""  # the customer's own CA certificate(s), PEM
     version: str = ""  # "15.1.2507.6"; empty: ask the server once per connection
+
+
+def error_code(code: str) -> str:
+    """Exchange's own wording for the codes where IMAP's advice would mislead (app passwords, no CA field)."""
+    return f"ews_{code}" if code in ("auth_failed", "tls_failed") else code
 
 
 def ews_url_for(host_or_url: str) -> str:
@@ -230,20 +237,24 @@ def _fetch(account: Account, ids: list[tuple[str, str]]) -> list[FetchedMessage]
     return messages
 
 
-def _to_message(item) -> FetchedMessage:
-    sender = ""
-    if item.sender is not None:
-        sender = email.utils.formataddr((item.sender.name or "", item.sender.email_address or ""))
+def _mailbox_text(mailbox) -> str:
+    return email.utils.formataddr((mailbox.name or "", mailbox.email_address or "")) if mailbox is not None else ""
+
+
+def _utc(value) -> datetime | None:
     # A plain UTC datetime: exchangelib's EWSDateTime/EWSTimeZone need not reach the database.
-    received = (datetime.fromtimestamp(item.datetime_received.timestamp(), tz=dt_timezone.utc)
-                if item.datetime_received else None)
-    # Without a Message-ID IMAP hashes raw headers that EWS cannot reproduce
-    # byte for byte; such messages are deduplicated within EWS only.
-    headers = {"Date": email.utils.format_datetime(received) if received else "", "From": sender,
-               "Subject": item.subject or ""}
+    return datetime.fromtimestamp(value.timestamp(), tz=dt_timezone.utc) if value else None
+
+
+def _to_message(item) -> FetchedMessage:
+    """An EWS message as a FetchedMessage; DateTimeSent is the Date header (the fingerprint's date)."""
     return FetchedMessage(
-        uid=None, dedup_key=dedup_key_for(item.message_id or "", headers), message_id=(item.message_id or "")[:998],
-        subject=(item.subject or "")[:500], sender=sender[:500], received_at=received, size=int(item.size or 0),
+        message_id=(item.message_id or "")[:998], subject=(item.subject or "")[:500],
+        sender=_mailbox_text(item.sender)[:500],
+        to=", ".join(_mailbox_text(m) for m in item.to_recipients or [])[:2000],
+        cc=", ".join(_mailbox_text(m) for m in item.cc_recipients or [])[:2000],
+        sent_at=_utc(item.datetime_sent), received_at=_utc(item.datetime_received), size=int(item.size or 0),
+        provider_id=str(item.id or "")[:512],
     )
 
 
