@@ -84,7 +84,7 @@ class Dovecot:
     """A real IMAP server with TLS (port: STARTTLS, tls_port: implicit TLS)."""
 
     def __init__(self, users: dict[str, str], *, base: Path | None = None, port: int | None = None,
-                 tls_port: int | None = None, pool_size: int = 0, keep_files: bool = False):
+                 tls_port: int | None = None, pool_size: int = 0, keep_files: bool = False, extra_config: str = ""):
         # keep_files: the demo server keeps its mail, users and certificate across restarts.
         self.keep_files = keep_files
         self.users = {}
@@ -98,6 +98,8 @@ class Dovecot:
         self.port = port or free_port()
         self.tls_port = tls_port or free_port()
         self.process = None
+        # Appended to dovecot.conf, e.g. a namespace with RFC 6154 special_use flags.
+        self.extra_config = extra_config
 
     @property
     def cert_path(self) -> Path:
@@ -159,6 +161,7 @@ service imap-login {{
     ssl = yes
   }}
 }}
+{self.extra_config}
 """)
         self.process = subprocess.Popen(
             [binary, "-F", "-c", str(self.base / "dovecot.conf")],
