@@ -120,3 +120,26 @@ def test_it_recognises_v2_imported_mail_in_v3(imap_account, user, dovecot, mailb
         row for row in EXPECTED if row[0] in {
             "ohne ID (Import)", "Angebot", "WG: Angebot (korrigiert)", "Message-ID empty_brackets",
             "Message-ID outlook_one_off"})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_migrates_the_corpus_end_to_end_with_the_worker(client, user, imap_account, dovecot, mailbox,
+                                                           mail_settings, celery_worker_thread):
+    from tests.test_migration_imap import _finished, _start, _submit
+
+    address, password = mailbox
+    files = corpus_files()
+    early, late = files[::2], files[1::2]
+    dovecot.deliver(address, *(raw_of(path, address) for path in early))
+    sync_account(imap_account.pk)  # V2 imports the early half
+    client.force_login(user)
+    migration = _start(client, imap_account)
+    # The late half arrives while the migration runs (after V2's last poll, before the handoff).
+    dovecot.deliver(address, *(raw_of(path, address) for path in late))
+    _submit(client, migration, password)
+    assert _finished(migration).status == "done"
+    # And the whole corpus once more in another folder after the switch: nothing new.
+    deliver_corpus(dovecot, address, folder="Archiv")
+    sync_account(imap_account.pk)
+    sync_account(imap_account.pk)
+    assert rows(imap_account) == EXPECTED
