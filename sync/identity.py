@@ -96,6 +96,18 @@ def utc_second(moment: datetime | None) -> str:
     return moment.astimezone(dt_timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def clean_text(value) -> str:
+    """Text a database can store: no NUL, lone surrogates replaced by "?", None as ""."""
+    if not value:
+        return ""
+    text = str(value).replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -157,6 +169,9 @@ class FetchedMessage:
     dedup_key: str = field(init=False)
 
     def __post_init__(self):
+        # Provider JSON may carry NUL or lone surrogates ("\u0000", "\ud800"); PostgreSQL refuses both.
+        for name in ("message_id", "subject", "sender", "to", "cc", "provider_id"):
+            object.__setattr__(self, name, clean_text(getattr(self, name)))
         digest = fingerprint(sent_at=self.sent_at or self.received_at, sender=self.sender, subject=self.subject)
         object.__setattr__(self, "fingerprint", digest)
         object.__setattr__(self, "dedup_key", message_key(message_id=self.message_id, fingerprint=digest))

@@ -67,8 +67,24 @@ def store_messages(*, account: MailAccount, folder: str, messages: list[FetchedM
         for key, m in fresh.items()
     ]
     before = SyncedMessage.objects.filter(account=account, dedup_key__in=fresh.keys()).count()
-    SyncedMessage.objects.bulk_create(rows, ignore_conflicts=True)
+    try:
+        with transaction.atomic():
+            SyncedMessage.objects.bulk_create(rows, ignore_conflicts=True)
+    except DatabaseError:
+        # One row the database refuses must not cost the batch: row by row, and record the refused ones.
+        _store_one_by_one(account=account, folder=folder, rows=rows)
     return SyncedMessage.objects.filter(account=account, dedup_key__in=fresh.keys()).count() - before
+
+
+def _store_one_by_one(*, account: MailAccount, folder: str, rows: list[SyncedMessage]) -> None:
+    for row in rows:
+        try:
+            with transaction.atomic():
+                SyncedMessage.objects.bulk_create([row], ignore_conflicts=True)
+        except DatabaseError as error:
+            reference = row.provider_id or (f"uid:{row.provider_uid}" if row.provider_uid else row.dedup_key)
+            record_skipped(account_id=account.pk, folder=folder, reference=reference, reason="store_failed",
+                           detail=type(error).__name__)
 
 
 def record_skipped(*, account_id: int, folder: str, reference: str, reason: str, detail: str = "") -> None:

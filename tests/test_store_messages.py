@@ -1,0 +1,59 @@
+"""sync.services.store_messages: identity dedup, shared Message-IDs, honest counts, one bad row never costs a batch."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from sync.identity import FetchedMessage
+from sync.models import SkippedMessage, SyncedMessage
+from sync.services import store_messages
+
+pytestmark = pytest.mark.django_db
+WHEN = datetime(2025, 11, 3, 9, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def account(make_account, user):
+    return make_account(user, "anna@gmx.de")
+
+
+def store(account, *messages, folder="INBOX", engine="v3"):
+    return store_messages(account=account, folder=folder, messages=list(messages), engine=engine)
+
+
+def test_it_keeps_two_messages_that_share_a_message_id_apart_in_one_batch_and_across_runs(account):
+    original = FetchedMessage(message_id="<dup-4711@example.org>", subject="Angebot", sender="chef@example.org",
+                              sent_at=WHEN)
+    other = FetchedMessage(message_id="<dup-4711@example.org>", subject="WG: Angebot (korrigiert)",
+                           sender="assistenz@example.org", sent_at=WHEN + timedelta(days=1))
+    assert store(account, original, other) == 2
+    # Seen again by another engine and in another folder: nothing new.
+    assert store(account, other, original, folder="Archiv", engine="v2") == 0
+    keys = sorted(SyncedMessage.objects.values_list("subject", "dedup_key"))
+    assert keys[0] == ("Angebot", "dup-4711@example.org")
+    assert keys[1][0] == "WG: Angebot (korrigiert)" and keys[1][1].startswith("dup-4711@example.org#")
+
+
+def test_it_counts_only_rows_it_inserted(account):
+    messages = [FetchedMessage(message_id=f"<{i}@example.org>", subject=str(i), sent_at=WHEN) for i in range(5)]
+    assert store(account, *messages[:3]) == 3
+    assert store(account, *messages) == 2
+    assert store(account, *messages) == 0
+    assert SyncedMessage.objects.count() == 5
+
+
+def test_it_stores_text_that_providers_send_with_nul_and_lone_surrogates(account):
+    assert store(account, FetchedMessage(message_id="<nul@example.org>", subject="a\x00b\ud800c",
+                                         sender="x\x00@example.org", sent_at=WHEN)) == 1
+    assert SyncedMessage.objects.get().subject == "ab?c"
+
+
+def test_it_records_a_row_the_database_refuses_and_stores_the_rest(account):
+    refused = FetchedMessage(message_id="<" + "x" * 1200 + "@example.org>", subject="zu lang", sent_at=WHEN,
+                             provider_id="AAMk-lang")
+    fine = [FetchedMessage(message_id=f"<ok{i}@example.org>", subject=f"ok {i}", sent_at=WHEN) for i in range(3)]
+    assert store(account, fine[0], refused, *fine[1:]) == 3
+    assert sorted(SyncedMessage.objects.values_list("subject", flat=True)) == ["ok 0", "ok 1", "ok 2"]
+    skipped = SkippedMessage.objects.get()
+    assert (skipped.folder, skipped.reference, skipped.reason, skipped.detail) == (
+        "INBOX", "AAMk-lang", "store_failed", "DataError")
