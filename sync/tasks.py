@@ -1,5 +1,7 @@
 """Periodic mail sync: V3 accounts from their cursors, V2 until its shutdown."""
 
+from datetime import datetime
+
 from celery import shared_task
 
 from sync import services
@@ -7,12 +9,15 @@ from sync import services
 
 @shared_task(name="sync.tasks.sync_all_accounts")
 def sync_all_accounts() -> int:
-    account_ids = services.accounts_to_sync()
-    for account_id in account_ids:
-        sync_account.delay(account_id)
-    return len(account_ids)
+    """Beat's fan-out: queue a run for each account due now (a bounded batch); returns how many."""
+    return len(services.accounts_to_sync())
 
 
 @shared_task(name="sync.tasks.sync_account", acks_late=True)
-def sync_account(account_id: int) -> int:
-    return services.sync_account(account_id)
+def sync_account(account_id: int, queued_at: str = "") -> int:
+    """One run for one account; returns new messages (0 when another run of it is under way).
+
+    queued_at: ISO 8601 time of the fan-out's queued mark; "" when queued by
+    anything else (a migration's handoff, a new password, a re-connect).
+    """
+    return services.sync_account(account_id, queued_at=datetime.fromisoformat(queued_at) if queued_at else None)

@@ -1,0 +1,144 @@
+"""One sync run per account at a time, and one queued run per account from the fan-out.
+
+Two marks on the MailAccount row, both taken by compare-and-swap:
+
+- the lease (sync_lease_until, sync_lease_token): a run claims it before it
+  touches the mailbox and releases it when it ends, whatever the outcome. While
+  the run lasts, a thread renews it every third of SYNC_LEASE_SECONDS; a killed
+  worker stops renewing, so its lease simply expires. After a release
+  sync_lease_until holds the moment the last run ended (the fan-out serves the
+  least recently run accounts first).
+- the queued mark (sync_queued_at): the fan-out sets it when it queues a run and
+  skips the account while it is newer than SYNC_QUEUED_TIMEOUT_SECONDS (a lost
+  broker message is queued again after that). The queued run clears its own mark.
+
+Times come from the Python clock of the process that writes them: leases last
+minutes, a few seconds of skew between machines do not matter.
+"""
+
+import logging
+import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connections
+from django.db.models import F, Q, QuerySet
+from django.utils import timezone
+
+from sync.models import MailAccount
+
+logger = logging.getLogger(__name__)
+
+
+def lease_free(now: datetime) -> Q:
+    """Accounts no run holds now: never leased, released, or expired (a crashed run)."""
+    return Q(sync_lease_until__isnull=True) | Q(sync_lease_until__lte=now)
+
+
+def not_queued(now: datetime) -> Q:
+    """Accounts without a queued fan-out run younger than SYNC_QUEUED_TIMEOUT_SECONDS."""
+    cutoff = now - timedelta(seconds=settings.SYNC_QUEUED_TIMEOUT_SECONDS)
+    return Q(sync_queued_at__isnull=True) | Q(sync_queued_at__lte=cutoff)
+
+
+def claim(account_id: int) -> str | None:
+    """Take the account's lease for SYNC_LEASE_SECONDS; return its token, or None when a run holds it.
+
+    One UPDATE: under concurrent claims PostgreSQL re-checks the condition on
+    the row the winner wrote, so exactly one claim changes the row. Also None
+    for an account that does not exist.
+    """
+    token = secrets.token_hex(16)  # 32 characters, the column's width
+    now = timezone.now()
+    changed = MailAccount.objects.filter(lease_free(now), pk=account_id).update(
+        sync_lease_until=now + timedelta(seconds=settings.SYNC_LEASE_SECONDS), sync_lease_token=token
+    )
+    return token if changed == 1 else None
+
+
+def renew(account_id: int, token: str) -> bool:
+    """Push the lease SYNC_LEASE_SECONDS ahead; False when this token no longer holds it."""
+    until = timezone.now() + timedelta(seconds=settings.SYNC_LEASE_SECONDS)
+    return MailAccount.objects.filter(pk=account_id, sync_lease_token=token).update(sync_lease_until=until) == 1
+
+
+def release(account_id: int, token: str) -> bool:
+    """End the lease now; False when this token no longer holds it (it expired and another run took it)."""
+    return MailAccount.objects.filter(pk=account_id, sync_lease_token=token).update(
+        sync_lease_until=timezone.now(), sync_lease_token=""
+    ) == 1
+
+
+class _Renewal(threading.Thread):
+    """Renews one lease until stopped: a run longer than the lease keeps it."""
+
+    def __init__(self, account_id: int, token: str):
+        super().__init__(name=f"sync-lease-{account_id}", daemon=True)
+        self.account_id, self.token = account_id, token
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        interval = settings.SYNC_LEASE_SECONDS / 3
+        try:
+            while not self.stopped.wait(interval):
+                if not renew(self.account_id, self.token):
+                    # Only after a pause longer than the lease (a frozen process):
+                    # another run may have started; the unique message key
+                    # still keeps its rows single.
+                    logger.warning("Sync lease of account %s was lost during the run", self.account_id)
+                    return
+        except Exception:  # noqa: BLE001 - a database hiccup: the lease expires instead, the run goes on
+            logger.exception("Sync lease of account %s could not be renewed", self.account_id)
+        finally:
+            connections.close_all()  # this thread's own connections only
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
+
+
+@contextmanager
+def held(account_id: int) -> Iterator[bool]:
+    """Hold the account's lease for the block; yields False (and holds nothing) when another run has it.
+
+    Renewed in the background while the block runs, released when it ends,
+    also by an exception. A killed process leaves the lease to expire.
+    """
+    token = claim(account_id)
+    if token is None:
+        yield False
+        return
+    renewal = _Renewal(account_id, token)
+    renewal.start()
+    try:
+        yield True
+    finally:
+        renewal.stop()
+        release(account_id, token)
+
+
+def mark_queued(due: QuerySet, *, now: datetime, limit: int) -> list[int]:
+    """Lock up to `limit` due accounts, mark them queued at `now`; return their ids (least recently run first).
+
+    Call inside transaction.atomic() and queue the runs on commit. `due`: a
+    MailAccount queryset without joins that leaves out leased and queued
+    accounts (selectors.accounts_due_for_sync). SKIP LOCKED: a second fan-out
+    at the same moment takes other accounts instead of waiting for these, and
+    PostgreSQL re-checks a row another transaction changed meanwhile, so an
+    account just queued or leased is not taken.
+    """
+    ids = list(
+        due.order_by(F("sync_lease_until").asc(nulls_first=True), "pk")
+        .select_for_update(skip_locked=True)
+        .values_list("pk", flat=True)[:limit]
+    )
+    MailAccount.objects.filter(pk__in=ids).update(sync_queued_at=now)
+    return ids
+
+
+def clear_queued(account_id: int, queued_at: datetime) -> bool:
+    """The fan-out's run for `queued_at` was taken off the queue: clear that mark, not a newer one."""
+    return MailAccount.objects.filter(pk=account_id, sync_queued_at=queued_at).update(sync_queued_at=None) == 1
