@@ -145,6 +145,14 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SYNC_SECONDS = envint("SYNC_INTERVAL_SECONDS", 120, minimum=5)
 CELERY_SWEEP_SECONDS = envint("MIGRATION_SWEEP_SECONDS", 60, minimum=5)
+# One sync run per account at a time (sync.leases). A run renews its lease
+# every third of this; a killed worker's account is synced again after it.
+SYNC_LEASE_SECONDS = envint("SYNC_LEASE_SECONDS", 900, minimum=3)
+# The fan-out queues an account again after this if its queued run never
+# started (a lost broker message).
+SYNC_QUEUED_TIMEOUT_SECONDS = envint("SYNC_QUEUED_TIMEOUT_SECONDS", 600, minimum=1)
+# Accounts queued per fan-out (every SYNC_INTERVAL_SECONDS): at most what the workers take in one interval.
+SYNC_FANOUT_BATCH = envint("SYNC_FANOUT_BATCH", 500, minimum=1)
 
 # --- Mail sync --------------------------------------------------------------
 # MultiFernet keys, newest first. Empty: a local key file is created in DATA_DIR.

@@ -1,6 +1,7 @@
 """Writes of the mail side: storing messages, credentials and sync results."""
 
 import logging
+from datetime import datetime
 
 from django.conf import settings
 from django.core.cache import cache
@@ -224,21 +225,55 @@ def v2_running() -> bool:
 
 
 def accounts_to_sync() -> list[int]:
+    """The periodic fan-out: claim the accounts due now and queue one sync run each; return their ids.
+
+    At most settings.SYNC_FANOUT_BATCH accounts per call, least recently run
+    first; accounts with a run under way or already queued are left out
+    (sync.leases). The runs are queued once the claim has committed, each with
+    its queued mark so that it clears its own.
+    """
+    from sync import leases
     from sync.selectors import accounts_due_for_sync
+    from sync.tasks import sync_account as sync_task
 
     running = v2_running()
     stop_v2_after_shutdown(v2_running=running)
-    return list(accounts_due_for_sync(v2_running=running).values_list("pk", flat=True))
+    now = timezone.now()
+    with transaction.atomic():
+        account_ids = leases.mark_queued(
+            accounts_due_for_sync(v2_running=running, now=now), now=now, limit=settings.SYNC_FANOUT_BATCH
+        )
+        transaction.on_commit(lambda: [sync_task.delay(pk, now.isoformat()) for pk in account_ids])
+    return account_ids
 
 
-def sync_account(account_id: int) -> int:
+def sync_account(account_id: int, *, queued_at: datetime | None = None) -> int:
     """One sync run for one account through the engine it is on now; returns new messages.
+
+    queued_at: the datetime of the fan-out's queued mark this run was queued
+    with (None for runs queued by anything else); the run clears that mark.
+    Only one run per account at a time (sync.leases): a run that finds
+    another under way returns 0 at once and records nothing.
 
     An exception an engine did not expect (a bug, a server answer nobody
     foresaw) is logged and recorded on the account as "sync_internal", which
     the settings page shows; it is not retried at once (it would fail the same
     way), the next scheduled run tries again.
     """
+    from sync import leases
+
+    with leases.held(account_id) as held:
+        if queued_at is not None:
+            # Cleared after the claim: in between the account is leased, so
+            # the fan-out cannot queue it a second time.
+            leases.clear_queued(account_id, queued_at)
+        if not held:
+            return 0
+        return _run_engine(account_id)
+
+
+def _run_engine(account_id: int) -> int:
+    """sync_account's run, under the account's lease."""
     from sync import v2
     from sync.exchange import engine as v3_ews
     from sync.imap import engine as v3_imap

@@ -126,11 +126,12 @@ def test_it_records_a_sync_error_without_losing_anything(imap_account, dovecot, 
     assert SyncedMessage.objects.filter(account=imap_account).count() == 1
 
 
-def test_it_enqueues_every_due_account(imap_account, make_account, user, settings):
+def test_it_enqueues_every_due_account(imap_account, make_account, user, settings, django_capture_on_commit_callbacks):
     make_account(user, "ohne-server@example.org")  # nothing to connect to: skipped
     from portal.celery import app
 
     with app.connection_for_write() as conn:
         conn.default_channel.client.flushdb()
-        assert sync_all_accounts() == 1
+        with django_capture_on_commit_callbacks(execute=True):  # the runs are queued on commit
+            assert sync_all_accounts() == 1
         assert conn.default_channel.client.llen("celery") == 1
