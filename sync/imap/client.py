@@ -170,19 +170,20 @@ def parse_fetched(uid: int, data: dict) -> FetchedMessage | None:
     )
 
 
-def fetch_messages(client: IMAPClient, uids: list[int], *, skipped: list | None = None) -> list[FetchedMessage]:
-    """FETCH headers in batches: one command per message is ~7x slower.
+def fetch_batches(client: IMAPClient, uids: list[int], *, skipped: list | None = None):
+    """FETCH headers in batches of FETCH_BATCH UIDs; yield each batch as a list of FetchedMessage.
 
-    Messages expunged meanwhile (absent from the answer, or NIL parts) are left
-    out; they are gone from the mailbox. A message whose answer cannot be read
-    at all is left out too and, when `skipped` is a list, noted there as
-    (uid, reason, detail) for the caller to record.
+    Batched because one command per message is ~7x slower; yielded batch by
+    batch so a folder of 100,000 messages is never held in memory at once.
+    Messages expunged meanwhile (absent from the answer, or NIL parts, RFC 3501
+    section 7.4.2) are left out: they are gone from the mailbox. A message
+    whose answer cannot be read at all is left out too and, when `skipped` is a
+    list, noted there as (uid, reason, detail) for the caller to record.
     """
-    fetched = []
     ordered = sorted(set(uids))
     for start in range(0, len(ordered), FETCH_BATCH):
-        batch = ordered[start : start + FETCH_BATCH]
-        for uid, data in client.fetch(batch, FETCH_ITEMS).items():
+        batch = []
+        for uid, data in client.fetch(ordered[start : start + FETCH_BATCH], FETCH_ITEMS).items():
             try:
                 message = parse_fetched(uid, data)
             except Exception as error:  # noqa: BLE001 - one bad message never stops a mailbox
@@ -190,5 +191,10 @@ def fetch_messages(client: IMAPClient, uids: list[int], *, skipped: list | None 
                     skipped.append((uid, "unreadable", type(error).__name__))
                 continue
             if message is not None:
-                fetched.append(message)
-    return fetched
+                batch.append(message)
+        yield batch
+
+
+def fetch_messages(client: IMAPClient, uids: list[int], *, skipped: list | None = None) -> list[FetchedMessage]:
+    """All of fetch_batches in one list (for small sets: V2's date window, probes)."""
+    return [message for batch in fetch_batches(client, uids, skipped=skipped) for message in batch]

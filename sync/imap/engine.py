@@ -91,9 +91,9 @@ def _sync_folder(client, account: MailAccount, state: FolderState, cursor: dict)
     client.select_folder(state.name, readonly=True)
     # "n:*" always matches the newest message even if its UID is below n.
     uids = [uid for uid in client.search(["UID", f"{last_seen + 1}:*"]) if uid > last_seen]
-    skipped = []
-    messages = imap.fetch_messages(client, uids, skipped=skipped)
-    added = store_messages(account=account, folder=state.name, messages=messages, engine="v3")
+    skipped, added = [], 0
+    for batch in imap.fetch_batches(client, uids, skipped=skipped):
+        added += store_messages(account=account, folder=state.name, messages=batch, engine="v3")
     for uid, reason, detail in skipped:
         record_skipped(account_id=account.pk, folder=state.name, reference=f"uid:{cursor['uidvalidity']}:{uid}",
                        reason=reason, detail=detail)
