@@ -52,14 +52,18 @@ def _hand_over_to_imap(migration: Migration, account: MailAccount, *, now, overl
 
 
 def _hand_over_to_ews(migration: Migration, account: MailAccount, *, now, overlap) -> None:
-    """Exchange: the settings the worker verified move to the account, each folder gets its
-    SyncFolderItems state. Folder names match V2's ("INBOX"), so V2's high-water mark is found."""
+    """Exchange: the settings the worker verified move to the account, each mail folder gets a row
+    keyed by its FolderId. The inbox is named "INBOX" like V2's row, so V2's high-water mark stays
+    with it. v3_synced_at=None: the first EWS run reads each folder whole (SyncFolderItems from an
+    empty state); the verified state is kept for reference only."""
     server = ews.settings_from(migration.connection, account.address)
     ews.apply_to_account(account, server=server, password=_password(migration))
     account.provider_kind = ProviderKind.EXCHANGE
     _switch_to_v3(account, now=now)
     for name, cursor in migration.cursors.items():
         state, _ = FolderState.objects.select_for_update().get_or_create(account=account, name=name)
+        # Absent in cursors verified before folders had ids: the engine then finds the row by name.
+        state.ews_folder_id = cursor.get("ews_folder_id", "")
         state.ews_sync_state = cursor["ews_sync_state"]
         state.v3_since = (state.v2_high_water or now) - overlap
         state.v3_synced_at = None
@@ -82,12 +86,15 @@ def _password(migration: Migration) -> str:
 
 
 def _hand_over_to_graph(migration: Migration, account: MailAccount, *, now, overlap) -> None:
-    """Microsoft: the MSAL token cache moves to the account, each folder gets its delta link.
+    """Microsoft: the MSAL token cache moves to the account, each folder gets its Graph id.
 
     The V2 password is dropped: Microsoft accounts sync through Graph now.
+    Folder rows are named by their path ("INBOX" is V2's row, so its
+    high-water mark stays with it). v3_synced_at=None: the first Graph run
+    reads each folder whole (a delta round without a date filter), so a
+    message of any date that V2 did not import arrives once; the verified
+    delta link is kept for reference only.
     """
-    from datetime import datetime
-
     from sync import crypto
 
     secret = crypto.decrypt_json(migration.secret_encrypted)
@@ -97,12 +104,8 @@ def _hand_over_to_graph(migration: Migration, account: MailAccount, *, now, over
     _switch_to_v3(account, now=now)
     for name, cursor in migration.cursors.items():
         state, _ = FolderState.objects.select_for_update().get_or_create(account=account, name=name)
-        delta_since = datetime.fromisoformat(cursor["delta_since"].replace("Z", "+00:00"))
         state.graph_folder_id = cursor["folder_id"]
-        state.delta_link = cursor["delta_link"]
-        # The delta link covers mail from delta_since on; the first sync lists everything
-        # older down to V2's high-water mark minus the overlap.
-        state.v3_since = min((state.v2_high_water or now) - overlap, delta_since)
+        state.delta_link = cursor.get("delta_link", "")
         state.v3_synced_at = None
         state.save()
 

@@ -20,7 +20,7 @@ from django.utils.crypto import constant_time_compare
 from migration import services
 from migration.microsoft import client, consent
 from migration.microsoft.client import MicrosoftError
-from sync.microsoft.graph import Graph, graph_time
+from sync.microsoft.graph import Graph
 from migration.models import Migration, Status
 from sync import crypto
 from sync import services as sync_services
@@ -34,10 +34,8 @@ MAX_FLOWS = 5  # per session: a few tabs, not an ever-growing session
 # abandoned one should not sit in the session for long.
 FLOW_MAX_AGE = 600  # seconds
 SIGN_IN_STATUSES = (Status.AWAITING_USER, Status.AWAITING_ADMIN_CONSENT)
-# The verifying step's delta round starts this long before now; the first sync
-# after the handoff covers everything older down to V2's high-water mark.
+# The verifying step's delta round (a check that delta works) covers this much of the past.
 DELTA_SKEW = timedelta(minutes=10)
-INBOX = "INBOX"  # V2's folder name: the inbox keeps V2's high-water mark
 
 
 def remember_flow(session, purpose: str, flow: dict) -> None:
@@ -182,20 +180,22 @@ def _wrong_account(migration: Migration) -> None:
 
 
 def _cursors(graph: Graph) -> dict:
-    """Per folder: its id and a delta link from now on (immutable ids)."""
+    """Per syncable folder (the whole tree, nested ones too), keyed by its path: its id and a delta link.
+
+    The delta round here covers only the last minutes (cheap, and it proves
+    that Graph answers delta for every folder before the switch). The first
+    sync after the handoff does not start from it: it reads each folder whole
+    (v3_synced_at is None), so mail of any date that V2 missed is imported.
+    """
     since = timezone.now() - DELTA_SKEW
     cursors = {}
-    for folder in graph.mail_folders():
-        name = INBOX if folder["inbox"] else (folder.get("displayName") or folder["id"])[:200]
+    for folder in graph.folder_tree().folders:
+        name = folder.path[:500]
         if name in cursors:
-            name = f"{name} ({folder['id'][-8:]})"
-        # The items of this round are the last minutes' mail: the first sync
-        # after the handoff fetches them (and older) again, deduplicated.
-        _, delta_link = graph.delta(folder["id"], since=since)
-        cursors[name] = {"folder_id": folder["id"], "delta_link": delta_link, "delta_since": graph_time(since),
-                         "id_type": "ImmutableId"}
+            name = f"{folder.path[:488]} ({folder.id[-8:]})"
+        _, delta_link = graph.delta(folder.id, since=since)
+        cursors[name] = {"folder_id": folder.id, "delta_link": delta_link, "id_type": "ImmutableId"}
     return cursors
-
 
 
 def complete_reconnect(*, account: MailAccount, flow: dict, auth_response: dict) -> None:

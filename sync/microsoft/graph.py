@@ -1,12 +1,21 @@
-"""Microsoft Graph requests: /me, mail folders, messages and messages delta.
+"""Microsoft Graph requests: /me, the mail folder tree, messages and messages delta.
 
 Every request asks for immutable ids (Prefer: IdType="ImmutableId"), so an id
 survives a move between folders. Paging follows @odata.nextLink only while it
 points at MS_GRAPH_URL (the bearer token never goes anywhere else), and at
 most MAX_PAGES pages per call.
+
+Protocol sources (Microsoft Graph v1.0 docs): "List mailFolders" (top level
+only), "List childFolders", "mailFolder resource type" (well-known folder
+names, childFolderCount), "message: delta" and "Use delta query to track
+changes" (an initial round enumerates the whole folder; "Synchronization
+reset": an expired or invalid delta token is answered with a 40X error such as
+410 Gone / syncStateNotFound, and the client starts a full round again).
 """
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from urllib.parse import quote
 
 import requests
 from django.conf import settings
@@ -15,9 +24,20 @@ from sync.microsoft.client import MicrosoftError, verify
 
 PREFER = 'IdType="ImmutableId", odata.maxpagesize=100'
 MESSAGE_FIELDS = "internetMessageId,subject,from,toRecipients,ccRecipients,sentDateTime,receivedDateTime"
+FOLDER_FIELDS = "id,displayName,childFolderCount"
 MAX_PAGES = 500
-# Folders whose mail does not belong in the CRM (as the IMAP engine skips them).
-SKIPPED_FOLDERS = ("deleteditems", "junkemail", "drafts", "outbox")
+# A whole-folder delta round pages through every message (100 per page): up to 1,000,000 messages.
+MAX_DELTA_PAGES = 10_000
+# Bounds of the folder tree walk: Exchange mailboxes hold at most a few thousand folders in practice.
+MAX_FOLDER_DEPTH = 32
+MAX_FOLDERS = 5_000
+# Folders whose mail does not belong in the CRM (as the IMAP engine skips trash, junk, drafts):
+# well-known names of "mailFolder resource type"; their child folders are skipped with them.
+SKIPPED_FOLDERS = ("deleteditems", "junkemail", "drafts", "outbox", "conversationhistory", "syncissues")
+# The inbox keeps V2's (and IMAP's) name, so the CRM shows one inbox whichever engine read a message.
+INBOX = "INBOX"
+# Error codes Graph answers a delta token it no longer knows with (besides any 410 Gone).
+EXPIRED_DELTA_CODES = {"syncstatenotfound", "syncstateinvalid", "resyncrequired", "invaliddeltatoken"}
 
 
 class GraphUnauthorized(MicrosoftError):
@@ -27,15 +47,45 @@ class GraphUnauthorized(MicrosoftError):
         super().__init__("ms_reconnect", permanent=True)
 
 
+class GraphNotFound(MicrosoftError):
+    """404 (ErrorItemNotFound): the folder or message is gone, or the mailbox has no such well-known folder."""
+
+    def __init__(self):
+        super().__init__("ms_protocol", permanent=True)
+
+
 class DeltaExpired(MicrosoftError):
-    """The delta link is no longer valid (410 SyncStateNotFound): start a new round."""
+    """The delta link is no longer valid (410, or 400 syncStateNotFound and kin): start a new round."""
 
     def __init__(self):
         super().__init__("ms_delta_expired", permanent=False)
 
 
+@dataclass(frozen=True)
+class GraphFolder:
+    """One syncable folder: its id (stable across rename and move) and its path of display names."""
+
+    id: str
+    path: str
+
+
+@dataclass(frozen=True)
+class FolderTree:
+    """The syncable folders, parents before children; complete=False when a bound cut the walk short."""
+
+    folders: list[GraphFolder]
+    complete: bool
+
+
 def graph_time(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _error_code(response) -> str:
+    try:
+        return str(((response.json() or {}).get("error") or {}).get("code") or "").lower()
+    except (ValueError, AttributeError):
+        return ""
 
 
 class Graph:
@@ -49,6 +99,7 @@ class Graph:
         self.session.close()
 
     def get(self, path_or_url: str, params: dict | None = None) -> dict:
+        """One GET; the JSON body of a 200, else a MicrosoftError saying whether a retry can help."""
         url = path_or_url if path_or_url.startswith("https://") else f"{self.base}{path_or_url}"
         if not (url == self.base or url.startswith(self.base + "/")):
             raise MicrosoftError("ms_protocol", permanent=True)  # a link to another host
@@ -63,20 +114,23 @@ class Graph:
                 return response.json()
             except ValueError:
                 raise MicrosoftError("ms_protocol", permanent=False) from None
-        if response.status_code == 410:
+        if response.status_code == 410 or (response.status_code == 400
+                                           and _error_code(response) in EXPIRED_DELTA_CODES):
             raise DeltaExpired()
         if response.status_code == 401:
             raise GraphUnauthorized()
         if response.status_code == 403:
             raise MicrosoftError("ms_graph_denied", permanent=True)
+        if response.status_code == 404:
+            raise GraphNotFound()
         if response.status_code == 429 or response.status_code >= 500:
             raise MicrosoftError("ms_unreachable", permanent=False)
         raise MicrosoftError("ms_protocol", permanent=True)
 
-    def pages(self, path: str, params: dict | None = None):
-        """Yield every page of a collection, following @odata.nextLink."""
+    def pages(self, path: str, params: dict | None = None, *, limit: int = MAX_PAGES):
+        """Yield every page of a collection, following @odata.nextLink (at most `limit` pages)."""
         url, query = path, params
-        for _ in range(MAX_PAGES):
+        for _ in range(limit):
             page = self.get(url, query)
             yield page
             url, query = page.get("@odata.nextLink"), None
@@ -88,46 +142,89 @@ class Graph:
         # proxyAddresses: the mailbox's other SMTP addresses; the CRM may know it by an alias.
         return self.get("/v1.0/me", {"$select": "id,mail,userPrincipalName,displayName,proxyAddresses"})
 
-    def mail_folders(self) -> list[dict]:
-        """Top-level folders worth syncing (no deleted items, junk, drafts, outbox)."""
-        skipped = set()
-        for name in SKIPPED_FOLDERS:
-            try:
-                skipped.add(self.get(f"/v1.0/me/mailFolders/{name}", {"$select": "id"})["id"])
-            except MicrosoftError as error:
-                if error.code != "ms_protocol":  # 404: a mailbox without that folder
-                    raise
-        inbox = self.get("/v1.0/me/mailFolders/inbox", {"$select": "id,displayName"})
-        folders = []
-        for page in self.pages("/v1.0/me/mailFolders", {"$select": "id,displayName", "$top": "100"}):
-            for folder in page.get("value", []):
-                if folder.get("id") and folder["id"] not in skipped:
-                    folders.append({**folder, "inbox": folder["id"] == inbox["id"]})
-        return folders
+    def _well_known_id(self, name: str) -> str:
+        """The id of a well-known folder ("" when the mailbox has none, e.g. no Conversation History)."""
+        try:
+            return str(self.get(f"/v1.0/me/mailFolders/{name}", {"$select": "id"}).get("id") or "")
+        except GraphNotFound:
+            return ""
 
-    def delta(self, link_or_folder_id: str, *, since: datetime | None = None) -> tuple[list[dict], str]:
-        """One delta round: (changed messages, the next delta link).
+    def folder_tree(self) -> FolderTree:
+        """Every syncable mail folder, however deeply nested.
 
-        With a folder id it starts a new round, limited to mail received
-        since `since` (the one filter Graph allows on messages delta).
+        /me/mailFolders lists only the top level (the children of
+        msgfolderroot); each folder with childFolderCount > 0 is listed
+        further through /me/mailFolders/{id}/childFolders, breadth first, at
+        most MAX_FOLDER_DEPTH levels and MAX_FOLDERS folders. Deleted Items,
+        Junk Email, Drafts, Outbox, Conversation History and Sync Issues are
+        left out with everything below them. Paths join display names with
+        "/"; the inbox is always "INBOX". Errors: MicrosoftError.
+        """
+        skipped = {self._well_known_id(name) for name in SKIPPED_FOLDERS} - {""}
+        inbox = self._well_known_id("inbox")
+        found: list[GraphFolder] = []
+        complete = True
+        level = [("", "")]  # (folder id, path) of the parents to list; "" = the top level
+        for depth in range(MAX_FOLDER_DEPTH):
+            below = []
+            for parent_id, parent_path in level:
+                url = (f"/v1.0/me/mailFolders/{quote(parent_id, safe='')}/childFolders" if parent_id
+                       else "/v1.0/me/mailFolders")
+                try:
+                    listed = [f for page in self.pages(url, {"$select": FOLDER_FIELDS, "$top": "100"})
+                              for f in page.get("value", []) if isinstance(f, dict) and f.get("id")]
+                except GraphNotFound:
+                    complete = False  # deleted while we walked: the next run sees the tree as it is
+                    continue
+                for folder in listed:
+                    folder_id = str(folder["id"])
+                    if folder_id in skipped:
+                        continue
+                    if len(found) >= MAX_FOLDERS:
+                        return FolderTree(found, complete=False)
+                    name = INBOX if folder_id == inbox else str(folder.get("displayName") or folder_id)
+                    path = f"{parent_path}/{name}" if parent_path else name
+                    found.append(GraphFolder(folder_id, path))
+                    # childFolderCount is in every answer; without it, ask rather than miss a subtree.
+                    if folder.get("childFolderCount") != 0:
+                        below.append((folder_id, path))
+            if not below:
+                return FolderTree(found, complete=complete)
+            level = below
+        return FolderTree(found, complete=False)  # deeper than MAX_FOLDER_DEPTH
+
+    def delta_pages(self, link_or_folder_id: str, *, since: datetime | None = None):
+        """One delta round, page by page: yields (items, delta link or "") with the link on the last page.
+
+        With a folder id it starts a new round: without `since` Graph
+        enumerates every message in the folder (the initial round), with it
+        only mail received since then (the one filter messages delta allows).
+        A delta link continues where its round ended. Items include
+        "@removed" entries and entries that carry only an id and changed
+        properties. Errors: DeltaExpired (start a new round), GraphNotFound
+        (the folder is gone), other MicrosoftError.
         """
         if link_or_folder_id.startswith("https://"):
             url, params = link_or_folder_id, None
         else:
-            url = f"/v1.0/me/mailFolders/{link_or_folder_id}/messages/delta"
+            url = f"/v1.0/me/mailFolders/{quote(link_or_folder_id, safe='')}/messages/delta"
             params = {"$select": MESSAGE_FIELDS}
             if since:
                 params["$filter"] = f"receivedDateTime ge {graph_time(since)}"
-        items = []
-        for page in self.pages(url, params):
-            items.extend(item for item in page.get("value", []) if "@removed" not in item)
-            if page.get("@odata.deltaLink"):
-                return items, page["@odata.deltaLink"]
+        for page in self.pages(url, params, limit=MAX_DELTA_PAGES):
+            link = page.get("@odata.deltaLink") or ""
+            yield [item for item in page.get("value", []) if isinstance(item, dict)], link
+            if link:
+                return
         raise MicrosoftError("ms_protocol", permanent=False)  # pages ended without a delta link
 
-    def messages_since(self, folder_id: str, since: datetime) -> list[dict]:
-        params = {"$select": MESSAGE_FIELDS, "$filter": f"receivedDateTime ge {graph_time(since)}", "$top": "100"}
-        items = []
-        for page in self.pages(f"/v1.0/me/mailFolders/{folder_id}/messages", params):
-            items.extend(page.get("value", []))
-        return items
+    def delta(self, link_or_folder_id: str, *, since: datetime | None = None) -> tuple[list[dict], str]:
+        """A whole delta round at once: (the messages it names, without "@removed" entries; the delta link)."""
+        items, link = [], ""
+        for page, link in self.delta_pages(link_or_folder_id, since=since):
+            items.extend(item for item in page if "@removed" not in item)
+        return items, link
+
+    def message(self, message_id: str) -> dict:
+        """GET /me/messages/{id} with the fields the sync stores. Errors: GraphNotFound when it is gone."""
+        return self.get(f"/v1.0/me/messages/{quote(message_id, safe='')}", {"$select": MESSAGE_FIELDS})

@@ -30,7 +30,11 @@ from tests.fakes.microsoft_graph import GraphMixin
 
 CONSUMERS = "9188040d-6c67-4c5b-b112-36a304b66dad"
 WELL_KNOWN = [("inbox", "Inbox"), ("sentitems", "Sent Items"), ("drafts", "Drafts"),
-              ("deleteditems", "Deleted Items"), ("junkemail", "Junk Email"), ("archive", "Archive")]
+              ("deleteditems", "Deleted Items"), ("junkemail", "Junk Email"), ("archive", "Archive"),
+              ("outbox", "Outbox"), ("conversationhistory", "Conversation History"), ("syncissues", "Sync Issues")]
+# Well-known folders below another one (Graph "mailFolder resource type"): (name, display name, parent).
+WELL_KNOWN_CHILDREN = [("conflicts", "Conflicts", "syncissues"), ("localfailures", "Local Failures", "syncissues"),
+                       ("serverfailures", "Server Failures", "syncissues")]
 CONSENT_TEXT = {
     65001: "The user or administrator has not consented to use the application.",
     90094: "The grant requires admin permission.",
@@ -80,16 +84,24 @@ class Folder:
     name: str
     well_known: str
     messages: list = field(default_factory=list)
+    parent: str = ""  # the parent folder's id; "" = the top level (below msgfolderroot)
+    removed: list = field(default_factory=list)  # (seq, message) of messages deleted or moved out
 
 
 @dataclass
 class Message:
-    seq: int
+    seq: int  # the last change (delta rounds return what changed after their start)
     number: int
     internet_message_id: str | None
     subject: str
     sender: str
     received: datetime
+    sent: datetime | None = None  # the Date header (sentDateTime); None: as received
+    sender_name: str = ""
+    to: tuple = ()  # addresses
+    cc: tuple = ()
+    arrived: int = 0  # the seq at which it came into its folder (delivered or moved in)
+    flags: dict = field(default_factory=dict)  # changed flags, e.g. {"isRead": True}
 
 
 class FakeMicrosoft(GraphMixin):
@@ -118,6 +130,7 @@ class FakeMicrosoft(GraphMixin):
             self.access_token_lifetime = 3600
             self.page_size = 2
             self.seq = 0
+            self.gone_on_get: set[str] = set()  # message ids deleted just before their GET (a 404 race)
             self.add_tenant(CONSUMERS, {"outlook.com", "hotmail.com"})
 
     def add_tenant(self, tenant_id: str, domains, **options) -> Tenant:
@@ -132,21 +145,82 @@ class FakeMicrosoft(GraphMixin):
         for key, name in WELL_KNOWN:
             folder_id = f"AQMk{key}{user.oid[:8]}"
             user.folders[folder_id] = Folder(folder_id, name, key)
+        for key, name, parent in WELL_KNOWN_CHILDREN:
+            folder_id = f"AQMk{key}{user.oid[:8]}"
+            user.folders[folder_id] = Folder(folder_id, name, key, parent=f"AQMk{parent}{user.oid[:8]}")
         self.users[user.address] = user
         return user
 
     def deliver(self, address: str, *, subject: str, folder="inbox", internet_message_id: str | None = "",
-                received: datetime | None = None, sender="kunde@example.org") -> Message:
+                received: datetime | None = None, sender="kunde@example.org", sent: datetime | None = None,
+                sender_name: str = "", to=(), cc=()) -> Message:
+        """A message arrives in `folder` (a well-known name, a folder id or a Folder)."""
         with self.lock:
             user = self.users[address.lower()]
-            target = next(f for f in user.folders.values() if f.well_known == folder)
+            target = self.folder_of(user, folder)
             self.seq += 1
             if internet_message_id == "":
                 internet_message_id = f"<fake-{self.seq}.{secrets.token_hex(4)}@example.org>"
             message = Message(self.seq, self.seq, internet_message_id, subject, sender,
-                              (received or datetime.now(timezone.utc)).replace(microsecond=0))
+                              (received or datetime.now(timezone.utc)).replace(microsecond=0),
+                              sent=sent, sender_name=sender_name, to=tuple(to), cc=tuple(cc), arrived=self.seq)
             target.messages.append(message)
             return message
+
+    @staticmethod
+    def folder_of(user: User, folder) -> Folder:
+        if isinstance(folder, Folder):
+            return folder
+        return user.folders.get(folder) or next(f for f in user.folders.values() if f.well_known == folder)
+
+    # Folders and messages as a user changes them in Outlook (ids stay; delta rounds see the change).
+    def add_folder(self, address: str, name: str, *, parent=None) -> Folder:
+        """A new folder at the top level, or below `parent` (a well-known name, a folder id or a Folder)."""
+        with self.lock:
+            user = self.users[address.lower()]
+            folder = Folder(f"AAMk{secrets.token_hex(12)}", name, "",
+                            parent=self.folder_of(user, parent).id if parent is not None else "")
+            user.folders[folder.id] = folder
+            return folder
+
+    def rename_folder(self, folder: Folder, name: str, *, parent=None) -> None:
+        """Rename a folder and, given a parent ("" = the top level), move it there."""
+        with self.lock:
+            folder.name = name
+            if parent is not None:
+                user = next(u for u in self.users.values() if folder.id in u.folders)
+                folder.parent = self.folder_of(user, parent).id if parent != "" else ""
+
+    def delete_folder(self, folder: Folder) -> None:
+        """Delete a folder with everything below it."""
+        with self.lock:
+            user = next(u for u in self.users.values() if folder.id in u.folders)
+            doomed = {folder.id}
+            while True:
+                below = {f.id for f in user.folders.values() if f.parent in doomed} - doomed
+                if not below:
+                    break
+                doomed |= below
+            for folder_id in doomed:
+                del user.folders[folder_id]
+
+    def move_message(self, message: Message, target: Folder) -> None:
+        """Move a message (its immutable id stays): the source's delta says @removed, the target's has it as new."""
+        with self.lock:
+            source = next(f for u in self.users.values() for f in u.folders.values() if message in f.messages)
+            source.messages.remove(message)
+            self.seq += 1
+            source.removed.append((self.seq, message))
+            message.seq = message.arrived = self.seq
+            message.flags = {}
+            target.messages.append(message)
+
+    def mark_read(self, message: Message) -> None:
+        """The user reads the message: the next delta round returns only its id and the changed flag."""
+        with self.lock:
+            self.seq += 1
+            message.seq = self.seq
+            message.flags["isRead"] = True
 
     def grant_consent_in_entra(self, tenant: Tenant) -> None:
         """An admin's "Grant admin consent for <tenant>" in entra.microsoft.com: no redirect, no callback."""
