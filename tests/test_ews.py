@@ -146,15 +146,15 @@ def test_it_syncs_new_mail_incrementally_with_paging(ews_account, fake_ews, sett
     assert SyncedMessage.objects.get(account=ews_account, subject="gesendet").folder == "Sent"
 
 
-def test_it_picks_up_mail_from_the_overlap_window_once(ews_account, fake_ews):
-    # Both arrived before the cursor was taken; V2 polled an hour ago and missed the second one.
+def test_it_reads_the_whole_folder_on_the_first_run_once(ews_account, fake_ews):
+    # Both arrived before the cursor was taken; V2 missed them (the first one moved in with an old date).
     fake_ews.deliver("inbox", subject="uralt", received=datetime(2020, 1, 1, tzinfo=timezone.utc))
     fake_ews.deliver("inbox", subject="V2 verpasst", received=NOW - timedelta(minutes=30), message_id="<verpasst@x>")
     FolderState.objects.filter(account=ews_account, name="INBOX").update(
         ews_sync_state=fake_ews._state(fake_ews.folders["inbox"][-1]["seq"]))
-    assert v3_ews.sync(ews_account) == 1  # from the overlap window; older history stays out
-    assert _subjects(ews_account) == ["V2 verpasst"]
-    assert v3_ews.sync(ews_account) == 0  # the window is read on the first sync only
+    assert v3_ews.sync(ews_account) == 2  # no date window: whatever is in the folder and not in the CRM
+    assert _subjects(ews_account) == ["V2 verpasst", "uralt"]
+    assert v3_ews.sync(ews_account) == 0  # later runs continue from the state
 
 
 def test_it_does_not_import_what_v2_already_had(ews_account, fake_ews):
@@ -171,14 +171,14 @@ def test_it_recovers_from_an_invalid_sync_state_without_duplicates(ews_account, 
     old_state = FolderState.objects.get(account=ews_account, name="INBOX").ews_sync_state
     fake_ews.invalidate_sync_states()  # e.g. the mailbox database was restored
     fake_ews.deliver("inbox", subject="während", received=NOW - timedelta(minutes=5))
-    fake_ews.deliver("inbox", subject="zu alt", received=NOW - timedelta(days=30))
-    assert v3_ews.sync(ews_account) == 1
-    assert _subjects(ews_account) == ["vorher", "während"]
+    fake_ews.deliver("inbox", subject="alt", received=NOW - timedelta(days=30))
+    assert v3_ews.sync(ews_account) == 2  # a fresh walk of the whole folder; "vorher" is known
+    assert _subjects(ews_account) == ["alt", "vorher", "während"]
     state = FolderState.objects.get(account=ews_account, name="INBOX")
     assert state.ews_sync_state and state.ews_sync_state != old_state
     fake_ews.deliver("inbox", subject="danach")
     assert v3_ews.sync(ews_account) == 1
-    assert _subjects(ews_account) == ["danach", "vorher", "während"]
+    assert _subjects(ews_account) == ["alt", "danach", "vorher", "während"]
     ews_account.refresh_from_db()
     assert ews_account.last_sync_error == ""
 

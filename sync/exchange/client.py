@@ -14,7 +14,9 @@ the guard checked, TLS verifies the URL's host name, an account's own CA
 """
 
 import email.utils
+import re
 import ssl
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone as dt_timezone
@@ -23,25 +25,35 @@ import requests
 from django.conf import settings
 from exchangelib import BASIC, DELEGATE, NTLM, Account, Build, Configuration, Credentials, Version
 from exchangelib.errors import (
-    CASError, EWSError, ErrorAccessDenied, ErrorImpersonateUserDenied, ErrorInvalidSyncStateData, ErrorItemNotFound,
-    ErrorNonExistentMailbox, ErrorTimeoutExpired, TransportError, UnauthorizedError,
+    CASError, EWSError, ErrorAccessDenied, ErrorConnectionFailed, ErrorImpersonateUserDenied,
+    ErrorInternalServerTransientError, ErrorInvalidSyncStateData, ErrorItemNotFound, ErrorMailboxMoveInProgress,
+    ErrorMailboxStoreUnavailable, ErrorNonExistentMailbox, ErrorServerBusy, ErrorTimeoutExpired,
+    ErrorTooManyObjectsOpened, MalformedResponseError, ResponseMessageError, TransportError, UnauthorizedError,
 )
+from exchangelib.fields import FieldPath
+from exchangelib.items import ID_ONLY, Message
+from exchangelib.properties import FolderId
 from exchangelib.protocol import CachingProtocol, Protocol
+from exchangelib.services import GetItem, SyncFolderItems
 
 from sync import egress
 from sync.egress import EgressError, PinnedAdapter, resolve_checked
 from sync.errors import MailboxError
+from sync.exchange.folders import mail_folders
 from sync.identity import FetchedMessage
 
-# FolderState.name -> EWS distinguished folder id. "INBOX" is the name V2
-# used, so V2's high-water mark is found under the same row at the handoff.
-EWS_FOLDERS = {"INBOX": "inbox", "Sent": "sentitems"}
-ITEM_FIELDS = ("message_id", "subject", "sender", "to_recipients", "cc_recipients", "datetime_sent",
+# What GetItem reads per message (Message fields in exchangelib's names): "author" is From, the
+# identity's sender; "sender" (the Sender header) stands in when a message has no From.
+ITEM_FIELDS = ("message_id", "subject", "author", "sender", "to_recipients", "cc_recipients", "datetime_sent",
                "datetime_received", "size")
+# Errors that say the server is busy or down, not that an item is bad: the run fails and is tried again.
+TRANSIENT = (ErrorServerBusy, ErrorTimeoutExpired, ErrorMailboxStoreUnavailable, ErrorInternalServerTransientError,
+             ErrorMailboxMoveInProgress, ErrorConnectionFailed, ErrorTooManyObjectsOpened)
 SYNC_PAGE = 512  # the most SyncFolderItems returns per call
 FETCH_CHUNK = 100
 READ_TIMEOUT = 60  # seconds for one EWS answer (a page of 512 changes can take a while)
 AUTH_TYPES = {"ntlm": NTLM, "basic": BASIC}
+_SPECIALS = re.compile(r'[()<>\[\]:;@\\,."]')  # RFC 5322 specials: such a display name is quoted
 
 
 @dataclass(frozen=True)
@@ -152,93 +164,134 @@ def _caused_by_tls(error: BaseException) -> bool:
 
 
 def verify(server: EwsSettings, password: str, *, heartbeat=None) -> dict[str, dict]:
-    """Log in, open each synced folder and return its V3 cursor (SyncFolderItems state).
+    """Log in, find every mail folder (sync.exchange.folders) and return a cursor per folder name:
+    ``{"ews_folder_id": FolderId, "ews_folder": distinguished id or "", "ews_sync_state": state}``.
 
-    The state is taken by walking the folder once with ids only: Exchange has
-    no "start from now", and ids cost little. Mail arriving after this point
-    is what the first incremental sync sees; mail before it comes from V2 or
-    from the overlap window at the first sync. A big mailbox takes a while:
-    heartbeat() is called once per page so the caller can show it is alive.
+    Each folder is walked once with ids only (SyncFolderItems from an empty
+    state), which proves it can be read; the state is recorded for support,
+    but a folder's first V3 run reads the whole folder again (the handoff sets
+    v3_synced_at to None), so no mail depends on this walk. A big mailbox
+    takes a while: heartbeat() is called for every SYNC_PAGE items walked so
+    the caller can show it is alive. Errors: MailboxError.
     """
     with mailbox_errors(), open_account(server, password) as account:
         cursors = {}
-        for name, distinguished in EWS_FOLDERS.items():
-            _ids, state = _changes(_folder(account, distinguished), "", keep_ids=False, heartbeat=heartbeat)
-            cursors[name] = {"ews_folder": distinguished, "ews_sync_state": state}
+        for folder in mail_folders(account):
+            state, walked = "", 0
+            for page in folder_changes(account, folder.id, ""):
+                if heartbeat is not None:
+                    for _beat in range((walked + page.changes) // SYNC_PAGE - walked // SYNC_PAGE):
+                        heartbeat()
+                walked += page.changes
+                state = page.sync_state
+            cursors[folder.name] = {"ews_folder_id": folder.id, "ews_folder": folder.distinguished,
+                                    "ews_sync_state": state}
         return cursors
 
 
-@dataclass
-class FolderSync:
-    messages: list[FetchedMessage]
+@dataclass(frozen=True)
+class ChangePage:
+    """One SyncFolderItems answer: ``created`` (ItemId, ChangeKey) of items created or moved into
+    the folder, ``sync_state`` the state after them, ``changes`` how many changes of any kind it held."""
+
+    created: list[tuple[str, str]]
     sync_state: str
-    reset: bool  # the server refused the stored state; it was rebuilt and the window re-read
+    changes: int
 
 
-def sync_folder(account: Account, distinguished: str, *, sync_state: str, since: datetime | None,
-                resync_since: datetime) -> FolderSync:
-    """New mail of one folder since sync_state (plus, if given, everything since `since`).
+def folder_changes(account: Account, folder_id: str, sync_state: str) -> Iterator[ChangePage]:
+    """The folder's changes since sync_state ("" = every item in it, each as a create), page by page.
 
-    ErrorInvalidSyncStateData (states expire, servers get restored): start a
-    fresh state and read mail since resync_since by date instead; the caller's
-    dedup store drops what was imported already.
+    SyncFolderItems (Microsoft: "SyncFolderItems operation") with ids only and
+    up to SYNC_PAGE changes per call, until IncludesLastItemInRange. Updates,
+    deletions and read-flag changes are counted, not returned: the CRM keeps
+    what it imported. ErrorInvalidSyncStateData (states expire, mailbox
+    databases get restored): the walk starts over from an empty state, i.e.
+    the whole folder; the caller's identity dedup drops what it has.
     """
-    folder = _folder(account, distinguished)
-    reset = False
     try:
-        ids, new_state = _changes(folder, sync_state)
+        yield from _pages(account, folder_id, sync_state)
     except ErrorInvalidSyncStateData:
-        reset = True
-        # The new state first, then the window: mail arriving in between is in both, never in neither.
-        _ignored, new_state = _changes(folder, "", keep_ids=False)
-        ids, since = [], min(since, resync_since) if since else resync_since
-    if since is not None:
-        ids += [(item_id, changekey) for item_id, changekey in
-                folder.filter(datetime_received__gte=since).values_list("id", "changekey")]
-    return FolderSync(messages=_fetch(account, ids), sync_state=new_state, reset=reset)
+        if not sync_state:
+            raise
+        yield from _pages(account, folder_id, "")
 
 
-def _folder(account: Account, distinguished: str):
-    return {"inbox": lambda: account.inbox, "sentitems": lambda: account.sent}[distinguished]()
+def _pages(account: Account, folder_id: str, sync_state: str) -> Iterator[ChangePage]:
+    service = SyncFolderItems(account=account)
+    state = sync_state or None
+    while True:
+        created, changes = [], 0
+        for change, item in service.call(folder=FolderId(id=folder_id), shape=ID_ONLY, additional_fields=set(),
+                                         sync_state=state, ignore=None, max_changes_returned=SYNC_PAGE,
+                                         sync_scope=None):
+            changes += 1
+            if change == SyncFolderItems.CREATE:
+                created.append((item.id, item.changekey))
+        new_state = service.sync_state or ""
+        yield ChangePage(created=created, sync_state=new_state, changes=changes)
+        # Same guard as exchangelib's own loop: an unchanged state would repeat the same page forever.
+        if service.includes_last_item_in_range or new_state == (state or ""):
+            return
+        state = new_state
 
 
-def _changes(folder, sync_state: str, *, keep_ids: bool = True,
-             heartbeat=None) -> tuple[list[tuple[str, str]], str]:
-    """Ids of items created since sync_state ("" = all), and the state after them.
+def fetch_messages(account: Account, ids: list[tuple[str, str]], *,
+                   skipped: list[tuple[str, str, str]]) -> list[FetchedMessage]:
+    """GetItem for the identity fields of these items, FETCH_CHUNK per call.
 
-    keep_ids=False only walks (verifying a mailbox of 100,000 items needs its
-    final state, not 100,000 ids in memory).
+    Why GetItem: SyncFolderItems need not return InternetMessageId and the
+    sender (Microsoft's advice: sync ids, then GetItem). An item deleted
+    meanwhile (ErrorItemNotFound) is left out. An item Exchange cannot read
+    or we cannot convert is noted in `skipped` as (ItemId, "unreadable",
+    error class name) and the others are returned; when such an item fails
+    the whole call, the chunk is read again one item at a time to find it.
+    Busy or unavailable servers (TRANSIENT) and connection errors raise.
     """
-    # exchangelib falls back to the folder's remembered state when given none.
-    folder.item_sync_state = sync_state or None
-    created = []
-    seen = 0
-    for change, item in folder.sync_items(sync_state=sync_state or None, only_fields=[],
-                                          max_changes_returned=SYNC_PAGE):
-        seen += 1
-        if heartbeat is not None and seen % SYNC_PAGE == 0:
-            heartbeat()
-        if keep_ids and change == "create":
-            created.append((item.id, item.changekey))
-    return created, folder.item_sync_state or sync_state
-
-
-def _fetch(account: Account, ids: list[tuple[str, str]]) -> list[FetchedMessage]:
-    # GetItem for the fields: FindItem and SyncFolderItems may not return
-    # InternetMessageId and Sender (Microsoft's advice: sync ids, then GetItem).
-    unique = list(dict.fromkeys(ids))
     messages = []
-    for item in account.fetch(ids=unique, only_fields=list(ITEM_FIELDS), chunk_size=FETCH_CHUNK):
-        if isinstance(item, ErrorItemNotFound):
-            continue  # deleted between the sync and the fetch
-        if isinstance(item, Exception):
-            raise item
-        messages.append(_to_message(item))
+    unique = list(dict.fromkeys(ids))
+    for start in range(0, len(unique), FETCH_CHUNK):
+        messages += _fetch_chunk(account, unique[start : start + FETCH_CHUNK], skipped)
+    return messages
+
+
+def _fetch_chunk(account: Account, chunk: list[tuple[str, str]], skipped: list) -> list[FetchedMessage]:
+    fields = {FieldPath(field=Message.get_field_by_fieldname(name)) for name in ITEM_FIELDS}
+    try:
+        answers = list(GetItem(account=account, chunk_size=FETCH_CHUNK).call(
+            items=chunk, additional_fields=fields, shape=ID_ONLY))
+    except TRANSIENT:
+        raise
+    except (ResponseMessageError, MalformedResponseError, ValueError, TypeError, KeyError, AttributeError) as error:
+        if len(chunk) == 1:
+            skipped.append((chunk[0][0], "unreadable", type(error).__name__))
+            return []
+        return [message for one in chunk for message in _fetch_chunk(account, [one], skipped)]
+    messages = []
+    for (item_id, _changekey), answer in zip(chunk, answers):
+        if isinstance(answer, ErrorItemNotFound):
+            continue  # deleted or moved away between the sync and the fetch
+        try:
+            if isinstance(answer, Exception):
+                raise answer
+            messages.append(_to_message(answer))
+        except TRANSIENT:
+            raise
+        except (ResponseMessageError, ValueError, TypeError, KeyError, AttributeError) as error:
+            skipped.append((item_id, "unreadable", type(error).__name__))
     return messages
 
 
 def _mailbox_text(mailbox) -> str:
-    return email.utils.formataddr((mailbox.name or "", mailbox.email_address or "")) if mailbox is not None else ""
+    """``Name <address>`` as a header shows it, decoded; just the address when Exchange repeats it as the name."""
+    if mailbox is None:
+        return ""
+    address, name = (mailbox.email_address or "").strip(), (mailbox.name or "").strip()
+    if name.strip("'\"").casefold() in ("", address.casefold()):
+        return address
+    if _SPECIALS.search(name):
+        name = '"' + email.utils.quote(name) + '"'
+    return f"{name} <{address}>" if address else name
 
 
 def _utc(value) -> datetime | None:
@@ -247,12 +300,18 @@ def _utc(value) -> datetime | None:
 
 
 def _to_message(item) -> FetchedMessage:
-    """An EWS message as a FetchedMessage; DateTimeSent is the Date header (the fingerprint's date)."""
+    """An EWS item as a FetchedMessage; DateTimeSent is the Date header (the fingerprint's date), From the sender.
+
+    Items without InternetMessageId (Exchange shows none when the header is
+    missing or unusable) get the fallback identity from these fields
+    (sync.identity). Meeting requests and reports lack some fields: read as empty.
+    """
+    author = getattr(item, "author", None) or getattr(item, "sender", None)
     return FetchedMessage(
-        message_id=(item.message_id or "")[:998], subject=(item.subject or "")[:500],
-        sender=_mailbox_text(item.sender)[:500],
-        to=", ".join(_mailbox_text(m) for m in item.to_recipients or [])[:2000],
-        cc=", ".join(_mailbox_text(m) for m in item.cc_recipients or [])[:2000],
+        message_id=(getattr(item, "message_id", None) or "")[:998], subject=(item.subject or "")[:500],
+        sender=_mailbox_text(author)[:500],
+        to=", ".join(_mailbox_text(m) for m in getattr(item, "to_recipients", None) or [])[:2000],
+        cc=", ".join(_mailbox_text(m) for m in getattr(item, "cc_recipients", None) or [])[:2000],
         sent_at=_utc(item.datetime_sent), received_at=_utc(item.datetime_received), size=int(item.size or 0),
         provider_id=str(item.id or "")[:512],
     )

@@ -1,13 +1,25 @@
 """A fake Exchange Web Services endpoint for exchangelib, over HTTPS on 127.0.0.1.
 
-It speaks just enough SOAP for sync.exchange.client: GetFolder (any distinguished folder),
-SyncFolderItems (paging with IncludesLastItemInRange, opaque sync states,
+It speaks just enough SOAP for sync.exchange.client: GetFolder (distinguished ids and
+FolderIds; ErrorFolderNotFound for a folder the mailbox lacks), FindFolder (Deep or
+Shallow, paged with IndexedPageFolderView), SyncFolderItems (paging with
+IncludesLastItemInRange, opaque per-folder sync states, Create and Delete changes,
 ErrorInvalidSyncStateData for a state it did not issue or has invalidated),
-FindItem (a DateTimeReceived >= restriction, paged), GetItem and a 401 for a wrong
-password (Basic auth). Every answer carries a ServerVersionInfo header.
+FindItem (a DateTimeReceived >= restriction, paged), GetItem (per-item errors such as
+ErrorItemNotFound) and a 401 for a wrong password (Basic auth). Every answer carries a
+ServerVersionInfo header.
+
+The mailbox looks like a fresh English Exchange 2016 mailbox: below msgfolderroot
+("Top of Information Store") Inbox, Sent Items, Deleted Items, Junk Email, Drafts,
+Outbox, Sync Issues (with Conflicts, Local Failures, Server Failures), Conversation
+History (all FolderClass IPF.Note, each with its distinguished id), Calendar,
+Contacts, Tasks, Notes, Journal and RSS Feeds (other folder classes); Finder (the
+search folders) sits beside msgfolderroot below the root, as in Exchange. Folders
+keep their FolderId when renamed or moved; a moved item gets a new ItemId.
 
     ews = FakeEWS(username="CORP\\\\anna", password="pw").start()
     ews.deliver("inbox", subject="Hallo", received=datetime(...))
+    ews.add_folder("projekte", "Projekte", parent="inbox"); ews.rename_folder("projekte", "Kunden")
     ews.url  -> "https://localhost:PORT/EWS/Exchange.asmx"; ews.cert_pem is its CA
 """
 
@@ -38,6 +50,34 @@ ENVELOPE = (
 )
 
 
+# (key, DisplayName, parent key, FolderClass) of a fresh English mailbox; "root" is the top of the hierarchy.
+DEFAULT_FOLDERS = (
+    ("root", "", "", ""),
+    ("msgfolderroot", "Top of Information Store", "root", ""),
+    ("searchfolders", "Finder", "root", ""),
+    ("inbox", "Inbox", "msgfolderroot", "IPF.Note"),
+    ("sentitems", "Sent Items", "msgfolderroot", "IPF.Note"),
+    ("deleteditems", "Deleted Items", "msgfolderroot", "IPF.Note"),
+    ("junkemail", "Junk Email", "msgfolderroot", "IPF.Note"),
+    ("drafts", "Drafts", "msgfolderroot", "IPF.Note"),
+    ("outbox", "Outbox", "msgfolderroot", "IPF.Note"),
+    ("syncissues", "Sync Issues", "msgfolderroot", "IPF.Note"),
+    ("conflicts", "Conflicts", "syncissues", "IPF.Note"),
+    ("localfailures", "Local Failures", "syncissues", "IPF.Note"),
+    ("serverfailures", "Server Failures", "syncissues", "IPF.Note"),
+    ("conversationhistory", "Conversation History", "msgfolderroot", "IPF.Note"),
+    ("calendar", "Calendar", "msgfolderroot", "IPF.Appointment"),
+    ("contacts", "Contacts", "msgfolderroot", "IPF.Contact"),
+    ("tasks", "Tasks", "msgfolderroot", "IPF.Task"),
+    ("notes", "Notes", "msgfolderroot", "IPF.StickyNote"),
+    ("journal", "Journal", "msgfolderroot", "IPF.Journal"),
+    ("rssfeeds", "RSS Feeds", "msgfolderroot", "IPF.Note.OutlookHomepage"),
+)
+DISTINGUISHED = {key for key, *_rest in DEFAULT_FOLDERS} - {"rssfeeds"}
+# The element Exchange answers with per FolderClass (FindFolder, GetFolder).
+FOLDER_TAGS = {"IPF.Appointment": "CalendarFolder", "IPF.Contact": "ContactsFolder", "IPF.Task": "TasksFolder"}
+
+
 class FakeEWS:
     def __init__(self, *, username: str, password: str, page_size: int | None = None, auth: str = "basic"):
         self.username, self.password = username, password
@@ -45,13 +85,22 @@ class FakeEWS:
         # announced as "Negotiate, NTLM" like IIS does.
         self.auth = auth
         self.page_size = page_size  # None: the client's MaxChangesReturned
-        self.folders: dict[str, list[dict]] = {"inbox": [], "sentitems": []}
+        self.folder_page_size: int | None = None  # FindFolder; None: the client's MaxEntriesReturned
+        # folder key (a distinguished id such as "inbox", or the test's own name) -> its items
+        self.folders: dict[str, list[dict]] = {}
+        # folder key -> {"id", "parent" (a key), "name" (DisplayName), "folder_class", "distinguished"}
+        self.hierarchy: dict[str, dict] = {}
+        # folder key -> [(sequence number of the deletion, ItemId)] for SyncFolderItems' Delete changes
+        self.removed: dict[str, list[tuple[int, str]]] = {}
         self.calls: list[str] = []
         # operation -> EWS ResponseCode to answer with instead ("GetFolder": "ErrorMailboxStoreUnavailable")
         self.failures: dict[str, str] = {}
         self.epoch = 1  # sync states of another epoch are invalid
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
+        for folder_key, name, parent, folder_class in DEFAULT_FOLDERS:
+            self.add_folder(folder_key, name, parent=parent, folder_class=folder_class,
+                            distinguished=folder_key in DISTINGUISHED)
         cert, key = _certificate()
         self.cert_pem = cert.read_text()
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -75,59 +124,163 @@ class FakeEWS:
         return path
 
     def deliver(self, folder: str = "inbox", *, subject: str, message_id: str | None = None,
-                received: datetime | None = None, sender: str = "kunde@example.org", size: int = 1234) -> dict:
+                received: datetime | None = None, sender: str = "kunde@example.org", size: int = 1234,
+                sent: datetime | None = None, sender_name: str | None = None,
+                to: tuple[tuple[str, str], ...] = (), cc: tuple[tuple[str, str], ...] = ()) -> dict:
+        """Put a message into a folder (a key of self.folders).
+
+        message_id: None makes one up, "" leaves InternetMessageId out (Exchange has none
+        for a message without the header). sent: DateTimeSent (the Date header), by
+        default the delivery time. sender_name: the From mailbox's Name; Exchange puts
+        the address there when the header has no display name. to/cc: (name, address).
+        Set item["get_error"] = "ErrorItemCorrupt" to make GetItem refuse this item.
+        """
+        received = received or datetime.now(timezone.utc)
         with self._lock:
             seq = next(self._seq)
             item = {"seq": seq, "id": f"AAMk{seq:08d}", "subject": subject, "sender": sender, "size": size,
                     "message_id": f"<m{seq}@example.org>" if message_id is None else message_id,
-                    "received": received or datetime.now(timezone.utc)}
+                    "received": received, "sent": received if sent is None else sent,
+                    "sender_name": sender if sender_name is None else sender_name, "to": tuple(to), "cc": tuple(cc)}
             self.folders[folder].append(item)
         return item
+
+    def move(self, item: dict, folder: str) -> dict:
+        """Move an item to another folder, as Outlook does: a new ItemId there, the fields kept."""
+        with self._lock:
+            source = next(key for key, items in self.folders.items() if item in items)
+            self.folders[source].remove(item)
+            seq = next(self._seq)
+            self.removed[source].append((seq, item["id"]))
+            moved = {**item, "seq": seq, "id": f"AAMk{seq:08d}"}
+            self.folders[folder].append(moved)
+        return moved
+
+    def add_folder(self, key: str, name: str, *, parent: str = "msgfolderroot", folder_class: str = "IPF.Note",
+                   distinguished: bool = False) -> str:
+        """A folder named `name` (DisplayName) below the folder `parent`; returns its key."""
+        with self._lock:
+            self.hierarchy[key] = {"id": f"AQMkF-{key}", "parent": parent, "name": name,
+                                   "folder_class": folder_class, "distinguished": distinguished}
+            self.folders.setdefault(key, [])
+            self.removed.setdefault(key, [])
+        return key
+
+    def rename_folder(self, key: str, name: str, *, parent: str | None = None) -> None:
+        """Rename (and with `parent`, move) a folder; it keeps its FolderId, items and sync states."""
+        with self._lock:
+            self.hierarchy[key]["name"] = name
+            if parent is not None:
+                self.hierarchy[key]["parent"] = parent
+
+    def delete_folder(self, key: str) -> None:
+        """Delete a folder with everything below it."""
+        with self._lock:
+            doomed = {key} | {child for child in self.hierarchy if key in self._ancestors(child)}
+            for gone in doomed:
+                del self.hierarchy[gone]
+                del self.folders[gone]
+
+    def folder_id(self, key: str) -> str:
+        return self.hierarchy[key]["id"]
 
     def invalidate_sync_states(self) -> None:
         self.epoch += 1
 
+    def _ancestors(self, key: str) -> list[str]:
+        found = []
+        while key in self.hierarchy:
+            key = self.hierarchy[key]["parent"]
+            found.append(key)
+        return found
+
+    def _key_of(self, ident) -> str | None:
+        """The folder key a DistinguishedFolderId or FolderId element names; None if there is no such folder."""
+        value = ident.get("Id")
+        if ident.tag == f"{{{T}}}DistinguishedFolderId":
+            return value if value in self.hierarchy and self.hierarchy[value]["distinguished"] else None
+        return next((key for key, folder in self.hierarchy.items() if folder["id"] == value), None)
+
+    def _folder_xml(self, key: str) -> str:
+        folder = self.hierarchy[key]
+        tag = FOLDER_TAGS.get(folder["folder_class"], "Folder")
+        parent = self.hierarchy.get(folder["parent"])
+        parent_xml = f'<t:ParentFolderId Id={quoteattr(parent["id"])} ChangeKey="ck"/>' if parent else ""
+        folder_class = f"<t:FolderClass>{escape(folder['folder_class'])}</t:FolderClass>" if folder["folder_class"] else ""
+        children = sum(1 for other in self.hierarchy.values() if other["parent"] == key)
+        return (
+            f'<t:{tag}><t:FolderId Id={quoteattr(folder["id"])} ChangeKey="ck"/>{parent_xml}{folder_class}'
+            f"<t:DisplayName>{escape(folder['name'])}</t:DisplayName><t:TotalCount>{len(self.folders[key])}</t:TotalCount>"
+            f"<t:ChildFolderCount>{children}</t:ChildFolderCount><t:UnreadCount>0</t:UnreadCount></t:{tag}>"
+        )
+
     # --- operations ---------------------------------------------------------------------------------------------
 
     def get_folder(self, request) -> str:
-        folders = []
-        for ident in request.iter(f"{{{T}}}DistinguishedFolderId"):
-            name = ident.get("Id")
-            total = len(self.folders.get(name, []))
-            folders.append(
-                f'<t:Folder><t:FolderId Id="{name}-id" ChangeKey="ck"/><t:FolderClass>IPF.Note</t:FolderClass>'
-                f"<t:DisplayName>{name}</t:DisplayName><t:TotalCount>{total}</t:TotalCount>"
-                "<t:ChildFolderCount>0</t:ChildFolderCount><t:UnreadCount>0</t:UnreadCount></t:Folder>"
+        answers = []
+        for ident in request.find(f"{{{M}}}FolderIds"):
+            key = self._key_of(ident)
+            answers.append(
+                _error("GetFolder", "ErrorFolderNotFound", "The specified folder could not be found in the store.")
+                if key is None else
+                '<m:GetFolderResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode>'
+                f"<m:Folders>{self._folder_xml(key)}</m:Folders></m:GetFolderResponseMessage>"
             )
-        return "".join(
-            f'<m:GetFolderResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode>'
-            f"<m:Folders>{folder}</m:Folders></m:GetFolderResponseMessage>" for folder in folders
+        return "".join(answers)
+
+    def find_folder(self, request) -> str:
+        """FindFolder below one parent: its children (Shallow) or all descendants (Deep), paged."""
+        parent = self._key_of(request.find(f"{{{M}}}ParentFolderIds")[0])
+        if parent is None:
+            return _error("FindFolder", "ErrorFolderNotFound", "The specified folder could not be found in the store.")
+        deep = request.get("Traversal") == "Deep"
+        found = [key for key in self.hierarchy
+                 if (parent in self._ancestors(key) if deep else self.hierarchy[key]["parent"] == parent)]
+        view = request.find(f"{{{M}}}IndexedPageFolderView")
+        offset = int(view.get("Offset", 0))
+        limit = self.folder_page_size or int(view.get("MaxEntriesReturned", 100))
+        page = found[offset : offset + limit]
+        last = "true" if offset + len(page) >= len(found) else "false"
+        return (
+            '<m:FindFolderResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode>'
+            f'<m:RootFolder IndexedPagingOffset="{offset + len(page)}" TotalItemsInView="{len(found)}" '
+            f'IncludesLastItemInRange="{last}"><t:Folders>{"".join(self._folder_xml(key) for key in page)}'
+            "</t:Folders></m:RootFolder></m:FindFolderResponseMessage>"
         )
 
     def sync_folder_items(self, request) -> str:
-        name = _folder_name(request)
+        name = self._key_of(request.find(f"{{{M}}}SyncFolderId")[0])
+        if name is None:
+            return _error("SyncFolderItems", "ErrorFolderNotFound",
+                          "The specified folder could not be found in the store.")
         state = request.findtext(f"{{{M}}}SyncState") or ""
-        seen = self._parse_state(state)
+        seen = self._parse_state(state, name)
         if seen is None:
             # Exchange's own error answer carries an empty SyncState (exchangelib reads it first).
             return _error("SyncFolderItems", "ErrorInvalidSyncStateData",
                           "Synchronization state data is corrupt or otherwise invalid.",
                           extra="<m:SyncState/><m:IncludesLastItemInRange>true</m:IncludesLastItemInRange>")
         limit = self.page_size or int(request.findtext(f"{{{M}}}MaxChangesReturned") or 100)
-        pending = [item for item in self.folders[name] if item["seq"] > seen]
+        # Creates of items added after the state, Deletes of items the state's holder had seen.
+        pending = sorted(
+            [(item["seq"], f"<t:Create>{_message(item)}</t:Create>") for item in self.folders[name]
+             if item["seq"] > seen]
+            + [(seq, f'<t:Delete><t:ItemId Id={quoteattr(item_id)} ChangeKey="ck"/></t:Delete>')
+               for seq, item_id in self.removed[name] if seq > seen and int(item_id[4:]) <= seen]
+        )
         page = pending[:limit]
-        new_seen = page[-1]["seq"] if page else seen
-        changes = "".join(f"<t:Create>{_message(item)}</t:Create>" for item in page)
+        new_seen = page[-1][0] if page else seen
+        changes = "".join(change for _seq, change in page)
         last = "true" if len(pending) <= limit else "false"
         return (
             '<m:SyncFolderItemsResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode>'
-            f"<m:SyncState>{self._state(new_seen)}</m:SyncState>"
+            f"<m:SyncState>{self._state(new_seen, name)}</m:SyncState>"
             f"<m:IncludesLastItemInRange>{last}</m:IncludesLastItemInRange><m:Changes>{changes}</m:Changes>"
             "</m:SyncFolderItemsResponseMessage>"
         )
 
     def find_item(self, request) -> str:
-        name = _folder_name(request)
+        name = self._key_of(request.find(f"{{{M}}}ParentFolderIds")[0])
         items = sorted(self.folders[name], key=lambda item: item["received"], reverse=True)
         for condition in request.iter(f"{{{T}}}IsGreaterThanOrEqualTo"):
             field = condition.find(f"{{{T}}}FieldURI").get("FieldURI")
@@ -154,20 +307,23 @@ class FakeEWS:
             answers.append(
                 _error("GetItem", "ErrorItemNotFound", "The specified object was not found in the store.")
                 if item is None else
+                _error("GetItem", item["get_error"], "The item cannot be read.") if item.get("get_error") else
                 '<m:GetItemResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode>'
-                f"<m:Items>{_message(item)}</m:Items></m:GetItemResponseMessage>"
+                f"<m:Items>{_message(item, _content(item, request))}</m:Items></m:GetItemResponseMessage>"
             )
         return "".join(answers)
 
-    def _state(self, seen: int) -> str:
-        return base64.b64encode(f"fake:{self.epoch}:{seen}".encode()).decode()
+    def _state(self, seen: int, folder: str = "inbox") -> str:
+        """An opaque state, valid for one folder (whatever its name now) until invalidate_sync_states()."""
+        return base64.b64encode(f"fake:{self.epoch}:{self.hierarchy[folder]['id']}:{seen}".encode()).decode()
 
-    def _parse_state(self, state: str) -> int | None:
+    def _parse_state(self, state: str, folder: str) -> int | None:
         if not state:
             return 0
         try:
-            magic, epoch, seen = base64.b64decode(state, validate=True).decode().split(":")
-            return int(seen) if magic == "fake" and int(epoch) == self.epoch else None
+            magic, epoch, folder_id, seen = base64.b64decode(state, validate=True).decode().split(":")
+            valid = magic == "fake" and int(epoch) == self.epoch and folder_id == self.hierarchy[folder]["id"]
+            return int(seen) if valid else None
         except ValueError:
             return None
 
@@ -182,25 +338,52 @@ def _certificate() -> tuple[Path, Path]:
     return _CERTIFICATE[0], _CERTIFICATE[1]
 
 
-def _folder_name(request) -> str:
-    ident = request.find(f".//{{{T}}}DistinguishedFolderId")
-    if ident is not None:
-        return ident.get("Id")
-    return request.find(f".//{{{T}}}FolderId").get("Id").removesuffix("-id")
+def _content(item: dict, request) -> str:
+    """Body and Attachments, when GetItem's AdditionalProperties ask for them (the message page does).
+
+    item["body"] = ("HTML" | "Text", content); item["attachments"] = [(name, content type, size)].
+    Attachments come as GetItem lists them: ids, names, types and sizes, never their Content.
+    """
+    asked = {uri.get("FieldURI") for uri in request.iter(f"{{{T}}}FieldURI")}
+    extra = ""
+    if "item:Body" in asked and item.get("body"):
+        body_type, content = item["body"]
+        extra += f'<t:Body BodyType="{body_type}">{escape(content)}</t:Body>'
+    if "item:Attachments" in asked and item.get("attachments"):
+        extra += "<t:Attachments>" + "".join(
+            f'<t:FileAttachment><t:AttachmentId Id="{escape(item["id"])}-att{number}"/><t:Name>{escape(name)}</t:Name>'
+            f"<t:ContentType>{escape(content_type)}</t:ContentType><t:Size>{size}</t:Size>"
+            "<t:IsInline>false</t:IsInline></t:FileAttachment>"
+            for number, (name, content_type, size) in enumerate(item["attachments"])
+        ) + "</t:Attachments>"
+    return extra
 
 
-def _message(item: dict) -> str:
-    received = item["received"].astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _message(item: dict, extra: str = "") -> str:
     message_id = ""
     if item["message_id"]:
         message_id = f"<t:InternetMessageId>{escape(item['message_id'])}</t:InternetMessageId>"
+    sent = f"<t:DateTimeSent>{_when(item['sent'])}</t:DateTimeSent>" if item.get("sent") else ""
+    author = _mailbox(item.get("sender_name", "Kunde"), item["sender"])
+    recipients = "".join(
+        f"<t:{tag}>{''.join(_mailbox(name, address) for name, address in item[key])}</t:{tag}>"
+        for key, tag in (("to", "ToRecipients"), ("cc", "CcRecipients")) if item.get(key)
+    )
     return (
         f'<t:Message><t:ItemId Id={quoteattr(item["id"])} ChangeKey="ck"/>'
         f"<t:Subject>{escape(item['subject'])}</t:Subject>"
-        f"<t:DateTimeReceived>{received}</t:DateTimeReceived><t:Size>{item['size']}</t:Size>"
-        f"<t:Sender><t:Mailbox><t:Name>Kunde</t:Name><t:EmailAddress>{escape(item['sender'])}</t:EmailAddress>"
-        f"</t:Mailbox></t:Sender>{message_id}</t:Message>"
+        f"<t:DateTimeReceived>{_when(item['received'])}</t:DateTimeReceived><t:Size>{item['size']}</t:Size>{sent}"
+        f"<t:Sender>{author}</t:Sender>{recipients}<t:From>{author}</t:From>{message_id}{extra}</t:Message>"
     )
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _mailbox(name: str, address: str) -> str:
+    return (f"<t:Mailbox><t:Name>{escape(name)}</t:Name><t:EmailAddress>{escape(address)}</t:EmailAddress>"
+            "<t:RoutingType>SMTP</t:RoutingType></t:Mailbox>")
 
 
 def _error(operation: str, code: str, text: str, extra: str = "") -> str:
@@ -212,8 +395,8 @@ def _error(operation: str, code: str, text: str, extra: str = "") -> str:
 
 
 OPERATIONS = {
-    "GetFolder": FakeEWS.get_folder, "SyncFolderItems": FakeEWS.sync_folder_items, "FindItem": FakeEWS.find_item,
-    "GetItem": FakeEWS.get_item,
+    "GetFolder": FakeEWS.get_folder, "FindFolder": FakeEWS.find_folder, "SyncFolderItems": FakeEWS.sync_folder_items,
+    "FindItem": FakeEWS.find_item, "GetItem": FakeEWS.get_item,
 }
 
 
