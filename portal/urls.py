@@ -8,6 +8,7 @@ from sync import views as sync_views
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("emails/", sync_views.message_list, name="message-list"),
+    path("emails/<int:pk>/", sync_views.message_detail, name="message-detail"),
     path("einstellungen/", views.settings_index, name="settings"),
     path("einstellungen/email-synchronisierung/", migration_views.settings_page, name="settings-mail"),
     path("migration/", include("migration.urls")),

@@ -1,0 +1,134 @@
+"""A whole RFC 5322 / MIME message (as IMAP's BODY[] returns it) read for display.
+
+The stdlib email package (policy=default) splits the parts; everything it
+could trip over is read tolerantly, part by part, so one broken part never
+hides the rest:
+
+- text: the first text/plain and the first text/html part that is not an
+  attachment, decoded from its Content-Transfer-Encoding and its declared
+  charset; an unknown or wrong charset falls back like header values do
+  (sync.headers.to_text: UTF-8, the declared charset, windows-1252, Latin-1);
+- attachments: every other leaf part that has a file name, is marked as an
+  attachment, or is not text; an attached message (message/rfc822) is one
+  attachment, its own parts are not looked into. Names are decoded (RFC 2231,
+  RFC 2047, raw 8-bit bytes), sizes are decoded bytes. Content is never kept.
+"""
+
+import email
+import email.message
+import email.policy
+import logging
+from dataclasses import dataclass, field
+
+from sync import headers
+
+logger = logging.getLogger(__name__)
+MAX_DEPTH = 30  # nesting of multiparts; deeper parts are ignored (a mail bomb, not a letter)
+MAX_NAME = 255
+
+
+@dataclass
+class Content:
+    """What a message shows: text, HTML (NOT yet sanitized) and attachments [{name, content_type, size}]."""
+
+    text: str = ""
+    html: str = ""
+    attachments: list[dict] = field(default_factory=list)
+
+
+def parse(raw: bytes) -> Content:
+    """MIME bytes -> Content. Never raises for what a mailbox may hold."""
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    content = Content()
+    for part in _leaves(message, 0):
+        try:
+            _take(part, content)
+        except Exception as error:  # noqa: BLE001 - one unreadable part must not hide the others
+            logger.info("Skipped an unreadable MIME part (%s)", type(error).__name__)
+    return content
+
+
+def _leaves(part, depth: int):
+    if depth > MAX_DEPTH:
+        return
+    if part.get_content_maintype() == "multipart":
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            for sub in payload:
+                yield from _leaves(sub, depth + 1)
+        return
+    yield part
+
+
+def _take(part, content: Content) -> None:
+    content_type = part.get_content_type()
+    name = _filename(part)
+    attached = name or part.get_content_disposition() == "attachment"
+    if not attached and content_type == "text/plain" and not content.text:
+        content.text = text_of(part).replace("\r\n", "\n")
+    elif not attached and content_type == "text/html" and not content.html:
+        content.html = text_of(part)
+    elif attached or part.get_content_maintype() != "text":
+        content.attachments.append({"name": name or _attached_message_name(part), "content_type": content_type,
+                                    "size": _size(part)})
+    # An inline text part after the first (a list footer, a signature part) is not an attachment.
+
+
+def text_of(part) -> str:
+    """A text part's content as str: its declared charset, else the tolerant fallback chain."""
+    payload = part.get_payload(decode=True) or b""
+    charset = part.get_content_charset() or ""
+    if charset:
+        try:
+            return payload.decode(charset)
+        except (LookupError, UnicodeDecodeError):
+            pass
+    return headers.to_text(payload, charset)
+
+
+def _filename(part) -> str:
+    try:
+        name = part.get_filename() or ""
+    except Exception:  # noqa: BLE001 - a header the parser cannot read: the part stays, unnamed
+        name = ""
+    if "\ufffd" in name or any("\udc80" <= char <= "\udcff" for char in name):
+        # Raw 8-bit bytes in the header (no RFC 2231/2047 encoding): the parser replaced
+        # them; read the header's own bytes with the fallback chain instead.
+        name = _filename_from_raw(part) or name
+    if "=?" in name:  # an encoded word the parser left alone (inside quotes, broken folding)
+        name = headers.decode_value(name.encode("utf-8", "surrogateescape"))
+    return " ".join(name.replace("\x00", "").split())[:MAX_NAME]
+
+
+def _filename_from_raw(part) -> str:
+    for header in ("content-disposition", "content-type"):
+        for key, value in part.raw_items():
+            if key.lower() != header:
+                continue
+            legacy = email.message.Message()  # compat32 parses parameters of any str
+            legacy[header] = headers.to_text(str(value).encode("utf-8", "surrogateescape"), part.get_content_charset() or "")
+            name = legacy.get_filename() if header == "content-disposition" else legacy.get_param("name")
+            if isinstance(name, str) and name:
+                return name
+    return ""
+
+
+def _attached_message_name(part) -> str:
+    if part.get_content_type() != "message/rfc822":
+        return ""
+    inner = part.get_payload()
+    inner = inner[0] if isinstance(inner, list) and inner else None
+    subject = str(inner.get("subject", "")) if inner is not None else ""
+    return f"{' '.join(subject.split())[:MAX_NAME - 4]}.eml" if subject else ""
+
+
+def _size(part) -> int:
+    try:
+        if part.get_content_maintype() == "message":
+            inner = part.get_payload()
+            if isinstance(inner, list) and inner:
+                return len(inner[0].as_bytes())
+            return len(str(inner or "").encode("utf-8", "surrogateescape"))
+        return len(part.get_payload(decode=True) or b"")
+    except Exception:  # noqa: BLE001 - a part the serializer cannot write back: listed without a size
+        return 0
