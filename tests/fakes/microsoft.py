@@ -102,6 +102,7 @@ class Message:
     cc: tuple = ()
     arrived: int = 0  # the seq at which it came into its folder (delivered or moved in)
     flags: dict = field(default_factory=dict)  # changed flags, e.g. {"isRead": True}
+    extra: dict = field(default_factory=dict)  # fields that replace the JSON's (an odd item)
 
 
 class FakeMicrosoft(GraphMixin):
@@ -131,6 +132,8 @@ class FakeMicrosoft(GraphMixin):
             self.page_size = 2
             self.seq = 0
             self.gone_on_get: set[str] = set()  # message ids deleted just before their GET (a 404 race)
+            self.delta_generation = 0  # expire_delta_links() moves it on
+            self.expired_delta_answer = (410, "SyncStateNotFound")
             self.add_tenant(CONSUMERS, {"outlook.com", "hotmail.com"})
 
     def add_tenant(self, tenant_id: str, domains, **options) -> Tenant:
