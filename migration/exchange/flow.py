@@ -32,7 +32,11 @@ def auth_type_offered(url: str, ca_pem: str) -> str:
 
 
 def verify(connection: dict, address: str, password: str, *, heartbeat=None) -> tuple[dict, dict]:
-    """Log in, check the inbox, return (connection with the auth type settled, cursors per folder)."""
+    """Log in, find and walk every mail folder, return (connection with the auth type settled, cursors).
+
+    cursors: {folder name: {"ews_folder_id", "ews_folder", "ews_sync_state"}} from
+    sync.exchange.client.verify; the handoff keys each folder's row by its FolderId.
+    """
     if connection.get("auth_type", AUTO) == AUTO:
         connection = {**connection, "auth_type": auth_type_offered(connection["ews_url"], connection.get("ca_pem", ""))}
     return connection, ews.verify(ews.settings_from(connection, address), password, heartbeat=heartbeat)
