@@ -206,11 +206,14 @@ class FakeEWS:
         tag = FOLDER_TAGS.get(folder["folder_class"], "Folder")
         parent = self.hierarchy.get(folder["parent"])
         parent_xml = f'<t:ParentFolderId Id={quoteattr(parent["id"])} ChangeKey="ck"/>' if parent else ""
-        folder_class = f"<t:FolderClass>{escape(folder['folder_class'])}</t:FolderClass>" if folder["folder_class"] else ""
+        # Exchange leaves FolderClass out for folders created without one.
+        folder_class = escape(folder["folder_class"])
+        folder_class = f"<t:FolderClass>{folder_class}</t:FolderClass>" if folder_class else ""
         children = sum(1 for other in self.hierarchy.values() if other["parent"] == key)
         return (
             f'<t:{tag}><t:FolderId Id={quoteattr(folder["id"])} ChangeKey="ck"/>{parent_xml}{folder_class}'
-            f"<t:DisplayName>{escape(folder['name'])}</t:DisplayName><t:TotalCount>{len(self.folders[key])}</t:TotalCount>"
+            f"<t:DisplayName>{escape(folder['name'])}</t:DisplayName>"
+            f"<t:TotalCount>{len(self.folders[key])}</t:TotalCount>"
             f"<t:ChildFolderCount>{children}</t:ChildFolderCount><t:UnreadCount>0</t:UnreadCount></t:{tag}>"
         )
 
