@@ -309,3 +309,20 @@ def test_it_reads_the_whole_folder_again_when_graph_forgot_its_delta_state(migra
     assert FolderState.objects.get(pk=inbox.pk).delta_link != inbox.delta_link
     assert MailAccount.objects.get(pk=migrated.pk).last_sync_error == ""
     assert sync_account(migrated.pk) == 0
+
+
+def test_it_reads_a_folder_whole_once_that_the_date_window_version_synced(client, user, ms_account, microsoft):
+    address = ms_account.address
+    microsoft.deliver(address, subject="verschoben, alt", received=OLD)
+    migrate(client, user, ms_account, microsoft)
+    # The state the date-window version left: synced, v3_since set, and as cursor the verify
+    # step's delta link, whose round had a receivedDateTime filter (it never lists the old message).
+    FolderState.objects.filter(account=ms_account).update(v3_synced_at=datetime.now(timezone.utc),
+                                                         v3_since=datetime.now(timezone.utc) - timedelta(hours=48))
+    assert sync_account(ms_account.pk) == 1
+    assert rows(ms_account) == {("verschoben, alt", "INBOX")}
+    assert set(FolderState.objects.filter(account=ms_account).values_list("v3_since", flat=True)) == {None}
+    before = len(microsoft.requests)
+    assert sync_account(ms_account.pk) == 0
+    inbox = microsoft.folder_of(microsoft.users[address], "inbox")
+    assert "$deltatoken" in delta_requests(microsoft, inbox, before)[0]["query"]  # from now on: its delta link

@@ -142,8 +142,13 @@ def reconcile_folders(account: MailAccount, tree: FolderTree) -> list[FolderStat
 
 
 def _sync_folder(graph: Graph, account: MailAccount, state: FolderState) -> int:
-    """One delta round of one folder: from its delta link, or over the whole folder on its first run."""
-    if state.v3_synced_at is not None and state.delta_link:
+    """One delta round of one folder: from its delta link, or over the whole folder on its first run.
+
+    v3_since set: the row comes from the date-window version of this engine,
+    whose delta link may carry a receivedDateTime filter (and so miss mail
+    moved in with an old date); such a folder is read whole once too.
+    """
+    if state.v3_synced_at is not None and state.delta_link and state.v3_since is None:
         try:
             return _delta_round(graph, account, state, state.delta_link)
         except (DeltaExpired, GraphNotFound):
@@ -169,7 +174,8 @@ def _delta_round(graph: Graph, account: MailAccount, state: FolderState, start: 
         added += store_messages(account=account, folder=state.name, messages=_messages_of(graph, account, state, items),
                                 engine="v3")
         if delta_link:
-            FolderState.objects.filter(pk=state.pk).update(delta_link=delta_link, v3_synced_at=timezone.now())
+            FolderState.objects.filter(pk=state.pk).update(delta_link=delta_link, v3_synced_at=timezone.now(),
+                                                           v3_since=None)
     return added
 
 
