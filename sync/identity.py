@@ -11,8 +11,11 @@ The rule (the README repeats it for operators):
    header in UTC to the second (IMAP parses the header, Graph gives
    ``sentDateTime``, EWS ``DateTimeSent``), the sender's address in lower case,
    and the subject decoded, Unicode-normalised (NFKC), case-folded, with runs of
-   white space collapsed. A message without a usable Date uses its delivery
-   time instead (INTERNALDATE, ``receivedDateTime``, ``DateTimeReceived``).
+   white space collapsed. A message without a readable Date has no date in its
+   fingerprint (not the delivery time: that differs between two folders and
+   two servers), and a message without a usable Message-ID is also looked up
+   under that undated key (undated_key), which is how rows stored without a
+   date are recognised.
 4. Two different messages that share a Message-ID (clients reuse ids): the
    first one stored keeps the bare key, another one whose fingerprint differs
    in a field both know gets ``<message-id>#<16 hex digits of its fingerprint's
@@ -139,6 +142,16 @@ def message_key(*, message_id: str, fingerprint: str) -> str:
     return normalized if normalized else FALLBACK_PREFIX + _digest(fingerprint)
 
 
+def undated_key(fingerprint: str) -> str:
+    """The fallback key of the same fingerprint without its date.
+
+    A message stored without a readable Date (or stored before dates were
+    recorded, sync 0004) has this key; store_messages looks it up for every
+    message without a usable Message-ID, so such rows are recognised.
+    """
+    return FALLBACK_PREFIX + _digest(".".join(["-", *fingerprint.split(".")[1:]]))
+
+
 def collision_key(key: str, fingerprint: str) -> str:
     """The key of a second, different message that reuses an existing Message-ID."""
     return f"{key}#{_digest(fingerprint)[:COLLISION_SUFFIX_DIGITS]}"
@@ -172,6 +185,6 @@ class FetchedMessage:
         # Provider JSON may carry NUL or lone surrogates ("\u0000", "\ud800"); PostgreSQL refuses both.
         for name in ("message_id", "subject", "sender", "to", "cc", "provider_id"):
             object.__setattr__(self, name, clean_text(getattr(self, name)))
-        digest = fingerprint(sent_at=self.sent_at or self.received_at, sender=self.sender, subject=self.subject)
+        digest = fingerprint(sent_at=self.sent_at, sender=self.sender, subject=self.subject)
         object.__setattr__(self, "fingerprint", digest)
         object.__setattr__(self, "dedup_key", message_key(message_id=self.message_id, fingerprint=digest))

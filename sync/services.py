@@ -44,13 +44,15 @@ def store_messages(*, account: MailAccount, folder: str, messages: list[FetchedM
     """
     if not messages:
         return 0
-    candidates = {key for m in messages for key in (m.dedup_key, identity.collision_key(m.dedup_key, m.fingerprint))}
+    candidates = {key for m in messages for key in _keys_to_look_up(m)}
     known = dict(
         SyncedMessage.objects.filter(account=account, dedup_key__in=candidates).values_list("dedup_key", "fingerprint")
     )
     fresh: dict[str, FetchedMessage] = {}
     for message in messages:
         key = message.dedup_key
+        if key.startswith(identity.FALLBACK_PREFIX) and identity.undated_key(message.fingerprint) in known:
+            continue  # stored without a date (no Date header, or before dates were recorded)
         holder = known.get(key, fresh[key].fingerprint if key in fresh else None)
         if holder is not None and not identity.same_message(holder, message.fingerprint):
             key = identity.collision_key(key, message.fingerprint)
@@ -75,6 +77,13 @@ def store_messages(*, account: MailAccount, folder: str, messages: list[FetchedM
         # One row the database refuses must not cost the batch: row by row, and record the refused ones.
         _store_one_by_one(account=account, folder=folder, rows=rows)
     return SyncedMessage.objects.filter(account=account, dedup_key__in=fresh.keys()).count() - before
+
+
+def _keys_to_look_up(message: FetchedMessage) -> tuple[str, ...]:
+    keys = (message.dedup_key, identity.collision_key(message.dedup_key, message.fingerprint))
+    if message.dedup_key.startswith(identity.FALLBACK_PREFIX):
+        keys += (identity.undated_key(message.fingerprint),)
+    return keys
 
 
 def _store_one_by_one(*, account: MailAccount, folder: str, rows: list[SyncedMessage]) -> None:

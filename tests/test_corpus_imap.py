@@ -56,6 +56,12 @@ def rows(account):
     )
 
 
+def described(account) -> str:
+    """Every stored row with what makes its identity: the assertion message when rows differ."""
+    return "\n".join(f"{m.subject!r} {m.sender!r} {m.dedup_key[:50]} {m.fingerprint} {m.folder} {m.imported_by}"
+                     for m in SyncedMessage.objects.filter(account=account).order_by("subject", "pk"))
+
+
 def deliver_corpus(dovecot, address, folder="INBOX"):
     dovecot.deliver(address, *(raw_of(path, address) for path in corpus_files()), folder=folder)
 
@@ -86,7 +92,7 @@ def test_it_keeps_one_row_for_a_message_in_two_folders(imap_account, dovecot, ma
     deliver_corpus(dovecot, mailbox[0], folder="Archiv")
     assert sync_account(imap_account.pk) == len(EXPECTED)
     assert sync_account(imap_account.pk) == 0
-    assert rows(imap_account) == EXPECTED
+    assert rows(imap_account) == EXPECTED, described(imap_account)
 
 
 def _import_entry(path: Path, address: str) -> dict:
@@ -144,4 +150,4 @@ def test_it_migrates_the_corpus_end_to_end_with_the_worker(client, user, imap_ac
     # The worker runs the first V3 sync after the handoff; a run of ours meanwhile finds it leased.
     wait_for(lambda: sync_account(imap_account.pk) >= 0 and rows(imap_account) == EXPECTED)
     assert sync_account(imap_account.pk) == 0
-    assert rows(imap_account) == EXPECTED
+    assert rows(imap_account) == EXPECTED, described(imap_account)

@@ -55,10 +55,14 @@ def test_it_tells_messages_apart_that_differ_in_any_field():
     assert len(keys) == 4
 
 
-def test_it_uses_the_delivery_time_when_the_date_is_missing():
-    received = datetime(2025, 7, 1, 7, 0, 5, tzinfo=UTC)
-    assert FetchedMessage(subject="x", received_at=received).dedup_key == \
-        FetchedMessage(subject="x", sent_at=received).dedup_key
+def test_it_leaves_the_date_out_when_the_message_has_none():
+    # The delivery time differs between two folders and two servers: it is no part of the identity.
+    in_inbox = FetchedMessage(subject="x", sender="a@b.example", received_at=datetime(2025, 7, 1, 7, 0, 5, tzinfo=UTC))
+    in_archive = FetchedMessage(subject="x", sender="a@b.example", received_at=datetime(2025, 7, 3, tzinfo=UTC))
+    assert in_inbox.dedup_key == in_archive.dedup_key == identity.undated_key(in_inbox.fingerprint)
+    dated = FetchedMessage(subject="x", sender="a@b.example", sent_at=datetime(2025, 7, 1, tzinfo=UTC))
+    assert dated.dedup_key != in_inbox.dedup_key
+    assert identity.undated_key(dated.fingerprint) == in_inbox.dedup_key
 
 
 def test_it_matches_fingerprints_on_the_fields_both_sides_know():

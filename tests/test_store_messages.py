@@ -57,3 +57,10 @@ def test_it_records_a_row_the_database_refuses_and_stores_the_rest(account):
     skipped = SkippedMessage.objects.get()
     assert (skipped.folder, skipped.reference, skipped.reason, skipped.detail) == (
         "INBOX", "AAMk-lang", "store_failed", "DataError")
+
+
+def test_it_recognises_a_message_stored_without_a_date_when_it_is_read_with_one(account):
+    # IMAP saw no Date header (or the row predates recorded dates); Graph reports a sentDateTime.
+    assert store(account, FetchedMessage(subject="ohne ID", sender="kunde@example.org")) == 1
+    assert store(account, FetchedMessage(subject="ohne ID", sender="kunde@example.org", sent_at=WHEN)) == 0
+    assert store(account, FetchedMessage(subject="ohne ID", sender="jemand@example.org", sent_at=WHEN)) == 1

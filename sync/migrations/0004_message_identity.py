@@ -9,13 +9,15 @@ REKEY_BATCH = 2000
 def rekey_messages(apps, schema_editor):
     """Give every stored message its key under sync.identity's one rule, without duplicates.
 
-    Rows stored before this migration have no Date header; their delivery time
-    stands in for it (the rule's own fallback). Per account, oldest row first:
-    a row whose new key and fingerprint equal an earlier row's is the same
-    message stored twice under the old per-engine keys and is deleted; a row
-    whose key equals an earlier one's with another fingerprint gets the
-    collision key. Keys move through a temporary value so the unique
-    constraint holds at every step.
+    Rows stored before this migration have no Date header on record: their
+    fingerprint has no date, and rows without a usable Message-ID get the
+    undated key, which store_messages looks up for every message without one
+    (sync.identity.undated_key). Per account, oldest row first: a row that
+    matches an earlier one (same Message-ID and fingerprint; without an id, the
+    same sender, subject and delivery time) is the same message stored twice
+    under the old per-engine keys and is deleted; otherwise a clashing key gets
+    the collision suffix, so different messages stay apart. Keys move through
+    a temporary value so the unique constraint holds at every step.
     """
     from sync import identity
 
@@ -23,17 +25,29 @@ def rekey_messages(apps, schema_editor):
     account_ids = SyncedMessage.objects.values_list("account_id", flat=True).distinct()
     for account_id in account_ids:
         rows = SyncedMessage.objects.filter(account_id=account_id).order_by("pk")
-        taken: dict[str, str] = {}  # key -> fingerprint
+        taken: dict[str, str] = {}  # key -> fingerprint (with an id) or delivery time (without)
         changed, duplicates = [], []
         for row in rows.iterator(chunk_size=REKEY_BATCH):
-            digest = identity.fingerprint(sent_at=row.received_at, sender=row.sender, subject=row.subject)
+            # No Date header on record: the fingerprint has no date, the key is the undated one.
+            digest = identity.fingerprint(sent_at=None, sender=row.sender, subject=row.subject)
             key = identity.message_key(message_id=row.message_id, fingerprint=digest)
-            if key in taken and not identity.same_message(taken[key], digest):
-                key = identity.collision_key(key, digest)
-            if key in taken:
-                duplicates.append(row.pk)
-                continue
-            taken[key] = digest
+            if key.startswith(identity.FALLBACK_PREFIX):
+                # Copies of one message (stored under the old per-engine keys) share their delivery
+                # time; two different messages with the same sender and subject do not: both stay.
+                delivered = identity.utc_second(row.received_at)
+                if key in taken and taken[key] != delivered:
+                    key = identity.collision_key(key, delivered)
+                if key in taken:
+                    duplicates.append(row.pk)
+                    continue
+                taken[key] = delivered
+            else:
+                if key in taken and not identity.same_message(taken[key], digest):
+                    key = identity.collision_key(key, digest)
+                if key in taken:
+                    duplicates.append(row.pk)
+                    continue
+                taken[key] = digest
             if (row.dedup_key, row.fingerprint) != (key, digest):
                 row.dedup_key, row.fingerprint = key, digest
                 changed.append(row)
