@@ -98,7 +98,7 @@ def _fetch(message: SyncedMessage) -> mime.Content:
                 raise BodyUnavailable("not_connected")
             return graph_bodies.fetch_content(account, message)
         if account.provider_kind == ProviderKind.EXCHANGE:
-            if not account.secret_encrypted or not account.ews_url or not message.provider_id:
+            if not account.secret_encrypted or not account.ews_url:
                 raise BodyUnavailable("not_connected")
             return ews_bodies.fetch_content(account, message)
         raise BodyUnavailable("not_connected")

@@ -477,6 +477,20 @@ def test_it_opens_an_exchange_message_with_one_getitem_then_from_the_cache(signe
 
 
 @pytest.mark.django_db
+def test_it_finds_an_exchange_message_v2_imported_by_its_message_id(signed_in, exchange_account, fake_ews):
+    fake_ews.deliver("inbox", subject="Anderes")
+    item = fake_ews.deliver("inbox", subject="Von V2 übernommen")
+    item["body"] = ("Text", "Aus der Zeit vor V3.")
+    message = SyncedMessage.objects.create(
+        account=exchange_account, dedup_key=item["message_id"].strip("<>"), message_id=item["message_id"],
+        folder="INBOX", subject=item["subject"], provider_uid=17, imported_by="v2")  # V2: an IMAP UID, no item id
+    fake_ews.calls.clear()
+    page = _page(signed_in, message)
+    assert "Aus der Zeit vor V3." in page
+    assert [c for c in fake_ews.calls if c in ("FindItem", "GetItem")] == ["FindItem", "GetItem"]
+
+
+@pytest.mark.django_db
 def test_it_says_so_when_exchange_no_longer_has_the_item(signed_in, exchange_account, fake_ews):
     item = fake_ews.deliver("inbox", subject="Bald weg")
     message = _ews_row(exchange_account, item)

@@ -4,8 +4,9 @@ EWS "GetItem operation": the item's Body (BodyType HTML or Text, as the server
 keeps it; exchangelib asks for the "Best" type) and its Attachments
 collection. GetItem lists attachments with AttachmentId, Name, ContentType
 and Size only; their content would need GetAttachment, which is never called.
-The id is the EWS item id the sync stored; an item moved to another folder
-keeps it on Exchange 2010 and later.
+The id is the EWS item id the sync stored. A message V2 imported (from the
+INBOX, over IMAP) has none yet: it is looked up once in the Inbox by its
+Message-ID (FindItem, IsEqualTo message:InternetMessageId).
 """
 
 from exchangelib import Message
@@ -15,6 +16,7 @@ from exchangelib.items import ID_ONLY
 from exchangelib.properties import HTMLBody
 from exchangelib.services import GetItem
 
+from sync import identity
 from sync.exchange import client as ews
 from sync.mime import Content
 from sync.models import MailAccount, SyncedMessage
@@ -30,17 +32,26 @@ class ItemGone(Exception):
 def fetch_content(account: MailAccount, message: SyncedMessage) -> Content:
     """Body and attachments. Raises ItemGone, or MailboxError (its code) for the mailbox."""
     with ews.mailbox_errors(), ews.open_account(ews.settings_of(account), password_of(account)) as mailbox:
+        item_id = message.provider_id or _id_by_message_id(mailbox, message)
         # The GetItem service itself, not Account.fetch: that validates the field names
         # against the mailbox root folder, one GetFolder round trip more per open.
         fields = {FieldPath(field=Message.get_field_by_fieldname(name)) for name in FIELDS}
-        items = list(GetItem(account=mailbox).call(items=[(message.provider_id, None)], additional_fields=fields,
-                                                   shape=ID_ONLY))
+        items = list(GetItem(account=mailbox).call(items=[(item_id, None)], additional_fields=fields, shape=ID_ONLY))
         item = items[0] if items else ErrorItemNotFound("no answer")
         if isinstance(item, ErrorItemNotFound):
             raise ItemGone()
         if isinstance(item, Exception):
             raise item  # mailbox_errors names it
         return _content(item)
+
+
+def _id_by_message_id(mailbox, message: SyncedMessage) -> str:
+    message_id = identity.normalize_message_id(message.message_id)
+    if not message_id:
+        raise ItemGone()
+    for item_id, _changekey in mailbox.inbox.filter(message_id=f"<{message_id}>").values_list("id", "changekey")[:1]:
+        return item_id
+    raise ItemGone()
 
 
 def _content(item) -> Content:

@@ -291,6 +291,12 @@ class FakeEWS:
             assert field == "item:DateTimeReceived", field  # the only restriction sync.exchange.client sends
             since = datetime.fromisoformat(value.replace("Z", "+00:00"))
             items = [item for item in items if item["received"] >= since]
+        for condition in request.iter(f"{{{T}}}IsEqualTo"):
+            # The message page looks up an item V2 imported (no item id yet) by its Message-ID.
+            field = condition.find(f"{{{T}}}FieldURI").get("FieldURI")
+            value = condition.find(f".//{{{T}}}Constant").get("Value")
+            assert field == "message:InternetMessageId", field
+            items = [item for item in items if item["message_id"] == value]
         view = request.find(f"{{{M}}}IndexedPageItemView")
         offset, limit = int(view.get("Offset", 0)), int(view.get("MaxEntriesReturned", 100))
         page = items[offset : offset + limit]
