@@ -134,5 +134,5 @@ def holds(message: SyncedMessage, header: bytes | None, internal_date) -> bool:
     if identity.normalize_message_id(fetched.message_id) != identity.normalize_message_id(message.message_id):
         return False
     stored = message.fingerprint or identity.fingerprint(
-        sent_at=message.sent_at or message.received_at, sender=message.sender, subject=message.subject)
+        sent_at=message.sent_at, sender=message.sender, subject=message.subject)
     return identity.same_message(stored, fetched.fingerprint)
