@@ -155,16 +155,14 @@ def _sync_folder(graph: Graph, account: MailAccount, state: FolderState) -> int:
             # Graph forgot the link's sync state: a new round over the whole folder (not a
             # date window, which would miss mail moved in meanwhile); identity dedup keeps it exact.
             pass
-    for attempt in range(2):
+    for _ in range(2):
         try:
             return _delta_round(graph, account, state, state.graph_folder_id)
         except GraphNotFound:
             return 0  # deleted after the listing: the next run's listing drops its row
         except DeltaExpired:
-            # A long round's page link can expire too (its sync state was replaced): start over once.
-            if attempt:
-                raise MicrosoftError("ms_protocol", permanent=False) from None
-    return 0  # not reached
+            continue  # a long round's page link can expire too (its sync state was replaced): start over once
+    raise MicrosoftError("ms_protocol", permanent=False)  # Graph keeps forgetting this folder's state
 
 
 def _delta_round(graph: Graph, account: MailAccount, state: FolderState, start: str) -> int:

@@ -181,7 +181,8 @@ class GraphMixin:
             for message in folder.messages:
                 if self._message_id(message, folder, immutable) == message_id and message_id not in self.gone_on_get:
                     return 200, self._message_json(message, folder, immutable)
-        return 404, {"error": {"code": "ErrorItemNotFound", "message": "The specified object was not found in the store."}}
+        return 404, {"error": {"code": "ErrorItemNotFound",
+                               "message": "The specified object was not found in the store."}}
 
     @staticmethod
     def _folder_json(folder, user):
