@@ -14,7 +14,7 @@ from migration.microsoft import client as ms_client
 from migration.microsoft.client import MicrosoftError
 from migration.models import Migration, MigrationEvent
 from sync import crypto
-from sync.models import FolderState, SyncedMessage
+from sync.models import FolderState, MailAccount, SyncedMessage
 from sync.services import sync_account
 from tests.conftest import wait_for
 from tests.fakes.microsoft_fixtures import (  # noqa: F401 - fixtures
@@ -84,6 +84,8 @@ def test_it_migrates_a_microsoft_account_end_to_end(client, user, ms_account, mi
 
     wait_for(lambda: SyncedMessage.objects.filter(account=ms_account, subject="während").exists())
     microsoft.deliver(address, subject="danach")
+    # The worker's run goes on with the other folders; ours would find the account leased.
+    wait_for(lambda: MailAccount.objects.get(pk=ms_account.pk).sync_lease_token == "")
     sync_account(ms_account.pk)
     sync_account(ms_account.pk)  # a second run must not duplicate anything
 
