@@ -9,7 +9,7 @@ from django.urls import reverse
 
 from migration.models import Migration, MigrationEvent
 from portal.devservers import make_message
-from sync.models import FolderState, SyncedMessage
+from sync.models import FolderState, MailAccount, SyncedMessage
 from sync.services import sync_account
 from tests.conftest import wait_for
 
@@ -66,6 +66,8 @@ def test_it_migrates_an_imap_account_and_keeps_every_message_exactly_once(
 
     dovecot.deliver(address, make_message(subject="danach"))
     wait_for(lambda: SyncedMessage.objects.filter(account=imap_account, subject="während").exists())
+    # The worker's run goes on with the other folders; ours would find the account leased.
+    wait_for(lambda: MailAccount.objects.get(pk=imap_account.pk).sync_lease_token == "")
     sync_account(imap_account.pk)
     sync_account(imap_account.pk)  # a second run must not duplicate anything
 
