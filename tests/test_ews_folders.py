@@ -252,12 +252,16 @@ def test_a_busy_server_fails_the_run_and_nothing_is_lost(account, fake_ews):
     assert (account.status, account.last_sync_error) == ("active", "")
 
 
-def test_rows_of_the_earlier_engine_are_taken_over_by_name(user, make_account, fake_ews):
-    """Accounts moved to V3 before every folder was synced have "INBOX" and "Sent" rows without FolderIds."""
+def test_rows_of_the_earlier_engine_are_taken_over_by_name_and_read_whole_once(user, make_account, fake_ews):
+    """Accounts moved to V3 before every folder was synced have "INBOX" and "Sent" rows without FolderIds;
+    that engine's first run read a date window only, so an old message moved in before the switch is missing."""
     account = make_account(user, "anna@firma.test", provider_kind="exchange", engine="v3", username=EWS_USER,
                            ews_url=fake_ews.url, ews_auth_type="basic", tls_ca_pem=fake_ews.cert_pem,
                            secret_encrypted=crypto.encrypt_json({"password": EWS_PASSWORD}))
-    fake_ews.deliver("inbox", subject="schon da")
+    had = fake_ews.deliver("inbox", subject="schon da")
+    SyncedMessage.objects.create(account=account, dedup_key=had["message_id"].strip("<>"), folder="INBOX",
+                                 message_id=had["message_id"], subject="schon da", imported_by="v3")
+    fake_ews.deliver("inbox", subject="verpasst", received=OLD)
     for name, key in (("INBOX", "inbox"), ("Sent", "sentitems")):
         seen = max([item["seq"] for item in fake_ews.folders[key]], default=0)
         FolderState.objects.create(account=account, name=name, ews_sync_state=fake_ews._state(seen, key),
@@ -265,9 +269,11 @@ def test_rows_of_the_earlier_engine_are_taken_over_by_name(user, make_account, f
     fake_ews.add_folder("archiv", "Archiv")
     fake_ews.deliver("archiv", subject="im Archiv")
     fake_ews.deliver("inbox", subject="neu")
-    assert sync_account(account.pk) == 2  # the inbox goes on from its state; Archiv is new
-    assert rows(account) == [("im Archiv", "Archiv"), ("neu", "INBOX")]
+    assert sync_account(account.pk) == 3
+    assert rows(account) == [("im Archiv", "Archiv"), ("neu", "INBOX"), ("schon da", "INBOX"), ("verpasst", "INBOX")]
     states = dict(FolderState.objects.filter(account=account).values_list("name", "ews_folder_id"))
     assert states == {"INBOX": fake_ews.folder_id("inbox"), "Sent": fake_ews.folder_id("sentitems"),
                       "Archiv": fake_ews.folder_id("archiv")}
+    fake_ews.calls.clear()
+    assert sync_account(account.pk) == 0 and "GetItem" not in fake_ews.calls  # once: from now on by state
     assert MailAccount.objects.get(pk=account.pk).last_sync_error == ""

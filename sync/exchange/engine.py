@@ -53,6 +53,9 @@ def reconcile_folders(account: MailAccount, folders: list[MailFolder]) -> list[t
     A folder finds its row by FolderId; else it takes over a row of the same
     name that has no FolderId yet (V2's "INBOX" with its high-water mark, the
     handoff's or an earlier engine's "INBOX"/"Sent"); else it gets a new row.
+    A row taken over by name is read whole once (v3_synced_at = None): the
+    earlier engine read only a date window after its handoff, so mail that
+    was in the folder with an older date may be missing; dedup keeps the rest.
     Rows whose FolderId is gone are deleted; rows without one that no folder
     took (V2 history) are kept unless a renamed folder needs their name.
     """
@@ -77,9 +80,13 @@ def reconcile_folders(account: MailAccount, folders: list[MailFolder]) -> list[t
         for folder, row in pairs:
             if row is None:
                 row = FolderState.objects.create(account=account, name=folder.name, ews_folder_id=folder.id)
-            elif row.name != folder.name or row.ews_folder_id != folder.id:
-                row.name, row.ews_folder_id = folder.name, folder.id
-                FolderState.objects.filter(pk=row.pk).update(name=row.name, ews_folder_id=row.ews_folder_id)
+            elif not row.ews_folder_id:
+                row.name, row.ews_folder_id, row.v3_synced_at = folder.name, folder.id, None
+                FolderState.objects.filter(pk=row.pk).update(name=row.name, ews_folder_id=row.ews_folder_id,
+                                                             v3_synced_at=None)
+            elif row.name != folder.name:
+                row.name = folder.name
+                FolderState.objects.filter(pk=row.pk).update(name=row.name)
             result.append((folder, row))
     return result
 
