@@ -8,33 +8,29 @@ imported whatever its Date, and what V2 imported is recognised by the one
 message identity (sync.identity) and not imported again.
 """
 
-from datetime import timedelta
-
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from migration.models import Migration
-from sync.exchange import client as ews
 from sync import services as sync_services
+from sync.exchange import client as ews
 from sync.imap.client import ImapSettings
 from sync.models import AccountStatus, Engine, FolderState, MailAccount, ProviderKind
 
 
 def hand_over(migration: Migration) -> bool:
     """Switch the account to V3. Returns False if it already was (re-entry)."""
-    overlap = timedelta(hours=settings.HANDOFF_OVERLAP_HOURS)
     now = timezone.now()
     with transaction.atomic():
         account = MailAccount.objects.select_for_update().get(pk=migration.account_id)
         if account.engine == Engine.V3:
             return False  # a redelivered task: the handoff already happened
-        HAND_OVER[migration.provider_kind](migration, account, now=now, overlap=overlap)
+        HAND_OVER[migration.provider_kind](migration, account, now=now)
         sync_services.invalidate_banner(account.owner_id)
     return True
 
 
-def _hand_over_to_imap(migration: Migration, account: MailAccount, *, now, overlap) -> None:
+def _hand_over_to_imap(migration: Migration, account: MailAccount, *, now) -> None:
     connection = migration.connection
     server = ImapSettings(connection["host"], int(connection["port"]), connection["security"], connection["username"])
     sync_services.set_imap_credentials(account=account, server=server, password=_password(migration))
@@ -46,12 +42,11 @@ def _hand_over_to_imap(migration: Migration, account: MailAccount, *, now, overl
         state.uidnext = cursor["uidnext"]
         state.highestmodseq = cursor["highestmodseq"]
         state.last_seen_uid = cursor["uidnext"] - 1
-        state.v3_since = (state.v2_high_water or now) - overlap
         state.v3_synced_at = None
         state.save()
 
 
-def _hand_over_to_ews(migration: Migration, account: MailAccount, *, now, overlap) -> None:
+def _hand_over_to_ews(migration: Migration, account: MailAccount, *, now) -> None:
     """Exchange: the settings the worker verified move to the account, each mail folder gets a row
     keyed by its FolderId. The inbox is named "INBOX" like V2's row, so V2's high-water mark stays
     with it. v3_synced_at=None: the first EWS run reads each folder whole (SyncFolderItems from an
@@ -65,7 +60,6 @@ def _hand_over_to_ews(migration: Migration, account: MailAccount, *, now, overla
         # Absent in cursors verified before folders had ids: the engine then finds the row by name.
         state.ews_folder_id = cursor.get("ews_folder_id", "")
         state.ews_sync_state = cursor["ews_sync_state"]
-        state.v3_since = (state.v2_high_water or now) - overlap
         state.v3_synced_at = None
         state.save()
 
@@ -85,7 +79,7 @@ def _password(migration: Migration) -> str:
     return crypto.decrypt_json(migration.secret_encrypted)["password"]
 
 
-def _hand_over_to_graph(migration: Migration, account: MailAccount, *, now, overlap) -> None:
+def _hand_over_to_graph(migration: Migration, account: MailAccount, *, now) -> None:
     """Microsoft: the MSAL token cache moves to the account, each folder gets its Graph id.
 
     The V2 password is dropped: Microsoft accounts sync through Graph now.

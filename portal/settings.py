@@ -192,9 +192,6 @@ ISPDB_URL = envstr("ISPDB_URL", "https://autoconfig.thunderbird.net/v1.1/")
 if not ISPDB_URL.startswith(("https://", "http://")) or not ISPDB_URL.endswith("/"):
     raise ImproperlyConfigured("ISPDB_URL must be an http(s) URL ending in /")
 DETECTION_CACHE_SECONDS = envint("DETECTION_CACHE_SECONDS", 3600, minimum=0)
-# V3's first sync starts this many hours before V2's high-water mark, so that a
-# message V2 had not polled yet is not lost; dedup skips what V2 had imported.
-HANDOFF_OVERLAP_HOURS = envint("HANDOFF_OVERLAP_HOURS", 48, minimum=0)
 MESSAGES_PER_PAGE = 25
 
 # --- Microsoft 365 / Outlook.com (the CRM's app in Microsoft Entra ID) ----------

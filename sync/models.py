@@ -65,6 +65,8 @@ class MailAccount(models.Model):
         verbose_name_plural = _("E-Mail-Konten")
         ordering = ["address"]
         constraints = [models.UniqueConstraint(fields=["owner", "address"], name="account_unique_per_owner")]
+        # The fan-out serves the least recently run accounts first (sync.leases).
+        indexes = [models.Index(fields=["sync_lease_until"], name="account_least_recently_run")]
 
     def __str__(self):
         return self.address
@@ -86,7 +88,8 @@ class FolderState(models.Model):
     uidnext = models.BigIntegerField(null=True, blank=True)
     highestmodseq = models.BigIntegerField(null=True, blank=True)
     last_seen_uid = models.BigIntegerField(null=True, blank=True)
-    # Set by the handoff: V3's first sync also looks at mail since this moment.
+    # Left by an earlier, date-window version of the handoff (no longer written): the
+    # Graph engine reads such a folder whole once and clears it.
     v3_since = models.DateTimeField(null=True, blank=True)
     v3_synced_at = models.DateTimeField(null=True, blank=True)
     # Microsoft Graph: the folder's id and the delta link the next sync follows.
@@ -131,7 +134,12 @@ class SyncedMessage(models.Model):
         verbose_name = _("Synchronisierte Nachricht")
         verbose_name_plural = _("Synchronisierte Nachrichten")
         constraints = [models.UniqueConstraint(fields=["account", "dedup_key"], name="message_unique_per_account")]
-        indexes = [models.Index(fields=["account", "-received_at"], name="message_newest_first")]
+        indexes = [
+            models.Index(fields=["account", "-received_at"], name="message_newest_first"),
+            # Graph delta entries and opened messages are looked up by the provider's id.
+            models.Index(fields=["account", "provider_id"], name="message_provider_id",
+                         condition=~models.Q(provider_id="")),
+        ]
 
     def __str__(self):
         return self.subject or self.dedup_key

@@ -110,13 +110,11 @@ def test_it_never_sends_ews_credentials_without_tls(typed):
 @pytest.fixture
 def ews_account(db, make_account, user, fake_ews, server, settings):
     """An Exchange account right after the handoff: cursors from verify, V2's high-water mark 1 h ago."""
-    settings.HANDOFF_OVERLAP_HOURS = 48
     account = make_account(user, "anna@firma.test", provider_kind="exchange", engine="v3")
     ews.apply_to_account(account, server=server, password=EWS_PASSWORD)
     account.save()
     for name, cursor in ews.verify(server, EWS_PASSWORD).items():
-        FolderState.objects.create(account=account, name=name, ews_sync_state=cursor["ews_sync_state"],
-                                   v3_since=NOW - timedelta(hours=1) - timedelta(hours=48))
+        FolderState.objects.create(account=account, name=name, ews_sync_state=cursor["ews_sync_state"])
     fake_ews.calls.clear()
     return account
 

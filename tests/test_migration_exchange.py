@@ -82,7 +82,7 @@ def test_it_migrates_an_exchange_account_and_keeps_every_message_exactly_once(
     assert exchange_account.tls_ca_pem.strip() == fake_ews.cert_pem.strip() and exchange_account.username == EWS_USER
     assert crypto.decrypt_json(exchange_account.secret_encrypted) == {"password": EWS_PASSWORD}
     inbox = FolderState.objects.get(account=exchange_account, name="INBOX")
-    assert inbox.ews_sync_state and inbox.v3_since == inbox.v2_high_water - timedelta(hours=48)
+    assert inbox.ews_sync_state and inbox.ews_folder_id and inbox.v2_high_water == NOW - timedelta(hours=1)
 
     # The worker's first V3 sync runs right after the handoff.
     wait_for(lambda: SyncedMessage.objects.filter(account=exchange_account, subject="während").exists())

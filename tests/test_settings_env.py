@@ -22,7 +22,7 @@ def _start(**env):
     ("DATABASE_URL", "mysql://x/y"),
     ("DATABASE_URL", "postgres://host:5432/"),
     ("MAIL_CONNECT_TIMEOUT", "soon"),
-    ("HANDOFF_OVERLAP_HOURS", "-1"),
+    ("SYNC_LEASE_SECONDS", "1"),
     ("CAMPAIGN_MIGRATE_BY", "18.07.2025"),
     ("ACCOUNT_ALLOW_SIGNUP", "ja"),
     # egress guard and detection
