@@ -16,7 +16,7 @@ from migration.microsoft import consent
 from migration.microsoft import flow as microsoft_flow
 from migration.models import Migration, Status
 from migration.services import TransitionConflict
-from sync import crypto
+from sync import crypto, queue
 from sync.imap.client import ImapSettings, MailboxError
 from sync.models import ProviderKind
 
@@ -90,10 +90,8 @@ def _verifying(migration: Migration) -> None:
 def _handing_over(migration: Migration) -> None:
     switched = handoff.hand_over(migration)
     services.transition(migration, to=Status.DONE, reason="switched to V3" if switched else "already on V3")
-    from sync.tasks import sync_account
-
     # The first V3 sync right away: mail keeps flowing without waiting for beat.
-    sync_account.delay(migration.account_id)
+    queue.enqueue_sync(migration.account_id)
 
 
 STEPS = {

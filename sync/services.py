@@ -1,25 +1,14 @@
 """Writes of the mail side: storing messages, credentials and sync results."""
 
-import logging
-from datetime import datetime
-
-from django.conf import settings
 from django.core.cache import cache
 from django.db import DatabaseError, transaction
 from django.utils import timezone
-from django.utils.module_loading import import_string
 from django.views.decorators.debug import sensitive_variables
 
-from sync import crypto
-from sync import identity
+from sync import crypto, identity, queue
 from sync.identity import FetchedMessage
 from sync.imap.client import ImapSettings
 from sync.models import AccountStatus, MailAccount, SkippedMessage, SyncedMessage
-
-
-logger = logging.getLogger(__name__)
-# The error code of a run that ended in an exception no engine expected.
-UNEXPECTED_ERROR = "sync_internal"
 
 
 def banner_cache_key(user_id: int) -> str:
@@ -158,9 +147,7 @@ def reconnect_microsoft(*, account_id: int, cache: str, home_account_id: str) ->
         account.status = AccountStatus.ACTIVE
         account.last_sync_error = ""
         account.save(update_fields=["token_cache_encrypted", "status", "last_sync_error"])
-        from sync.tasks import sync_account as sync_task
-
-        transaction.on_commit(lambda: sync_task.delay(account_id))
+        transaction.on_commit(lambda: queue.enqueue_sync(account_id))
 
 
 def imap_settings_of(account: MailAccount) -> ImapSettings:
@@ -210,100 +197,4 @@ def replace_password(*, account_id: int, password: str) -> None:
             secret_encrypted=crypto.encrypt_json({"password": password}), status=AccountStatus.ACTIVE,
             last_sync_error="",
         )
-        from sync.tasks import sync_account as sync_task
-
-        transaction.on_commit(lambda: sync_task.delay(account_id))
-
-
-def stop_v2_after_shutdown(*, v2_running: bool) -> int:
-    """After the shutdown date V2 accounts are marked stopped: no more V2 polls."""
-    if v2_running:
-        return 0
-    return MailAccount.objects.filter(engine="v2").exclude(status=AccountStatus.STOPPED).update(
-        status=AccountStatus.STOPPED
-    )
-
-
-def v2_running() -> bool:
-    """Whether V2 still polls today. The shutdown date is the campaign's (staff edit it), read
-    through the callable named by settings.SYNC_V2_SHUTDOWN_DATE: the sync outlives the
-    campaign and never imports it. Without that setting, settings.CAMPAIGN_V2_SHUTDOWN."""
-    source = settings.SYNC_V2_SHUTDOWN_DATE
-    shutdown = import_string(source)() if source else settings.CAMPAIGN_V2_SHUTDOWN
-    return timezone.localdate() < shutdown
-
-
-def accounts_to_sync() -> list[int]:
-    """The periodic fan-out: claim the accounts due now and queue one sync run each; return their ids.
-
-    At most settings.SYNC_FANOUT_BATCH accounts per call, least recently run
-    first; accounts with a run under way or already queued are left out
-    (sync.leases). The runs are queued once the claim has committed, each with
-    its queued mark so that it clears its own.
-    """
-    from sync import leases
-    from sync.selectors import accounts_due_for_sync
-    from sync.tasks import sync_account as sync_task
-
-    running = v2_running()
-    stop_v2_after_shutdown(v2_running=running)
-    now = timezone.now()
-    with transaction.atomic():
-        account_ids = leases.mark_queued(
-            accounts_due_for_sync(v2_running=running, now=now), now=now, limit=settings.SYNC_FANOUT_BATCH
-        )
-        transaction.on_commit(lambda: [sync_task.delay(pk, now.isoformat()) for pk in account_ids])
-    return account_ids
-
-
-def sync_account(account_id: int, *, queued_at: datetime | None = None) -> int:
-    """One sync run for one account through the engine it is on now; returns new messages.
-
-    queued_at: the datetime of the fan-out's queued mark this run was queued
-    with (None for runs queued by anything else); the run clears that mark.
-    Only one run per account at a time (sync.leases): a run that finds
-    another under way returns 0 at once and records nothing.
-
-    An exception an engine did not expect (a bug, a server answer nobody
-    foresaw) is logged and recorded on the account as "sync_internal", which
-    the settings page shows; it is not retried at once (it would fail the same
-    way), the next scheduled run tries again.
-    """
-    from sync import leases
-
-    with leases.held(account_id) as held:
-        if queued_at is not None:
-            # Cleared after the claim: in between the account is leased, so
-            # the fan-out cannot queue it a second time.
-            leases.clear_queued(account_id, queued_at)
-        if not held:
-            return 0
-        return _run_engine(account_id)
-
-
-def _run_engine(account_id: int) -> int:
-    """sync_account's run, under the account's lease."""
-    from sync import v2
-    from sync.exchange import engine as v3_ews
-    from sync.imap import engine as v3_imap
-    from sync.microsoft import engine as v3_graph
-
-    account = MailAccount.objects.filter(pk=account_id).first()
-    if account is None:
-        return 0
-    if account.engine == "v3":
-        engine = {"imap": v3_imap.sync, "microsoft": v3_graph.sync, "exchange": v3_ews.sync}.get(account.provider_kind)
-        if engine is None or account.status in (AccountStatus.STOPPED, AccountStatus.RECONNECT):
-            return 0
-    else:
-        if account.provider_kind != "imap" or account.status == AccountStatus.STOPPED:
-            return 0  # V2 polled IMAP only
-        if not v2_running():
-            return 0  # V2 is switched off: it never polls again
-        engine = v2.poll
-    try:
-        return engine(account)
-    except Exception as error:  # noqa: BLE001 - recorded for support, never silent; see the docstring
-        logger.exception("Sync of account %s failed unexpectedly (%s)", account_id, type(error).__name__)
-        record_sync_result(account_id=account_id, error_code=UNEXPECTED_ERROR)
-        return 0
+        transaction.on_commit(lambda: queue.enqueue_sync(account_id))

@@ -4,13 +4,13 @@ from datetime import datetime
 
 from celery import shared_task
 
-from sync import services
+from sync import runs
 
 
 @shared_task(name="sync.tasks.sync_all_accounts")
 def sync_all_accounts() -> int:
     """Beat's fan-out: queue a run for each account due now (a bounded batch); returns how many."""
-    return len(services.accounts_to_sync())
+    return len(runs.accounts_to_sync())
 
 
 @shared_task(name="sync.tasks.sync_account", acks_late=True)
@@ -20,4 +20,4 @@ def sync_account(account_id: int, queued_at: str = "") -> int:
     queued_at: ISO 8601 time of the fan-out's queued mark; "" when queued by
     anything else (a migration's handoff, a new password, a re-connect).
     """
-    return services.sync_account(account_id, queued_at=datetime.fromisoformat(queued_at) if queued_at else None)
+    return runs.sync_account(account_id, queued_at=datetime.fromisoformat(queued_at) if queued_at else None)

@@ -14,6 +14,7 @@ from migration.models import Migration
 from migration.selectors import current_campaign, invalidate_campaign
 from portal.banner import banner_for
 from sync import crypto
+from sync import runs as sync_runs
 from sync import services as sync_services
 from sync import v2
 from sync.models import AccountStatus, MailAccount
@@ -156,8 +157,8 @@ def test_it_means_what_it_says_no_v2_poll_after_the_shutdown(user, make_account,
     polls = []
     monkeypatch.setattr(v2, "poll", lambda acc: polls.append(acc.pk) or 1)
 
-    due = sync_services.accounts_to_sync()
-    added = sync_services.sync_account(account.pk)
+    due = sync_runs.accounts_to_sync()
+    added = sync_runs.sync_account(account.pk)
 
     assert (account.pk in due) is polled
     assert (polls == [account.pk]) is polled

@@ -20,7 +20,7 @@ from migration.models import Migration
 from sync import headers
 from sync.identity import FALLBACK_PREFIX
 from sync.models import MailAccount, SkippedMessage, SyncedMessage
-from sync.services import sync_account
+from sync.runs import sync_account
 from tests.fakes.fixtures import EWS_PASSWORD, EWS_USER, fake_ews  # noqa: F401
 from tests.test_corpus_imap import EXPECTED, _import_entry, corpus_files, raw_of, rows
 from tests.test_ews_folders import account, migrate  # noqa: F401 - the V2 Exchange account fixture

@@ -19,7 +19,7 @@ from django.core.management import call_command
 from sync import headers
 from sync.identity import FALLBACK_PREFIX
 from sync.models import SyncedMessage
-from sync.services import sync_account
+from sync.runs import sync_account
 from tests.fakes.microsoft_fixtures import (  # noqa: F401 - fixtures
     browser_get, fake_microsoft_server, local, microsoft, ms_account, sign_in,
 )

@@ -13,7 +13,7 @@ from django.core.management import call_command
 
 from sync.identity import FALLBACK_PREFIX
 from sync.models import SyncedMessage
-from sync.services import sync_account
+from sync.runs import sync_account
 from tests.conftest import wait_for
 from tests.test_sync_engines import _switch_to_v3
 

@@ -11,7 +11,7 @@ from migration.exchange import flow
 from sync import crypto
 from sync.identity import fingerprint, message_key
 from sync.models import FolderState, MailAccount, SkippedMessage, SyncedMessage
-from sync.services import sync_account
+from sync.runs import sync_account
 from tests.fakes.fixtures import EWS_PASSWORD, EWS_USER, fake_ews  # noqa: F401
 
 pytestmark = pytest.mark.django_db

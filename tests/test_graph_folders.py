@@ -15,7 +15,7 @@ from migration import services, steps
 from migration.models import Migration
 from sync.microsoft import graph as graph_module
 from sync.models import FolderState, MailAccount, SkippedMessage, SyncedMessage
-from sync.services import sync_account
+from sync.runs import sync_account
 from tests.fakes.microsoft_fixtures import (  # noqa: F401 - fixtures
     browser_get, fake_microsoft_server, local, microsoft, ms_account, sign_in,
 )

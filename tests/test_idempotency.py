@@ -11,7 +11,7 @@ from migration.selectors import current_campaign
 from portal.devservers import make_message
 from sync import crypto
 from sync.models import FolderState, SyncedMessage
-from sync.services import sync_account
+from sync.runs import sync_account
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -9,7 +9,7 @@ from imapclient import IMAPClient
 
 from portal.devservers import Dovecot, make_message
 from sync.models import FolderState, SkippedMessage, SyncedMessage
-from sync.services import sync_account
+from sync.runs import sync_account
 from tests.test_sync_engines import _switch_to_v3
 
 pytestmark = pytest.mark.django_db

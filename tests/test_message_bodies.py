@@ -20,7 +20,7 @@ from sync.bodies import MESSAGES, message_for
 from sync.exchange import client as ews
 from sync.models import MailAccount, MessageBody, SyncedMessage
 from sync.sanitize import has_blocked_images, sanitize, with_remote_images
-from sync.services import sync_account
+from sync.runs import sync_account
 from tests.conftest import wait_for
 from tests.fakes.fixtures import EWS_PASSWORD, EWS_USER, fake_ews  # noqa: F401 - fixtures
 from tests.fakes.microsoft_fixtures import (  # noqa: F401 - fixtures

@@ -15,7 +15,7 @@ from migration.microsoft.client import MicrosoftError
 from migration.models import Migration, MigrationEvent
 from sync import crypto
 from sync.models import FolderState, MailAccount, SyncedMessage
-from sync.services import sync_account
+from sync.runs import sync_account
 from tests.conftest import wait_for
 from tests.fakes.microsoft_fixtures import (  # noqa: F401 - fixtures
     browser_get, fake_microsoft_server, local, microsoft, ms_account, query_of, sign_in,

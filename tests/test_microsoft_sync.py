@@ -7,7 +7,7 @@ from migration import services, steps
 from sync import crypto
 from sync.models import FolderState, MailAccount, SyncedMessage
 from sync.selectors import accounts_due_for_sync
-from sync.services import sync_account
+from sync.runs import sync_account
 from tests.fakes.microsoft_fixtures import (  # noqa: F401 - fixtures
     browser_get, fake_microsoft_server, local, microsoft, ms_account, sign_in,
 )

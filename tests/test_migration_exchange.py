@@ -12,7 +12,7 @@ from migration.models import Migration, MigrationEvent
 from sync import crypto
 from sync.identity import normalize_message_id
 from sync.models import FolderState, MailAccount, SyncedMessage
-from sync.services import sync_account
+from sync.runs import sync_account
 from tests.conftest import wait_for
 from tests.fakes.fixtures import EWS_PASSWORD, EWS_USER, fake_ews, fake_ews_ntlm, hosts  # noqa: F401
 

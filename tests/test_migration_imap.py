@@ -10,7 +10,7 @@ from django.urls import reverse
 from migration.models import Migration, MigrationEvent
 from portal.devservers import make_message
 from sync.models import FolderState, MailAccount, SyncedMessage
-from sync.services import sync_account
+from sync.runs import sync_account
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -6,7 +6,7 @@ from django.urls import reverse
 from sync import crypto
 from sync.models import MailAccount
 from sync.selectors import accounts_due_for_sync
-from sync.services import sync_account
+from sync.runs import sync_account
 from tests.fakes.fixtures import EWS_USER, fake_ews, no_connections  # noqa: F401
 
 pytestmark = pytest.mark.django_db

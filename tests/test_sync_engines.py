@@ -8,7 +8,7 @@ from migration.models import Campaign
 from migration.selectors import current_campaign
 from portal.devservers import make_message
 from sync.models import FolderState, SyncedMessage
-from sync.services import accounts_to_sync, sync_account
+from sync.runs import accounts_to_sync, sync_account
 from sync.tasks import sync_all_accounts
 
 pytestmark = pytest.mark.django_db

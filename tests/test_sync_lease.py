@@ -29,7 +29,7 @@ from portal.celery import app
 from portal.devservers import make_message
 from sync import leases, v2
 from sync.models import MailAccount, SyncedMessage
-from sync.services import sync_account
+from sync.runs import sync_account
 from sync.tasks import sync_account as sync_task
 from sync.tasks import sync_all_accounts
 from tests.conftest import wait_for

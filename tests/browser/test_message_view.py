@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from sync.models import MessageBody, SyncedMessage
-from sync.services import sync_account
+from sync.runs import sync_account
 from tests.browser.conftest import TIMEOUT, sign_in
 from tests.conftest import wait_for
 from tests.fakes.fixtures import web  # noqa: F401 - fixture
