@@ -11,15 +11,15 @@ The rule (the README repeats it for operators):
    header in UTC to the second (IMAP parses the header, Graph gives
    ``sentDateTime``, EWS ``DateTimeSent``), the sender's address in lower case,
    and the subject decoded, Unicode-normalised (NFKC), case-folded, with runs of
-   white space collapsed. A message without a readable Date has no date in its
-   fingerprint (not the delivery time: that differs between two folders and
-   two servers), and a message without a usable Message-ID is also looked up
-   under that undated key (undated_key), which is how rows stored without a
-   date are recognised.
+   white space collapsed. A message without a readable Date uses its delivery
+   time instead (INTERNALDATE, ``receivedDateTime``, ``DateTimeReceived``),
+   which IMAP COPY/MOVE (RFC 3501 section 6.4.7) and Exchange keep when a
+   message is copied or moved, so its copies in two folders stay one row.
 4. Two different messages that share a Message-ID (clients reuse ids): the
    first one stored keeps the bare key, another one whose fingerprint differs
    in a field both know gets ``<message-id>#<16 hex digits of its fingerprint's
-   SHA-256>`` (sync.services.store_messages decides). A missing field (an
+   SHA-256>`` (sync.services.store_messages decides; the space keeps a
+   crafted Message-ID from taking that key). A missing field (an
    export without the sender) differs from nothing. The same message in two
    folders has one key, so it stays one row.
 """
@@ -69,16 +69,24 @@ def normalize_message_id(raw: str | None) -> str:
     return found
 
 
+_ANGLE_ADDRESS = re.compile(r"<\s*([^<>\s]+@[^<>\s]+?)\s*>")
+
+
 def normalize_address(raw: str | None) -> str:
-    """The first address of a From/Sender value, lower-cased; "" if none.
+    """The sender's address of a From/Sender value, lower-cased; "" if none.
 
     ``"Kunde <KUNDE@Example.org>"``, ``kunde@example.org`` and an EWS/Graph
-    address field all give ``kunde@example.org``.
+    address field all give ``kunde@example.org``. The angle address wins: a
+    decoded display name may hold commas, ``;`` or ``@`` ("Müller, Hans").
     """
     if not raw:
         return ""
-    for _name, address in getaddresses([str(raw)]):
-        if address:
+    text = str(raw)
+    angle = _ANGLE_ADDRESS.search(text)
+    if angle:
+        return angle.group(1).lower()
+    for _name, address in getaddresses([text]):
+        if "@" in address:
             return address.strip().lower()
     return ""
 
@@ -142,19 +150,20 @@ def message_key(*, message_id: str, fingerprint: str) -> str:
     return normalized if normalized else FALLBACK_PREFIX + _digest(fingerprint)
 
 
-def undated_key(fingerprint: str) -> str:
-    """The fallback key of the same fingerprint without its date.
+def legacy_key(*, received_at: datetime | None, sender: str, subject: str) -> str:
+    """The key of a message without a usable Message-ID stored before dates were recorded (sync 0004).
 
-    A message stored without a readable Date (or stored before dates were
-    recorded, sync 0004) has this key; store_messages looks it up for every
-    message without a usable Message-ID, so such rows are recognised.
+    Such rows have no Date on record, only the delivery time; store_messages
+    looks this key up for every message without a usable Message-ID, so they
+    are recognised by sender, subject and delivery time (to the second).
     """
-    return FALLBACK_PREFIX + _digest(".".join(["-", *fingerprint.split(".")[1:]]))
+    text = "\n".join(("legacy", utc_second(received_at), normalize_address(sender), normalize_subject(subject)))
+    return FALLBACK_PREFIX + _digest(text)
 
 
 def collision_key(key: str, fingerprint: str) -> str:
     """The key of a second, different message that reuses an existing Message-ID."""
-    return f"{key}#{_digest(fingerprint)[:COLLISION_SUFFIX_DIGITS]}"
+    return f"{key} #{_digest(fingerprint)[:COLLISION_SUFFIX_DIGITS]}"
 
 
 @dataclass(frozen=True)
@@ -185,6 +194,6 @@ class FetchedMessage:
         # Provider JSON may carry NUL or lone surrogates ("\u0000", "\ud800"); PostgreSQL refuses both.
         for name in ("message_id", "subject", "sender", "to", "cc", "provider_id"):
             object.__setattr__(self, name, clean_text(getattr(self, name)))
-        digest = fingerprint(sent_at=self.sent_at, sender=self.sender, subject=self.subject)
+        digest = fingerprint(sent_at=self.sent_at or self.received_at, sender=self.sender, subject=self.subject)
         object.__setattr__(self, "fingerprint", digest)
         object.__setattr__(self, "dedup_key", message_key(message_id=self.message_id, fingerprint=digest))

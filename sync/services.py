@@ -40,8 +40,8 @@ def store_messages(*, account: MailAccount, folder: str, messages: list[FetchedM
     fresh: dict[str, FetchedMessage] = {}
     for message in messages:
         key = message.dedup_key
-        if key.startswith(identity.FALLBACK_PREFIX) and identity.undated_key(message.fingerprint) in known:
-            continue  # stored without a date (no Date header, or before dates were recorded)
+        if key.startswith(identity.FALLBACK_PREFIX) and _legacy_key(message) in known:
+            continue  # stored before dates were recorded (sync 0004): same sender, subject, delivery time
         holder = known.get(key, fresh[key].fingerprint if key in fresh else None)
         if holder is not None and not identity.same_message(holder, message.fingerprint):
             key = identity.collision_key(key, message.fingerprint)
@@ -71,8 +71,12 @@ def store_messages(*, account: MailAccount, folder: str, messages: list[FetchedM
 def _keys_to_look_up(message: FetchedMessage) -> tuple[str, ...]:
     keys = (message.dedup_key, identity.collision_key(message.dedup_key, message.fingerprint))
     if message.dedup_key.startswith(identity.FALLBACK_PREFIX):
-        keys += (identity.undated_key(message.fingerprint),)
+        keys += (_legacy_key(message),)
     return keys
+
+
+def _legacy_key(message: FetchedMessage) -> str:
+    return identity.legacy_key(received_at=message.received_at, sender=message.sender, subject=message.subject)
 
 
 def _store_one_by_one(*, account: MailAccount, folder: str, rows: list[SyncedMessage]) -> None:

@@ -55,14 +55,31 @@ def test_it_tells_messages_apart_that_differ_in_any_field():
     assert len(keys) == 4
 
 
-def test_it_leaves_the_date_out_when_the_message_has_none():
-    # The delivery time differs between two folders and two servers: it is no part of the identity.
-    in_inbox = FetchedMessage(subject="x", sender="a@b.example", received_at=datetime(2025, 7, 1, 7, 0, 5, tzinfo=UTC))
-    in_archive = FetchedMessage(subject="x", sender="a@b.example", received_at=datetime(2025, 7, 3, tzinfo=UTC))
-    assert in_inbox.dedup_key == in_archive.dedup_key == identity.undated_key(in_inbox.fingerprint)
-    dated = FetchedMessage(subject="x", sender="a@b.example", sent_at=datetime(2025, 7, 1, tzinfo=UTC))
-    assert dated.dedup_key != in_inbox.dedup_key
-    assert identity.undated_key(dated.fingerprint) == in_inbox.dedup_key
+def test_it_uses_the_delivery_time_when_the_date_is_missing():
+    # IMAP COPY/MOVE and Exchange keep the delivery time: copies in two folders are one message.
+    received = datetime(2025, 7, 1, 7, 0, 5, tzinfo=UTC)
+    assert FetchedMessage(subject="x", received_at=received).dedup_key == \
+        FetchedMessage(subject="x", sent_at=received).dedup_key
+    assert FetchedMessage(subject="x", received_at=received).dedup_key != \
+        FetchedMessage(subject="x", received_at=received + timedelta(hours=1)).dedup_key
+
+
+@pytest.mark.parametrize("raw", [
+    "Müller, Hans <hans@example.org>",  # decoded "Nachname, Vorname" (RFC 2047 =2C in the name)
+    '"Müller, Hans" <HANS@example.org>',
+    "Hans (Büro; Zimmer 3) <hans@example.org>",
+    "hans@example.org <hans@example.org>",
+    "Info@Firma <hans@example.org>",
+    "hans@example.org",
+    "<hans@example.org>",
+])
+def test_it_reads_the_sender_address_whatever_the_display_name_holds(raw):
+    assert identity.normalize_address(raw) == "hans@example.org"
+
+
+def test_it_keeps_a_crafted_message_id_from_taking_a_collision_key():
+    key = identity.collision_key("dup@example.org", "fp")
+    assert identity.normalize_message_id(f"<{key}>") != key  # a space is never part of a usable id
 
 
 def test_it_matches_fingerprints_on_the_fields_both_sides_know():

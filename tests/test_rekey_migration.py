@@ -6,7 +6,7 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-from sync.identity import FetchedMessage, undated_key
+from sync.identity import legacy_key
 
 BEFORE = [("sync", "0003_exchange_ews")]
 AFTER = [("sync", "0004_message_identity")]
@@ -39,6 +39,9 @@ def test_it_rekeys_stored_messages_without_creating_duplicates(django_user_model
     stored("sha256:" + "b" * 64)
     # Another message with the same sender and subject, delivered a day later: not a copy.
     later = stored("sha256:" + "d" * 64, received_at=WHEN.replace(day=2))
+    # Rows an old import stored without a delivery time: never taken for copies of each other.
+    undelivered = [stored(f"sha256:{i}" + "e" * 63, subject="Ihre Rechnung", sender="billing@example.org",
+                          received_at=None) for i in range(3)]
     # An id the old code keyed by its bracket content; an empty one.
     stored("[83c48ddd=@microsoft.com]", message_id="<[83c48ddd=@microsoft.com]>", subject="Outlook")
     stored("sha256:" + "c" * 64, message_id="<>", subject="leer")
@@ -51,16 +54,18 @@ def test_it_rekeys_stored_messages_without_creating_duplicates(django_user_model
 
     new = _migrate(AFTER)
     Message = new.get_model("sync", "SyncedMessage")
-    rows = {m.subject: m for m in Message.objects.filter(account_id=account.pk).exclude(pk=later.pk)}
+    assert Message.objects.filter(pk__in=[row.pk for row in undelivered]).count() == 3
+    rows = {m.subject: m for m in Message.objects.filter(account_id=account.pk).exclude(pk=later.pk)
+            .exclude(subject="Ihre Rechnung")}
     assert sorted(rows) == ["Angebot", "Eins", "Outlook", "WG: Angebot (korrigiert)", "leer", "ohne ID"]
     assert rows["ohne ID"].pk == first.pk  # the older of the two copies stays
-    assert Message.objects.filter(account_id=account.pk).count() == len(rows) + 1  # the later one stays too
-    # The engines will recognise it: a read of it (with its Date now) looks up the undated key.
-    seen = FetchedMessage(subject="ohne ID", sender="kunde@example.org", sent_at=WHEN)
-    assert rows["ohne ID"].dedup_key == undated_key(seen.fingerprint)
-    assert Message.objects.get(pk=later.pk).dedup_key.startswith(undated_key(seen.fingerprint) + "#")
+    assert Message.objects.filter(account_id=account.pk).count() == len(rows) + 1 + 3  # the later one stays too
+    # The engines will recognise it by sender, subject and delivery time (store_messages looks the key up).
+    assert rows["ohne ID"].dedup_key == legacy_key(received_at=WHEN, sender="kunde@example.org", subject="ohne ID")
+    assert Message.objects.get(pk=later.pk).dedup_key == legacy_key(
+        received_at=WHEN.replace(day=2), sender="kunde@example.org", subject="ohne ID")
     assert rows["Outlook"].dedup_key.startswith("sha256:") and rows["leer"].dedup_key.startswith("sha256:")
     assert rows["Angebot"].dedup_key == "dup-4711@example.org"
-    assert rows["WG: Angebot (korrigiert)"].dedup_key.startswith("dup-4711@example.org#")
+    assert rows["WG: Angebot (korrigiert)"].dedup_key.startswith("dup-4711@example.org #")
     assert rows["Eins"].dedup_key == "4711@kunde.example"
     assert all(m.fingerprint for m in rows.values())

@@ -31,7 +31,7 @@ def test_it_keeps_two_messages_that_share_a_message_id_apart_in_one_batch_and_ac
     assert store(account, other, original, folder="Archiv", engine="v2") == 0
     keys = sorted(SyncedMessage.objects.values_list("subject", "dedup_key"))
     assert keys[0] == ("Angebot", "dup-4711@example.org")
-    assert keys[1][0] == "WG: Angebot (korrigiert)" and keys[1][1].startswith("dup-4711@example.org#")
+    assert keys[1][0] == "WG: Angebot (korrigiert)" and keys[1][1].startswith("dup-4711@example.org #")
 
 
 def test_it_counts_only_rows_it_inserted(account):
@@ -59,8 +59,29 @@ def test_it_records_a_row_the_database_refuses_and_stores_the_rest(account):
         "INBOX", "AAMk-lang", "store_failed", "DataError")
 
 
-def test_it_recognises_a_message_stored_without_a_date_when_it_is_read_with_one(account):
-    # IMAP saw no Date header (or the row predates recorded dates); Graph reports a sentDateTime.
-    assert store(account, FetchedMessage(subject="ohne ID", sender="kunde@example.org")) == 1
-    assert store(account, FetchedMessage(subject="ohne ID", sender="kunde@example.org", sent_at=WHEN)) == 0
-    assert store(account, FetchedMessage(subject="ohne ID", sender="jemand@example.org", sent_at=WHEN)) == 1
+def test_it_keeps_recurring_messages_without_id_and_date_apart_by_delivery_time(account):
+    # A scanner or web form sends the same subject again and again, with neither Message-ID nor Date.
+    scans = [FetchedMessage(subject="Scan", sender="scanner@example.org", received_at=WHEN + timedelta(hours=h))
+             for h in range(3)]
+    assert store(account, *scans) == 3
+    # The same three copied into another folder keep their delivery time (IMAP COPY, Exchange): nothing new.
+    assert store(account, *scans, folder="Archiv") == 0
+    dated = FetchedMessage(subject="Scan", sender="scanner@example.org", sent_at=WHEN + timedelta(days=1),
+                           received_at=WHEN + timedelta(days=1))
+    assert store(account, dated) == 1
+
+
+def test_it_recognises_an_id_less_row_stored_before_dates_were_recorded(account):
+    from sync.identity import legacy_key
+
+    # What the re-key (sync 0004) made of a row V2 stored: sender, subject and delivery time.
+    SyncedMessage.objects.create(account=account, folder="INBOX", imported_by="v2", subject="Ihre Rechnung",
+                                 sender="billing@example.org", received_at=WHEN,
+                                 dedup_key=legacy_key(received_at=WHEN, sender="billing@example.org",
+                                                      subject="Ihre Rechnung"))
+    same = FetchedMessage(subject="Ihre Rechnung", sender="Billing <billing@example.org>",
+                          sent_at=WHEN - timedelta(seconds=7), received_at=WHEN)
+    next_month = FetchedMessage(subject="Ihre Rechnung", sender="billing@example.org",
+                                sent_at=WHEN + timedelta(days=30), received_at=WHEN + timedelta(days=30))
+    assert store(account, same, next_month) == 1
+    assert SyncedMessage.objects.filter(subject="Ihre Rechnung").count() == 2

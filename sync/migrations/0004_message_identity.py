@@ -9,15 +9,15 @@ REKEY_BATCH = 2000
 def rekey_messages(apps, schema_editor):
     """Give every stored message its key under sync.identity's one rule, without duplicates.
 
-    Rows stored before this migration have no Date header on record: their
-    fingerprint has no date, and rows without a usable Message-ID get the
-    undated key, which store_messages looks up for every message without one
-    (sync.identity.undated_key). Per account, oldest row first: a row that
-    matches an earlier one (same Message-ID and fingerprint; without an id, the
-    same sender, subject and delivery time) is the same message stored twice
-    under the old per-engine keys and is deleted; otherwise a clashing key gets
-    the collision suffix, so different messages stay apart. Keys move through
-    a temporary value so the unique constraint holds at every step.
+    Rows stored before this migration have no Date header on record, so their
+    fingerprint has no date (it matches any date), and a row without a usable
+    Message-ID gets sync.identity.legacy_key (sender, subject, delivery time),
+    which store_messages looks up for every message without one. Per account,
+    oldest row first: a row with the same key as an earlier one (with an id:
+    and a matching fingerprint; without: the same sender, subject and delivery
+    time) is the same message stored twice under the old per-engine keys and is
+    deleted; a different message with a clashing key gets the collision suffix.
+    Keys move through a temporary value so the unique constraint holds at every step.
     """
     from sync import identity
 
@@ -25,29 +25,25 @@ def rekey_messages(apps, schema_editor):
     account_ids = SyncedMessage.objects.values_list("account_id", flat=True).distinct()
     for account_id in account_ids:
         rows = SyncedMessage.objects.filter(account_id=account_id).order_by("pk")
-        taken: dict[str, str] = {}  # key -> fingerprint (with an id) or delivery time (without)
+        taken: dict[str, str] = {}  # key -> fingerprint
         changed, duplicates = [], []
         for row in rows.iterator(chunk_size=REKEY_BATCH):
-            # No Date header on record: the fingerprint has no date, the key is the undated one.
+            # No Date header on record: the fingerprint has no date ("-" matches any date).
             digest = identity.fingerprint(sent_at=None, sender=row.sender, subject=row.subject)
             key = identity.message_key(message_id=row.message_id, fingerprint=digest)
             if key.startswith(identity.FALLBACK_PREFIX):
-                # Copies of one message (stored under the old per-engine keys) share their delivery
-                # time; two different messages with the same sender and subject do not: both stay.
-                delivered = identity.utc_second(row.received_at)
-                if key in taken and taken[key] != delivered:
-                    key = identity.collision_key(key, delivered)
-                if key in taken:
-                    duplicates.append(row.pk)
-                    continue
-                taken[key] = delivered
-            else:
-                if key in taken and not identity.same_message(taken[key], digest):
-                    key = identity.collision_key(key, digest)
-                if key in taken:
-                    duplicates.append(row.pk)
-                    continue
-                taken[key] = digest
+                # Without an id: sender, subject and delivery time. Copies of one message stored
+                # under the old per-engine keys share all three; a row without a delivery time
+                # is never taken for a copy (two rows of it stay two rows).
+                key = identity.legacy_key(received_at=row.received_at, sender=row.sender, subject=row.subject)
+                if key in taken and row.received_at is None:
+                    key = identity.collision_key(key, str(row.pk))
+            elif key in taken and not identity.same_message(taken[key], digest):
+                key = identity.collision_key(key, digest)
+            if key in taken:
+                duplicates.append(row.pk)
+                continue
+            taken[key] = digest
             if (row.dedup_key, row.fingerprint) != (key, digest):
                 row.dedup_key, row.fingerprint = key, digest
                 changed.append(row)
