@@ -2,17 +2,31 @@
 
 What the form proposes comes from migration.proposal."""
 
+from imapclient.exceptions import IMAPClientAbortError
+
 from sync.imap import client as imap, folders
 from sync.imap.client import ImapSettings
 
 
 def verify(server: ImapSettings, password: str, *, heartbeat=None) -> dict:
-    """Log in, list the folders and return each folder's V3 cursor (heartbeat() after each)."""
+    """Log in, list the folders and return each folder's V3 cursor (heartbeat() after each).
+
+    A folder the server will not report on, or whose name is too long to keep,
+    is left out rather than failing the migration: the sync records it for
+    support on its first run.
+    """
     client = imap.open_mailbox(server, password)
     try:
         cursors = {}
         for folder in folders.syncable_folders(client):
-            cursors[folder] = imap.folder_cursor(client, folder)
+            if len(folder) > folders.MAX_NAME_LENGTH:
+                continue
+            try:
+                cursors[folder] = imap.folder_cursor(client, folder)
+            except IMAPClientAbortError:
+                raise
+            except imap.IMAPClientError:
+                continue
             if heartbeat is not None:
                 heartbeat()
         return cursors

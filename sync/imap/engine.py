@@ -12,6 +12,7 @@ Later runs fetch only UIDs above the cursor, and none when UIDNEXT is unchanged.
 
 from django.db import transaction
 from django.utils import timezone
+from imapclient.exceptions import IMAPClientAbortError
 
 from sync.errors import MailboxError
 from sync.imap import client as imap
@@ -22,31 +23,79 @@ from sync.services import (
 )
 
 
+class _Connection:
+    """The run's IMAP connection, opened again when a server drops it (a corrupt message can make it)."""
+
+    def __init__(self, account: MailAccount):
+        self.settings, self.password = imap_settings_of(account), password_of(account)
+        self.client = imap.open_mailbox(self.settings, self.password)
+
+    def reopen(self, folder: str):
+        imap.close(self.client)
+        self.client = imap.open_mailbox(self.settings, self.password)
+        self.client.select_folder(folder, readonly=True)
+        return self.client
+
+    def close(self):
+        imap.close(self.client)
+
+
 def sync(account: MailAccount) -> int:
     """One run over all syncable folders; returns the number of new messages.
 
-    Errors: a login or connection failure is recorded on the account
-    (record_v3_failure) and ends the run; folders finished before it keep
-    their new cursors.
+    Errors: a login failure is recorded on the account (record_v3_failure) and
+    ends the run. A folder the server refuses to open, a folder name too long
+    to keep, and a message the server cannot deliver are recorded
+    (SkippedMessage, admin) and the rest of the mailbox syncs; a connection
+    that breaks for good ends the run with "protocol", folders finished
+    before it keep their new cursors.
     """
     try:
-        client = imap.open_mailbox(imap_settings_of(account), password_of(account))
+        connection = _Connection(account)
     except MailboxError as error:
         record_v3_failure(account_id=account.pk, error_code=error.code)
         return 0
     added = 0
     try:
-        names = imap_folders.syncable_folders(client)
-        cursors = {name: imap.folder_cursor(client, name) for name in names}
+        cursors = _cursors(connection.client, account)
         for state in reconcile_folders(account, cursors):
-            added += _sync_folder(client, account, state, cursors[state.name])
-    except (OSError, imap.IMAPClientError):
+            added += _sync_folder_isolated(connection, account, state, cursors[state.name])
+    except (OSError, imap.IMAPClientError, MailboxError):
         record_sync_result(account_id=account.pk, error_code="protocol")
         return added
     finally:
-        imap.close(client)
+        connection.close()
     record_sync_result(account_id=account.pk)
     return added
+
+
+def _cursors(client, account: MailAccount) -> dict[str, dict]:
+    """STATUS of every syncable folder; a folder the server will not report on is recorded and left out."""
+    cursors = {}
+    for name in imap_folders.syncable_folders(client):
+        if len(name) > imap_folders.MAX_NAME_LENGTH:
+            record_skipped(account_id=account.pk, folder=name[: imap_folders.MAX_NAME_LENGTH], reference="folder",
+                           reason="folder_name_too_long", detail=f"{len(name)} characters")
+            continue
+        try:
+            cursors[name] = imap.folder_cursor(client, name)
+        except IMAPClientAbortError:
+            raise  # the connection is gone: the run ends
+        except imap.IMAPClientError as error:  # NO/BAD for this folder (permissions, a broken folder)
+            record_skipped(account_id=account.pk, folder=name, reference="folder", reason="folder_unreadable",
+                           detail=type(error).__name__)
+    return cursors
+
+
+def _sync_folder_isolated(connection: _Connection, account: MailAccount, state: FolderState, cursor: dict) -> int:
+    try:
+        return _sync_folder(connection, account, state, cursor)
+    except IMAPClientAbortError:
+        raise
+    except imap.IMAPClientError as error:  # the server refused this folder (SELECT/SEARCH): the others go on
+        record_skipped(account_id=account.pk, folder=state.name, reference="folder", reason="folder_unreadable",
+                       detail=type(error).__name__)
+        return 0
 
 
 def reconcile_folders(account: MailAccount, cursors: dict[str, dict]) -> list[FolderState]:
@@ -83,17 +132,26 @@ def _renamed_from(vanished: dict[str, FolderState], cursor: dict) -> FolderState
     return matches[0] if len(matches) == 1 else None
 
 
-def _sync_folder(client, account: MailAccount, state: FolderState, cursor: dict) -> int:
+def _sync_folder(connection: _Connection, account: MailAccount, state: FolderState, cursor: dict) -> int:
     whole_folder = state.v3_synced_at is None or state.uidvalidity != cursor["uidvalidity"]
     if not whole_folder and cursor["uidnext"] == state.uidnext:
         return 0  # nothing arrived since the last run: no SELECT, no FETCH
     last_seen = 0 if whole_folder else (state.last_seen_uid or 0)
+    client = connection.client
     client.select_folder(state.name, readonly=True)
     # "n:*" always matches the newest message even if its UID is below n.
     uids = [uid for uid in client.search(["UID", f"{last_seen + 1}:*"]) if uid > last_seen]
     skipped, added = [], 0
-    for batch in imap.fetch_batches(client, uids, skipped=skipped):
-        added += store_messages(account=account, folder=state.name, messages=batch, engine="v3")
+    for start in range(0, len(uids), imap.FETCH_BATCH):
+        batch_uids = uids[start : start + imap.FETCH_BATCH]
+        try:
+            batches = list(imap.fetch_batches(connection.client, batch_uids, skipped=skipped))
+        except (OSError, imap.IMAPClientError):
+            # One message the server cannot deliver (a corrupt file) fails the whole FETCH and
+            # may drop the connection: fetch this batch one by one and note the bad ones.
+            batches = [_fetch_one_by_one(connection, state.name, batch_uids, skipped)]
+        for batch in batches:
+            added += store_messages(account=account, folder=state.name, messages=batch, engine="v3")
     for uid, reason, detail in skipped:
         record_skipped(account_id=account.pk, folder=state.name, reference=f"uid:{cursor['uidvalidity']}:{uid}",
                        reason=reason, detail=detail)
@@ -104,3 +162,23 @@ def _sync_folder(client, account: MailAccount, state: FolderState, cursor: dict)
         last_seen_uid=max([last_seen, *uids]), v3_synced_at=timezone.now(),
     )
     return added
+
+
+# A folder with more bad messages than this in one run is left for the next run (the server is
+# probably failing as a whole, not message by message).
+MAX_BAD_MESSAGES = 20
+
+
+def _fetch_one_by_one(connection: _Connection, folder: str, uids: list[int], skipped: list) -> list:
+    messages, bad = [], 0
+    client = connection.reopen(folder)
+    for uid in uids:
+        try:
+            messages.extend(imap.fetch_messages(client, [uid], skipped=skipped))
+        except (OSError, imap.IMAPClientError) as error:
+            bad += 1
+            if bad > MAX_BAD_MESSAGES:
+                raise
+            skipped.append((uid, "unreadable", type(error).__name__))
+            client = connection.reopen(folder)
+    return messages
