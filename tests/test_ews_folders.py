@@ -82,6 +82,42 @@ def test_it_syncs_every_mail_folder_and_none_of_trash_junk_drafts_outbox(account
     assert (account.status, account.last_sync_error) == ("active", "")
 
 
+def test_it_syncs_folders_of_every_mail_class_and_none_of_calendars_contacts_tasks_notes_feeds(account, fake_ews):
+    """Mail lives in folders of class IPF.Note, IPF.Note.* (a folder with a home page: IPF.Note.OutlookHomepage),
+    IPF.Imap (imported from the PST of an Outlook IMAP profile) and none; calendars, contacts, tasks, notes,
+    journals (with their subclasses) and Outlook's RSS Feeds folder hold no mail."""
+    mail = [("imap", "Posteingang (IMAP)", "msgfolderroot", "IPF.Imap"),
+            ("imap-sent", "Gesendet", "imap", "IPF.Imap"),
+            ("homepage", "Kundenportal", "inbox", "IPF.Note.OutlookHomepage"),
+            ("homepage-top", "Intranet", "msgfolderroot", "IPF.Note.OutlookHomepage"),
+            ("custom", "Ablage 2019", "msgfolderroot", "IPF.Note.Archiv.Custom"),
+            ("casing", "Klein", "msgfolderroot", "ipf.note")]
+    not_mail = [("birthdays", "Geburtstage", "msgfolderroot", "IPF.Appointment.Birthday"),
+                ("quick", "Schnellkontakte", "contacts", "IPF.Contact.MOC.QuickContacts"),
+                ("task-list", "Aufgabenliste", "msgfolderroot", "IPF.Task"),
+                ("sticky", "Notizen 2", "msgfolderroot", "IPF.StickyNote"),
+                ("journal-2", "Journal 2", "msgfolderroot", "IPF.Journal"),
+                ("config", "Quick Step Settings", "msgfolderroot", "IPF.Configuration"),
+                ("notes-lookalike", "Notizen", "msgfolderroot", "IPF.Notes"),
+                ("feed", "Heise online", "rssfeeds", "IPF.Note.OutlookHomepage")]
+    for key, name, parent, folder_class in mail + not_mail:
+        fake_ews.add_folder(key, name, parent=parent, folder_class=folder_class)
+    fake_ews.rename_folder("rssfeeds", "RSS-Feeds")  # a German mailbox's RSS Feeds folder
+    for key in [key for key, *_rest in mail + not_mail] + ["calendar", "contacts", "tasks", "notes", "journal",
+                                                          "rssfeeds", "inbox"]:
+        fake_ews.deliver(key, subject=f"in {key}")
+    cursors = migrate(account, fake_ews)
+    expected_folders = ["Ablage 2019", "INBOX", "INBOX/Kundenportal", "Intranet", "Klein", "Posteingang (IMAP)",
+                        "Posteingang (IMAP)/Gesendet", "Sent"]
+    assert sorted(cursors) == expected_folders
+    assert sync_account(account.pk) == 7
+    assert rows(account) == [("in casing", "Klein"), ("in custom", "Ablage 2019"), ("in homepage", "INBOX/Kundenportal"),
+                             ("in homepage-top", "Intranet"), ("in imap", "Posteingang (IMAP)"),
+                             ("in imap-sent", "Posteingang (IMAP)/Gesendet"), ("in inbox", "INBOX")]
+    assert folder_names(account) == expected_folders
+    assert sync_account(account.pk) == 0
+
+
 def test_it_recognises_special_folders_by_id_in_a_german_mailbox(account, fake_ews):
     for key, name in [("inbox", "Posteingang"), ("sentitems", "Gesendete Elemente"),
                       ("deleteditems", "Gelöschte Elemente"), ("junkemail", "Junk-E-Mail"), ("drafts", "Entwürfe"),

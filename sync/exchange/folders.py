@@ -3,9 +3,17 @@
 Every mail folder below the message folder root ("Top of Information Store",
 distinguished id ``msgfolderroot``) is synced, at any depth: one FindFolder with
 ``Traversal="Deep"`` (paged) lists them with their DisplayName, FolderClass and
-ParentFolderId. Mail folders are those whose FolderClass is ``IPF.Note`` or
-empty (folders some clients create without one); calendars, contacts, tasks,
-notes, journal and RSS feeds have other classes. Trash, junk, drafts, outbox,
+ParentFolderId. Mail folders are those whose FolderClass is ``IPF.Note``, a
+subclass of it (``IPF.Note.*``: e.g. ``IPF.Note.OutlookHomepage``, which Outlook
+gives a folder that has a home page), ``IPF.Imap`` (folders of an Outlook IMAP
+profile, imported from its PST) or empty (folders some clients create without
+one); calendars, contacts, tasks, notes and journal have other classes
+(``IPF.Appointment``, ``IPF.Contact``, ``IPF.Task``, ``IPF.StickyNote``,
+``IPF.Journal``, and their subclasses). The RSS Feeds folder has no
+distinguished id and the class ``IPF.Note.OutlookHomepage``; it holds feed
+posts, not mail: a folder of that class directly below msgfolderroot whose
+name holds "RSS" (every localisation does: "RSS Feeds", "RSS-Feeds", "Flux
+RSS", ...) is skipped with its feeds below it. Trash, junk, drafts, outbox,
 sync issues, conversation history and search folders are recognised by their
 distinguished ids (one GetFolder), not by name, so a localised mailbox
 ("Gelöschte Elemente") or a renamed folder is still skipped, with everything
@@ -40,7 +48,10 @@ from exchangelib.services import FindFolder, GetFolder
 SKIPPED = (DeletedItems, JunkEmail, Drafts, Outbox, SyncIssues, ConversationHistory, SearchFolders)
 # Fixed row names for these distinguished folders (see the module docstring).
 FIXED_NAMES = {"inbox": "INBOX", "sentitems": "Sent"}
-MAIL_CLASSES = {"ipf.note", ""}
+# FolderClass values (case-folded) of folders that hold mail; "ipf.note." + anything is mail too.
+MAIL_CLASSES = {"ipf.note", "ipf.imap", ""}
+MAIL_SUBCLASS_OF = "ipf.note."
+RSS_FEEDS_CLASS = "ipf.note.outlookhomepage"
 SEPARATOR = "/"
 FOLDER_PAGE = 500  # folders per FindFolder page
 MAX_NAME = 500  # FolderState.name
@@ -61,7 +72,8 @@ def mail_folders(account) -> list[MailFolder]:
     Raises what exchangelib raises (the caller wraps it in client.mailbox_errors).
     """
     root = Root(account=account)  # the parent object exchangelib wants; no request is made for it
-    distinguished = _distinguished_ids(account, root, (Inbox, SentItems, *SKIPPED))
+    distinguished = _distinguished_ids(account, root, (Inbox, SentItems, MsgFolderRoot, *SKIPPED))
+    root_id = distinguished.pop(MsgFolderRoot.DISTINGUISHED_FOLDER_ID, None)
     skipped = {folder_id for name, folder_id in distinguished.items() if name not in ("inbox", "sentitems")}
     names_of = {folder_id: name for name, folder_id in distinguished.items()}
     found = {}
@@ -75,15 +87,30 @@ def mail_folders(account) -> list[MailFolder]:
             raise folder
         found[folder.id] = folder
     result, taken = [], set()
+    skipped |= {folder_id for folder_id, folder in found.items() if _is_rss_feeds(folder, root_id, found)}
     for folder_id, folder in found.items():
         chain = _ancestry(folder, found)
-        if skipped.intersection(chain) or (folder.folder_class or "").strip().casefold() not in MAIL_CLASSES:
+        if skipped.intersection(chain) or not is_mail_class(folder.folder_class):
             continue
         parts = [FIXED_NAMES.get(names_of.get(part, ""), found[part].name or part) for part in reversed(chain)]
         name = _unique(SEPARATOR.join(parts), folder_id, taken)
         taken.add(name)
         result.append(MailFolder(id=folder_id, name=name, distinguished=names_of.get(folder_id, "")))
     return sorted(result, key=lambda folder: (folder.distinguished != "inbox", folder.name))
+
+
+def is_mail_class(folder_class: str | None) -> bool:
+    """Whether a folder of this FolderClass holds mail: IPF.Note, IPF.Note.*, IPF.Imap or none."""
+    value = (folder_class or "").strip().casefold()
+    return value in MAIL_CLASSES or value.startswith(MAIL_SUBCLASS_OF)
+
+
+def _is_rss_feeds(folder, root_id: str | None, found: dict) -> bool:
+    """Outlook's RSS Feeds folder (see the module docstring): feed posts, not mail."""
+    parent = folder.parent_folder_id.id if folder.parent_folder_id else None
+    top_level = parent == root_id if root_id else parent not in found
+    return ((folder.folder_class or "").strip().casefold() == RSS_FEEDS_CLASS and top_level
+            and "rss" in (folder.name or "").casefold())
 
 
 def _distinguished_folder(folder_cls, root):

@@ -203,7 +203,10 @@ class FakeEWS:
 
     def _folder_xml(self, key: str) -> str:
         folder = self.hierarchy[key]
-        tag = FOLDER_TAGS.get(folder["folder_class"], "Folder")
+        # Subclasses too: "IPF.Appointment.Birthday" is a CalendarFolder, "IPF.Contact.MOC.QuickContacts" contacts.
+        tag = next((tag for folder_class, tag in FOLDER_TAGS.items()
+                    if folder["folder_class"] == folder_class or folder["folder_class"].startswith(folder_class + ".")),
+                   "Folder")
         parent = self.hierarchy.get(folder["parent"])
         parent_xml = f'<t:ParentFolderId Id={quoteattr(parent["id"])} ChangeKey="ck"/>' if parent else ""
         # Exchange leaves FolderClass out for folders created without one.
