@@ -12,6 +12,7 @@ from sync import crypto
 from sync.identity import fingerprint, message_key
 from sync.models import FolderState, MailAccount, SkippedMessage, SyncedMessage
 from sync.runs import sync_account
+from tests.fakes.ews import M, OPERATIONS, _error
 from tests.fakes.fixtures import EWS_PASSWORD, EWS_USER, fake_ews  # noqa: F401
 
 pytestmark = pytest.mark.django_db
@@ -313,3 +314,68 @@ def test_rows_of_the_earlier_engine_are_taken_over_by_name_and_read_whole_once(u
     fake_ews.calls.clear()
     assert sync_account(account.pk) == 0 and "GetItem" not in fake_ews.calls  # once: from now on by state
     assert MailAccount.objects.get(pk=account.pk).last_sync_error == ""
+
+
+def throttle(monkeypatch, fake, folder_key: str, every: int) -> dict:
+    """Exchange throttles SyncFolderItems of one folder: every `every`-th call answers ErrorServerBusy."""
+    original, seen = OPERATIONS["SyncFolderItems"], {"calls": 0, "busy": 0}
+
+    def sync_folder_items(server, request):
+        if server._key_of(request.find(f"{{{M}}}SyncFolderId")[0]) == folder_key:
+            seen["calls"] += 1
+            if seen["calls"] % every == 0:
+                seen["busy"] += 1
+                # Exchange's error answers of SyncFolderItems carry an empty SyncState (exchangelib reads it first).
+                return _error("SyncFolderItems", "ErrorServerBusy", "The server cannot service this request now.",
+                              extra="<m:SyncState/><m:IncludesLastItemInRange>true</m:IncludesLastItemInRange>")
+        return original(server, request)
+
+    monkeypatch.setitem(OPERATIONS, "SyncFolderItems", sync_folder_items)
+    return seen
+
+
+def test_it_resumes_an_interrupted_first_walk_of_a_folder_where_it_stopped(account, fake_ews, monkeypatch):
+    """A big folder's first whole-folder walk that Exchange throttles near its end finishes over several
+    runs: each run goes on from the last page it stored, nothing is fetched twice and nothing is lost."""
+    fake_ews.add_folder("archiv", "Archiv")
+    for number in range(10):
+        fake_ews.deliver("archiv", subject=f"alt {number}", received=OLD + timedelta(days=number))
+    migrate(account, fake_ews)  # the handoff's state (verify walked the folder) is not the first run's progress
+    fake_ews.page_size = 2
+    busy = throttle(monkeypatch, fake_ews, "archiv", every=3)  # two pages per run, then "server busy"
+    fetched = []
+
+    def added_by_run():  # rows, not sync_account's count: a run that fails counts nothing of the failed folder
+        before = SyncedMessage.objects.filter(account=account).count()
+        fake_ews.calls.clear()
+        sync_account(account.pk)
+        fetched.append(fake_ews.calls.count("GetItem"))
+        return SyncedMessage.objects.filter(account=account).count() - before
+
+    assert added_by_run() == 4
+    archive = FolderState.objects.get(account=account, name="Archiv")
+    assert archive.v3_synced_at is None and MailAccount.objects.get(pk=account.pk).last_sync_error == "protocol"
+    fake_ews.deliver("archiv", subject="neu während des ersten Laufs")
+    assert added_by_run() == 4  # goes on after the fourth message instead of starting over
+    assert added_by_run() == 3  # the last old ones and the new one: the walk is complete
+    assert busy["busy"] == 2 and fetched == [2, 2, 2]  # one GetItem per page, no page fetched twice
+    archive.refresh_from_db()
+    assert archive.v3_synced_at is not None and not archive.ews_sync_state.startswith("walk:")
+    assert sorted(subject for subject, folder in rows(account) if folder == "Archiv") == sorted(
+        [f"alt {number}" for number in range(10)] + ["neu während des ersten Laufs"])
+    assert SyncedMessage.objects.filter(account=account).count() == 11
+    account.refresh_from_db()
+    assert account.last_sync_error == ""
+    fake_ews.calls.clear()
+    assert sync_account(account.pk) == 0 and "GetItem" not in fake_ews.calls
+
+
+def test_a_first_walk_does_not_take_the_handoffs_state_for_its_progress(account, fake_ews):
+    """The handoff stores the state of verify's walk; the first run still reads the folder whole, and a
+    state from a walk that an earlier run cut short is used only while the folder was never read whole."""
+    fake_ews.deliver("inbox", subject="vor dem Wechsel", received=OLD)
+    migrate(account, fake_ews)
+    inbox = FolderState.objects.get(account=account, name="INBOX")
+    assert inbox.ews_sync_state and inbox.v3_synced_at is None  # verify's state, at the end of the folder
+    assert sync_account(account.pk) == 1
+    assert rows(account) == [("vor dem Wechsel", "INBOX")]

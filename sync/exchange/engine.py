@@ -10,6 +10,14 @@ is in the folder and not in the CRM is imported once, and what V2 or another
 folder stored already is recognised by its identity (sync.identity). Later
 runs continue from the stored state. The state is saved after each page's
 messages are stored, so a crash re-reads at most one page and dedup absorbs it.
+
+That whole-folder walk resumes where it stopped: while it runs, each page's
+state is saved with the prefix WALK, and a run that finds the folder not yet
+synced whole continues from such a state (a walk of a big folder that is
+throttled or cut off near its end finishes over several runs instead of
+starting over each time). Any other state on a row not synced whole (the
+handoff's, recorded by the migration's verify; an earlier engine's) is not
+this walk's progress: the walk starts empty. The prefix goes when the walk ends.
 """
 
 import logging
@@ -25,6 +33,8 @@ from sync.models import FolderState, MailAccount
 from sync.services import password_of, record_skipped, record_sync_result, record_v3_failure, store_messages
 
 logger = logging.getLogger(__name__)
+# The ews_sync_state of a whole-folder walk in progress starts with this (EWS states are Base64: never a ":").
+WALK = "walk:"
 
 
 def sync(account: MailAccount) -> int:
@@ -93,9 +103,14 @@ def reconcile_folders(account: MailAccount, folders: list[MailFolder]) -> list[t
 
 def _sync_folder(client, account: MailAccount, folder: MailFolder, state: FolderState) -> int:
     whole_folder = state.v3_synced_at is None
-    added = 0
+    start = state.ews_sync_state or ""
+    if start.startswith(WALK):
+        start = start[len(WALK):]  # this folder's walk, cut short by an earlier run: go on from there
+    elif whole_folder:
+        start = ""  # a state from elsewhere (the handoff's, an earlier engine's): the walk starts empty
+    added, reached = 0, None
     try:
-        for page in ews.folder_changes(client, folder.id, "" if whole_folder else state.ews_sync_state):
+        for page in ews.folder_changes(client, folder.id, start):
             skipped = []
             messages = ews.fetch_messages(client, page.created, skipped=skipped)
             added += store_messages(account=account, folder=state.name, messages=messages, engine="v3")
@@ -103,10 +118,15 @@ def _sync_folder(client, account: MailAccount, folder: MailFolder, state: Folder
                 record_skipped(account_id=account.pk, folder=state.name, reference=item_id, reason=reason,
                                detail=detail)
             # Saved only after the page's messages are stored: a crash in between re-reads the page.
-            FolderState.objects.filter(pk=state.pk).update(ews_sync_state=page.sync_state)
+            reached = page.sync_state
+            FolderState.objects.filter(pk=state.pk).update(
+                ews_sync_state=f"{WALK}{reached}" if whole_folder else reached)
     except (ErrorFolderNotFound, ErrorItemNotFound):
         # Deleted between the folder list and its sync: the next run drops its row.
         logger.info("EWS folder of account %s vanished during the run", account.pk)
         return added
-    FolderState.objects.filter(pk=state.pk).update(v3_synced_at=timezone.now())
+    done = {"v3_synced_at": timezone.now()}
+    if reached is not None:
+        done["ews_sync_state"] = reached
+    FolderState.objects.filter(pk=state.pk).update(**done)
     return added
