@@ -148,6 +148,9 @@ CELERY_SWEEP_SECONDS = envint("MIGRATION_SWEEP_SECONDS", 60, minimum=5)
 # One sync run per account at a time (sync.leases). A run renews its lease
 # every third of this; a killed worker's account is synced again after it.
 SYNC_LEASE_SECONDS = envint("SYNC_LEASE_SECONDS", 900, minimum=3)
+# The longest one sync run may take: then its IMAP connection is shut down and its
+# lease is no longer renewed (a server that answers a byte a second cannot pin a worker).
+SYNC_RUN_MAX_SECONDS = envint("SYNC_RUN_MAX_SECONDS", 3600, minimum=10)
 # The fan-out queues an account again after this if its queued run never
 # started (a lost broker message).
 SYNC_QUEUED_TIMEOUT_SECONDS = envint("SYNC_QUEUED_TIMEOUT_SECONDS", 600, minimum=1)

@@ -12,6 +12,12 @@ Two marks on the MailAccount row, both taken by compare-and-swap:
   skips the account while it is newer than SYNC_QUEUED_TIMEOUT_SECONDS (a lost
   broker message is queued again after that). The queued run clears its own mark.
 
+A run has at most SYNC_RUN_MAX_SECONDS: then the renewal stops (the lease
+expires, so the account is not held forever) and the callbacks the run
+registered with on_overrun() are called from the renewal thread; the IMAP
+client registers one that shuts its socket down, so a server that answers one
+byte a second cannot pin a worker.
+
 Times come from the Python clock of the process that writes them: leases last
 minutes, a few seconds of skew between machines do not matter.
 """
@@ -72,18 +78,37 @@ def release(account_id: int, token: str) -> bool:
     ) == 1
 
 
+_current = threading.local()
+
+
+def on_overrun(callback) -> None:
+    """Call `callback()` (from another thread) if the current run passes SYNC_RUN_MAX_SECONDS.
+
+    For shutting down a connection that blocks the run; outside a run (a
+    migration's verify, the message page) nothing is registered.
+    """
+    renewal = getattr(_current, "renewal", None)
+    if renewal is not None:
+        renewal.overrun_callbacks.append(callback)
+
+
 class _Renewal(threading.Thread):
-    """Renews one lease until stopped: a run longer than the lease keeps it."""
+    """Renews one lease until stopped: a run longer than the lease keeps it, up to SYNC_RUN_MAX_SECONDS."""
 
     def __init__(self, account_id: int, token: str):
         super().__init__(name=f"sync-lease-{account_id}", daemon=True)
         self.account_id, self.token = account_id, token
         self.stopped = threading.Event()
+        self.overrun_callbacks = []
+        self.deadline = timezone.now() + timedelta(seconds=settings.SYNC_RUN_MAX_SECONDS)
 
     def run(self) -> None:
         interval = settings.SYNC_LEASE_SECONDS / 3
         try:
-            while not self.stopped.wait(interval):
+            while not self.stopped.wait(min(interval, max(0.0, (self.deadline - timezone.now()).total_seconds()))):
+                if timezone.now() >= self.deadline:
+                    self._overrun()
+                    return
                 if not renew(self.account_id, self.token):
                     # Only after a pause longer than the lease (a frozen process):
                     # another run may have started; the unique message key
@@ -95,6 +120,15 @@ class _Renewal(threading.Thread):
         finally:
             connections.close_all()  # this thread's own connections only
 
+    def _overrun(self) -> None:
+        logger.warning("Sync run of account %s passed SYNC_RUN_MAX_SECONDS: its connection is closed",
+                       self.account_id)
+        for callback in self.overrun_callbacks:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - the connection may be gone already
+                pass
+
     def stop(self) -> None:
         self.stopped.set()
         self.join()
@@ -104,8 +138,9 @@ class _Renewal(threading.Thread):
 def held(account_id: int) -> Iterator[bool]:
     """Hold the account's lease for the block; yields False (and holds nothing) when another run has it.
 
-    Renewed in the background while the block runs, released when it ends,
-    also by an exception. A killed process leaves the lease to expire.
+    Renewed in the background while the block runs (at most
+    SYNC_RUN_MAX_SECONDS), released when it ends, also by an exception. A
+    killed process leaves the lease to expire.
     """
     token = claim(account_id)
     if token is None:
@@ -113,9 +148,11 @@ def held(account_id: int) -> Iterator[bool]:
         return
     renewal = _Renewal(account_id, token)
     renewal.start()
+    _current.renewal = renewal
     try:
         yield True
     finally:
+        _current.renewal = None
         renewal.stop()
         release(account_id, token)
 

@@ -14,7 +14,7 @@ from django.conf import settings
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
-from sync import headers
+from sync import headers, leases
 from sync.egress import EgressRefused, resolve_checked
 from sync.errors import MailboxError
 from sync.identity import FetchedMessage  # noqa: F401 - the engines' message type, re-exported
@@ -39,8 +39,18 @@ class _PinnedIMAP4(imaplib.IMAP4):
     def _create_socket(self, timeout=None):
         sock = socket.create_connection((self._address, self.port), timeout)
         if self._implicit_tls:
-            return self._ssl_context.wrap_socket(sock, server_hostname=self.host)
+            sock = self._ssl_context.wrap_socket(sock, server_hostname=self.host)  # takes the file descriptor over
+        # A sync run that passes SYNC_RUN_MAX_SECONDS has its socket shut down (sync.leases);
+        # STARTTLS later wraps this same descriptor, so shutting it down ends that connection too.
+        leases.on_overrun(lambda: _shutdown_socket(sock))
         return sock
+
+
+def _shutdown_socket(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed already
 
 
 class GuardedIMAPClient(IMAPClient):

@@ -1,0 +1,78 @@
+"""A mail server that answers one byte at a time cannot pin a sync run or its account (SYNC_RUN_MAX_SECONDS)."""
+
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+from django.db import connection
+
+from portal.devservers import free_port
+from sync import crypto
+from sync.models import MailAccount
+from sync.runs import sync_account
+
+
+@pytest.fixture
+def dripping_server(dovecot):
+    """A TLS server on 127.0.0.1 that sends its greeting one byte every 0.3 s and never ends the line."""
+    port = free_port()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(dovecot.base / "cert.pem"), str(dovecot.base / "key.pem"))
+    listener = socket.create_server(("127.0.0.1", port))
+    stop = threading.Event()
+    sent = []
+
+    def serve():
+        connection, _ = listener.accept()
+        try:
+            tls = context.wrap_socket(connection, server_side=True)
+            for byte in b"* OK " + b"." * 600:  # at most ~3 minutes, then it stops by itself
+                if stop.is_set():
+                    break
+                tls.send(bytes([byte]))
+                sent.append(byte)
+                time.sleep(0.3)
+        except OSError:
+            pass  # the client shut the connection down: what the test wants
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield port, sent
+    stop.set()
+    listener.close()
+    thread.join(10)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_ends_a_run_that_passes_the_maximum_and_frees_the_account(make_account, user, dovecot, settings,
+                                                                     dripping_server):
+    port, sent = dripping_server
+    settings.EGRESS_ALLOW_NETWORKS = ["127.0.0.1/32"]
+    settings.MAIL_TLS_CA_FILE = str(dovecot.cert_path)
+    settings.MAIL_CONNECT_TIMEOUT = 5  # every byte arrives well within the per-read timeout
+    settings.SYNC_LEASE_SECONDS = 3
+    settings.SYNC_RUN_MAX_SECONDS = 2
+    account = make_account(user, "tropf@example.org", engine="v3", imap_host="127.0.0.1", imap_port=port,
+                           imap_security="ssl", username="tropf",
+                           secret_encrypted=crypto.encrypt_json({"password": "pw"}))
+    result = {}
+
+    def sync_in_a_worker_thread():
+        try:
+            result["added"] = sync_account(account.pk)
+        finally:
+            connection.close()  # this thread's own database connection
+
+    run = threading.Thread(target=sync_in_a_worker_thread, daemon=True)
+    run.start()
+    run.join(60)  # a bound for a broken build only; the run ends after SYNC_RUN_MAX_SECONDS
+    assert not run.is_alive()
+    account.refresh_from_db()
+    # The shut-down connection reads as a broken answer: "protocol" (the log says why).
+    assert (result["added"], account.status, account.last_sync_error) == (0, "error", "protocol")
+    assert account.sync_lease_token == ""  # released: the next run may start
+    assert len(sent) < 600
