@@ -271,3 +271,13 @@ def test_it_shares_dedup_keys_with_the_v2_engine(user, dovecot, mailbox, mail_se
     account = MailAccount.objects.get(address=address)
     assert v2.poll(account) == 0  # V2 (and V3, same key) recognise both imported messages
     assert SyncedMessage.objects.filter(account=account).count() == 2
+
+
+@pytest.mark.django_db
+def test_it_keeps_imported_messages_apart_that_differ_only_in_their_delivery_time(user, import_file):
+    # No Message-ID, no Date: what V2 knew is the delivery time, and it tells the orders apart.
+    orders = [{"folder": "INBOX", "subject": "Ihre Bestellung", "from": "shop@example.org",
+               "received_at": f"2025-06-{day:02d}T10:00:00Z"} for day in (1, 2, 3)]
+    out = _run("import_v2_accounts", import_file(_account(imported=orders + orders[:1])))
+    assert "messages imported: 3" in out
+    assert SyncedMessage.objects.filter(subject="Ihre Bestellung").count() == 3
