@@ -1,7 +1,8 @@
 """The legacy V2 engine: password IMAP polling by date, INBOX only.
 
 This is how V2 always worked: SEARCH SINCE the day of the last high-water mark
-and dedupe by the one message identity (sync.identity). It stops for good on the campaign's shutdown date.
+and dedupe by the one message identity (sync.identity). It stops for good on
+the campaign's shutdown date.
 """
 
 from datetime import timedelta
@@ -10,6 +11,7 @@ from django.utils import timezone
 
 from sync.imap import client as imap
 from sync.imap.client import MailboxError
+from sync.imap.session import Session
 from sync.models import FolderState, MailAccount
 from sync.services import imap_settings_of, password_of, record_skipped, record_sync_result, store_messages
 
@@ -17,28 +19,31 @@ V2_FOLDER = "INBOX"
 
 
 def poll(account: MailAccount) -> int:
-    """One V2 poll of the account's INBOX; returns the number of new messages."""
+    """One V2 poll of the account's INBOX; returns the number of new messages.
+
+    A message the server cannot deliver is recorded and skipped (sync.imap.session).
+    """
     try:
-        client = imap.open_mailbox(imap_settings_of(account), password_of(account))
+        session = Session(imap_settings_of(account), password_of(account))
     except MailboxError as error:
         record_sync_result(account_id=account.pk, error_code=error.code)
         return 0
     try:
         state, _ = FolderState.objects.get_or_create(account=account, name=V2_FOLDER)
-        client.select_folder(V2_FOLDER, readonly=True)
+        session.client.select_folder(V2_FOLDER, readonly=True)
         if state.v2_high_water:
             # IMAP SINCE has day granularity; the day before covers time zones.
             since = (state.v2_high_water - timedelta(days=1)).date()
-            uids = client.search(["SINCE", since])
+            uids = session.client.search(["SINCE", since])
         else:
-            uids = client.search("ALL")
+            uids = session.client.search("ALL")
         skipped = []
-        messages = imap.fetch_messages(client, uids, skipped=skipped)
+        messages = [m for batch in session.fetch_batches(V2_FOLDER, uids, skipped=skipped) for m in batch]
     except (MailboxError, OSError, imap.IMAPClientError):
         record_sync_result(account_id=account.pk, error_code="protocol")
         return 0
     finally:
-        imap.close(client)
+        session.close()
     added = store_messages(account=account, folder=V2_FOLDER, messages=messages, engine="v2")
     for uid, reason, detail in skipped:
         record_skipped(account_id=account.pk, folder=V2_FOLDER, reference=f"uid:{uid}", reason=reason, detail=detail)

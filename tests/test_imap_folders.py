@@ -282,3 +282,16 @@ def test_it_reports_a_folder_path_too_long_to_keep_and_syncs_the_rest(make_accou
     assert subjects(account) == ["im Posteingang"]
     skipped = SkippedMessage.objects.get(account=account)
     assert (skipped.reference, skipped.reason) == ("folder", "folder_name_too_long")
+
+
+def test_it_keeps_polling_v2_past_a_message_the_server_cannot_deliver(imap_account, dovecot, mailbox, mail_settings):
+    dovecot.deliver(mailbox[0], make_message(subject="eins"), make_message(subject="kaputt"))
+    maildir = _maildir(dovecot, mailbox[0])
+    files = list((maildir / "cur").iterdir()) + list((maildir / "new").iterdir())
+    victim = next(path for path in files if b"kaputt" in path.read_bytes())
+    victim.write_bytes(victim.read_bytes()[:40])
+    assert sync_account(imap_account.pk) == 1  # V2
+    assert subjects(imap_account) == ["eins"]
+    assert SkippedMessage.objects.get(account=imap_account).reason == "unreadable"
+    imap_account.refresh_from_db()
+    assert (imap_account.engine, imap_account.status, imap_account.last_sync_error) == ("v2", "active", "")

@@ -17,27 +17,11 @@ from imapclient.exceptions import IMAPClientAbortError
 from sync.errors import MailboxError
 from sync.imap import client as imap
 from sync.imap import folders as imap_folders
+from sync.imap.session import Session
 from sync.models import FolderState, MailAccount
 from sync.services import (
     imap_settings_of, password_of, record_skipped, record_sync_result, record_v3_failure, store_messages,
 )
-
-
-class _Connection:
-    """The run's IMAP connection, opened again when a server drops it (a corrupt message can make it)."""
-
-    def __init__(self, account: MailAccount):
-        self.settings, self.password = imap_settings_of(account), password_of(account)
-        self.client = imap.open_mailbox(self.settings, self.password)
-
-    def reopen(self, folder: str):
-        imap.close(self.client)
-        self.client = imap.open_mailbox(self.settings, self.password)
-        self.client.select_folder(folder, readonly=True)
-        return self.client
-
-    def close(self):
-        imap.close(self.client)
 
 
 def sync(account: MailAccount) -> int:
@@ -51,7 +35,7 @@ def sync(account: MailAccount) -> int:
     before it keep their new cursors.
     """
     try:
-        connection = _Connection(account)
+        connection = Session(imap_settings_of(account), password_of(account))
     except MailboxError as error:
         record_v3_failure(account_id=account.pk, error_code=error.code)
         return 0
@@ -87,7 +71,7 @@ def _cursors(client, account: MailAccount) -> dict[str, dict]:
     return cursors
 
 
-def _sync_folder_isolated(connection: _Connection, account: MailAccount, state: FolderState, cursor: dict) -> int:
+def _sync_folder_isolated(connection: Session, account: MailAccount, state: FolderState, cursor: dict) -> int:
     try:
         return _sync_folder(connection, account, state, cursor)
     except IMAPClientAbortError:
@@ -132,7 +116,7 @@ def _renamed_from(vanished: dict[str, FolderState], cursor: dict) -> FolderState
     return matches[0] if len(matches) == 1 else None
 
 
-def _sync_folder(connection: _Connection, account: MailAccount, state: FolderState, cursor: dict) -> int:
+def _sync_folder(connection: Session, account: MailAccount, state: FolderState, cursor: dict) -> int:
     whole_folder = state.v3_synced_at is None or state.uidvalidity != cursor["uidvalidity"]
     if not whole_folder and cursor["uidnext"] == state.uidnext:
         return 0  # nothing arrived since the last run: no SELECT, no FETCH
@@ -142,16 +126,8 @@ def _sync_folder(connection: _Connection, account: MailAccount, state: FolderSta
     # "n:*" always matches the newest message even if its UID is below n.
     uids = [uid for uid in client.search(["UID", f"{last_seen + 1}:*"]) if uid > last_seen]
     skipped, added = [], 0
-    for start in range(0, len(uids), imap.FETCH_BATCH):
-        batch_uids = uids[start : start + imap.FETCH_BATCH]
-        try:
-            batches = list(imap.fetch_batches(connection.client, batch_uids, skipped=skipped))
-        except (OSError, imap.IMAPClientError):
-            # One message the server cannot deliver (a corrupt file) fails the whole FETCH and
-            # may drop the connection: fetch this batch one by one and note the bad ones.
-            batches = [_fetch_one_by_one(connection, state.name, batch_uids, skipped)]
-        for batch in batches:
-            added += store_messages(account=account, folder=state.name, messages=batch, engine="v3")
+    for batch in connection.fetch_batches(state.name, uids, skipped=skipped):
+        added += store_messages(account=account, folder=state.name, messages=batch, engine="v3")
     for uid, reason, detail in skipped:
         record_skipped(account_id=account.pk, folder=state.name, reference=f"uid:{cursor['uidvalidity']}:{uid}",
                        reason=reason, detail=detail)
@@ -162,23 +138,3 @@ def _sync_folder(connection: _Connection, account: MailAccount, state: FolderSta
         last_seen_uid=max([last_seen, *uids]), v3_synced_at=timezone.now(),
     )
     return added
-
-
-# A folder with more bad messages than this in one run is left for the next run (the server is
-# probably failing as a whole, not message by message).
-MAX_BAD_MESSAGES = 20
-
-
-def _fetch_one_by_one(connection: _Connection, folder: str, uids: list[int], skipped: list) -> list:
-    messages, bad = [], 0
-    client = connection.reopen(folder)
-    for uid in uids:
-        try:
-            messages.extend(imap.fetch_messages(client, [uid], skipped=skipped))
-        except (OSError, imap.IMAPClientError) as error:
-            bad += 1
-            if bad > MAX_BAD_MESSAGES:
-                raise
-            skipped.append((uid, "unreadable", type(error).__name__))
-            client = connection.reopen(folder)
-    return messages
