@@ -326,3 +326,57 @@ def test_it_reads_a_folder_whole_once_that_the_date_window_version_synced(client
     assert sync_account(ms_account.pk) == 0
     inbox = microsoft.folder_of(microsoft.users[address], "inbox")
     assert "$deltatoken" in delta_requests(microsoft, inbox, before)[0]["query"]  # from now on: its delta link
+
+
+def throttle_delta(monkeypatch, fake, folder, every: int) -> dict:
+    """Graph throttles the delta requests of one folder: every `every`-th answers 429 Too Many Requests."""
+    original, seen = fake.graph, {"calls": 0, "throttled": 0}
+
+    def graph(path, query, headers):
+        if path == f"/v1.0/me/mailFolders/{folder.id}/messages/delta":
+            seen["calls"] += 1
+            if seen["calls"] % every == 0:
+                seen["throttled"] += 1
+                return 429, {"error": {"code": "ApplicationThrottled", "message": "Application is over its limit."}}
+        return original(path, query, headers)
+
+    monkeypatch.setattr(fake, "graph", graph)
+    return seen
+
+
+def test_it_resumes_an_interrupted_first_round_of_a_folder_where_it_stopped(client, user, ms_account, microsoft,
+                                                                             monkeypatch):
+    """A big folder's first whole-folder round that Graph throttles near its end finishes over several runs:
+    each run goes on from the page after the last one it stored (its @odata.nextLink), nothing is read twice
+    and nothing is lost."""
+    address = ms_account.address
+    ablage = microsoft.add_folder(address, "Altablage")
+    for number in range(10):
+        microsoft.deliver(address, subject=f"alt {number}", folder=ablage, received=OLD + timedelta(days=number))
+    migrate(client, user, ms_account, microsoft)  # the handoff's delta link is not the first round's progress
+    busy = throttle_delta(monkeypatch, microsoft, ablage, every=3)  # 2 messages a page: 2 pages a run, then 429
+    since = len(microsoft.requests)
+
+    def added_by_run():  # rows, not sync_account's count: a run that fails counts nothing
+        before = SyncedMessage.objects.filter(account=ms_account).count()
+        sync_account(ms_account.pk)
+        return SyncedMessage.objects.filter(account=ms_account).count() - before
+
+    assert added_by_run() == 4
+    state = FolderState.objects.get(account=ms_account, name="Altablage")
+    assert state.v3_synced_at is None and MailAccount.objects.get(pk=ms_account.pk).last_sync_error == "ms_unreachable"
+    microsoft.deliver(address, subject="neu während der ersten Runde", folder=ablage)
+    assert added_by_run() == 4  # goes on after the fourth message instead of starting over
+    assert added_by_run() == 2  # the round is complete
+    state.refresh_from_db()
+    assert state.v3_synced_at is not None and "deltatoken=" in state.delta_link
+    assert added_by_run() == 1  # what came in during the round: from its delta link
+    assert busy["throttled"] == 2
+    pages = [r["query"].get("$skiptoken") or r["query"].get("$deltatoken") or "start"
+             for r in delta_requests(microsoft, ablage, since)]
+    assert len(pages) == 8 and len(set(pages)) == 6  # 5 pages and the delta link; only throttled pages came twice
+    assert sorted(subject for subject, folder in rows(ms_account) if folder == "Altablage") == sorted(
+        [f"alt {number}" for number in range(10)] + ["neu während der ersten Runde"])
+    assert SyncedMessage.objects.filter(account=ms_account).count() == 11
+    assert MailAccount.objects.get(pk=ms_account.pk).last_sync_error == ""
+    assert added_by_run() == 0

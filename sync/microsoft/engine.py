@@ -14,6 +14,14 @@ enumerates every message in it whatever its date; later runs follow the
 delta link. An expired delta link starts a new whole-folder round. The one
 message identity (sync.identity) keeps all of this exact: what V2, another
 folder or an earlier round stored is not stored again.
+
+A round resumes where it stopped: after each page's messages are stored, the
+page's @odata.nextLink is saved as the folder's delta_link (a whole-folder
+round's with the prefix WALK), so a big folder whose round is throttled or
+cut off near its end finishes over several runs instead of starting over.
+The delta link replaces it when the round ends. A row not read whole yet
+follows only its own round's WALK link (never the handoff's delta link);
+a next link Graph has forgotten starts the round again.
 """
 
 from datetime import datetime
@@ -34,6 +42,8 @@ from sync.services import (
 NAME_MAX_LENGTH = 500  # FolderState.name
 # Rows that swap names pass through "~renaming~<pk>": the unique (account, name) constraint is checked per statement.
 RENAMING = "~renaming~"
+# delta_link of a whole-folder round in progress: WALK + the @odata.nextLink of its next page.
+WALK = "walk:"
 
 
 def sync(account: MailAccount) -> int:
@@ -146,18 +156,22 @@ def _sync_folder(graph: Graph, account: MailAccount, state: FolderState) -> int:
 
     v3_since set: the row comes from the date-window version of this engine,
     whose delta link may carry a receivedDateTime filter (and so miss mail
-    moved in with an old date); such a folder is read whole once too.
+    moved in with an old date); such a folder is read whole once too. A
+    whole-folder round an earlier run cut short goes on from its WALK link.
     """
-    if state.v3_synced_at is not None and state.delta_link and state.v3_since is None:
+    link = state.delta_link or ""
+    whole = state.v3_synced_at is None or state.v3_since is not None or not link or link.startswith(WALK)
+    resume = link[len(WALK):] if link.startswith(WALK) else ("" if whole else link)
+    if resume:
         try:
-            return _delta_round(graph, account, state, state.delta_link)
+            return _delta_round(graph, account, state, resume, whole=whole)
         except (DeltaExpired, GraphNotFound):
             # Graph forgot the link's sync state: a new round over the whole folder (not a
             # date window, which would miss mail moved in meanwhile); identity dedup keeps it exact.
             pass
     for _ in range(2):
         try:
-            return _delta_round(graph, account, state, state.graph_folder_id)
+            return _delta_round(graph, account, state, state.graph_folder_id, whole=True)
         except GraphNotFound:
             return 0  # deleted after the listing: the next run's listing drops its row
         except DeltaExpired:
@@ -165,15 +179,19 @@ def _sync_folder(graph: Graph, account: MailAccount, state: FolderState) -> int:
     raise MicrosoftError("ms_protocol", permanent=False)  # Graph keeps forgetting this folder's state
 
 
-def _delta_round(graph: Graph, account: MailAccount, state: FolderState, start: str) -> int:
-    """Store a delta round page by page; keep the new delta link only once the round ended."""
+def _delta_round(graph: Graph, account: MailAccount, state: FolderState, start: str, *, whole: bool) -> int:
+    """Store a delta round page by page; after each page keep where the round goes on (its next link),
+    and the new delta link once the round ended. whole: a round over the whole folder (saved as WALK)."""
     added = 0
-    for items, delta_link in graph.delta_pages(start):
-        added += store_messages(account=account, folder=state.name, messages=_messages_of(graph, account, state, items),
-                                engine="v3")
-        if delta_link:
-            FolderState.objects.filter(pk=state.pk).update(delta_link=delta_link, v3_synced_at=timezone.now(),
+    for page in graph.delta_pages(start):
+        added += store_messages(account=account, folder=state.name,
+                                messages=_messages_of(graph, account, state, page.items), engine="v3")
+        if page.delta_link:
+            FolderState.objects.filter(pk=state.pk).update(delta_link=page.delta_link, v3_synced_at=timezone.now(),
                                                            v3_since=None)
+        elif page.next_link:
+            FolderState.objects.filter(pk=state.pk).update(
+                delta_link=f"{WALK}{page.next_link}" if whole else page.next_link)
     return added
 
 

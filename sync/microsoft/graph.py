@@ -70,6 +70,16 @@ class GraphFolder:
 
 
 @dataclass(frozen=True)
+class DeltaPage:
+    """One page of a delta round: its entries, and either the round's delta link (the last page) or the
+    @odata.nextLink of the page after it, which continues this round later too (until Graph forgets it)."""
+
+    items: list[dict]
+    delta_link: str
+    next_link: str
+
+
+@dataclass(frozen=True)
 class FolderTree:
     """The syncable folders, parents before children; complete=False when a bound cut the walk short."""
 
@@ -194,15 +204,16 @@ class Graph:
         return FolderTree(found, complete=False)  # deeper than MAX_FOLDER_DEPTH
 
     def delta_pages(self, link_or_folder_id: str, *, since: datetime | None = None):
-        """One delta round, page by page: yields (items, delta link or "") with the link on the last page.
+        """One delta round, page by page: yields a DeltaPage per page, the delta link on the last one.
 
         With a folder id it starts a new round: without `since` Graph
         enumerates every message in the folder (the initial round), with it
         only mail received since then (the one filter messages delta allows).
-        A delta link continues where its round ended. Items include
-        "@removed" entries and entries that carry only an id and changed
-        properties. Errors: DeltaExpired (start a new round), GraphNotFound
-        (the folder is gone), other MicrosoftError.
+        A delta link continues where its round ended; a page's next link
+        continues the round after that page. Items include "@removed"
+        entries and entries that carry only an id and changed properties.
+        Errors: DeltaExpired (start a new round), GraphNotFound (the folder
+        is gone), other MicrosoftError.
         """
         if link_or_folder_id.startswith("https://"):
             url, params = link_or_folder_id, None
@@ -212,8 +223,9 @@ class Graph:
             if since:
                 params["$filter"] = f"receivedDateTime ge {graph_time(since)}"
         for page in self.pages(url, params, limit=MAX_DELTA_PAGES):
-            link = page.get("@odata.deltaLink") or ""
-            yield [item for item in page.get("value", []) if isinstance(item, dict)], link
+            link = str(page.get("@odata.deltaLink") or "")
+            yield DeltaPage(items=[item for item in page.get("value", []) if isinstance(item, dict)],
+                            delta_link=link, next_link="" if link else str(page.get("@odata.nextLink") or ""))
             if link:
                 return
         raise MicrosoftError("ms_protocol", permanent=False)  # pages ended without a delta link
@@ -221,8 +233,9 @@ class Graph:
     def delta(self, link_or_folder_id: str, *, since: datetime | None = None) -> tuple[list[dict], str]:
         """A whole delta round at once: (the messages it names, without "@removed" entries; the delta link)."""
         items, link = [], ""
-        for page, link in self.delta_pages(link_or_folder_id, since=since):
-            items.extend(item for item in page if "@removed" not in item)
+        for page in self.delta_pages(link_or_folder_id, since=since):
+            items.extend(item for item in page.items if "@removed" not in item)
+            link = page.delta_link
         return items, link
 
     def message(self, message_id: str) -> dict:
