@@ -8,6 +8,11 @@ later open reads that row and makes no provider round trip. Attachments are
 listed (decoded name, content type, size in bytes); their content is never
 stored. The README ("Message bodies") says why and what it costs.
 
+What is stored is cleaned first (sync.mime.clean: no NUL, no lone surrogates
+in text, HTML or attachment names; PostgreSQL refuses both). If the database
+still refuses the row (full disk, a lost connection, a value it rejects), the
+page shows the body anyway, uncached; the next open tries to cache it again.
+
 Errors: BodyUnavailable with a code message_for() translates; nothing is
 cached then, so the next open tries again. A mailbox that refuses the stored
 password or grant is handled as the sync handles it (the account asks to be
@@ -16,7 +21,7 @@ re-connected), so opening messages never repeats a refused login.
 
 import logging
 
-from django.db import IntegrityError
+from django.db import Error as DbError, IntegrityError, transaction
 from django.utils.translation import gettext_lazy as _
 
 from sync import crypto, mime
@@ -71,14 +76,18 @@ def body_for(message: SyncedMessage) -> MessageBody:
     cached = MessageBody.objects.filter(message=message).first()
     if cached is not None:
         return cached
-    content = _fetch(message)
+    content = mime.clean(_fetch(message))
+    fields = {"text": content.text, "html": mime.clean(mime.Content(html=sanitize(content.html))).html,
+              "attachments": content.attachments}
     try:
-        body, _created = MessageBody.objects.get_or_create(
-            message=message,
-            defaults={"text": content.text, "html": sanitize(content.html), "attachments": content.attachments},
-        )
+        with transaction.atomic():  # a refused INSERT leaves the request's transaction usable
+            body, _created = MessageBody.objects.get_or_create(message=message, defaults=fields)
     except IntegrityError:  # the message was deleted meanwhile (its account removed)
         raise BodyUnavailable("not_found") from None
+    except (DbError, UnicodeError) as error:  # DatabaseError, InterfaceError (a lost connection), an encoding
+        logger.warning("The body of message %s is shown uncached: the database refused it (%s)", message.pk,
+                       type(error).__name__)
+        return MessageBody(message=message, **fields)
     return body
 
 

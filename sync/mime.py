@@ -12,6 +12,12 @@ hides the rest:
   attachment, or is not text; an attached message (message/rfc822) is one
   attachment, its own parts are not looked into. Names are decoded (RFC 2231,
   RFC 2047, raw 8-bit bytes), sizes are decoded bytes. Content is never kept.
+
+A text part that is UTF-16 (a byte order mark, or the NUL byte every other
+byte of Latin text has in UTF-16) is read as UTF-16 whatever charset it names:
+Outlook and scanners send such parts without one. Whatever is left that a
+database cannot store (NUL, e.g. from a quoted-printable "=00"; lone
+surrogates) is taken out of text, HTML and attachment names by clean().
 """
 
 import email
@@ -21,10 +27,13 @@ import logging
 from dataclasses import dataclass, field
 
 from sync import headers
+from sync.identity import clean_text
 
 logger = logging.getLogger(__name__)
 MAX_DEPTH = 30  # nesting of multiparts; deeper parts are ignored (a mail bomb, not a letter)
 MAX_NAME = 255
+MAX_TYPE = 255
+UTF16_NUL_SHARE = 0.6  # at least this share of NUL bytes on one side (odd or even offsets), none on the other
 
 
 @dataclass
@@ -37,7 +46,7 @@ class Content:
 
 
 def parse(raw: bytes) -> Content:
-    """MIME bytes -> Content. Never raises for what a mailbox may hold."""
+    """MIME bytes -> Content (cleaned). Never raises for what a mailbox may hold."""
     message = email.message_from_bytes(raw, policy=email.policy.default)
     content = Content()
     for part in _leaves(message, 0):
@@ -45,7 +54,21 @@ def parse(raw: bytes) -> Content:
             _take(part, content)
         except Exception as error:  # noqa: BLE001 - one unreadable part must not hide the others
             logger.info("Skipped an unreadable MIME part (%s)", type(error).__name__)
-    return content
+    return clean(content)
+
+
+def clean(content: Content) -> Content:
+    """Content a database can store, from any provider: no NUL and no lone surrogates (replaced by "?") in
+    the text, the HTML, attachment names and types; sizes whole numbers >= 0."""
+    attachments = []
+    for attachment in content.attachments:
+        size = attachment.get("size")
+        attachments.append({
+            "name": " ".join(clean_text(attachment.get("name")).split())[:MAX_NAME],
+            "content_type": clean_text(attachment.get("content_type")).strip()[:MAX_TYPE],
+            "size": size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else 0,
+        })
+    return Content(text=clean_text(content.text), html=clean_text(content.html), attachments=attachments)
 
 
 def _leaves(part, depth: int):
@@ -75,15 +98,38 @@ def _take(part, content: Content) -> None:
 
 
 def text_of(part) -> str:
-    """A text part's content as str: its declared charset, else the tolerant fallback chain."""
+    """A text part's content as str: UTF-16 when it is, else its declared charset, else the tolerant fallback chain."""
     payload = part.get_payload(decode=True) or b""
     charset = part.get_content_charset() or ""
+    utf16 = _utf16(payload)
+    if utf16 is not None:
+        return utf16
     if charset:
         try:
             return payload.decode(charset)
         except (LookupError, UnicodeDecodeError):
             pass
     return headers.to_text(payload, charset)
+
+
+def _utf16(payload: bytes) -> str | None:
+    """The payload as UTF-16 if it carries a byte order mark or UTF-16's NUL pattern, else None."""
+    if payload[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        encoding = "utf-16"  # the BOM says which order, and goes
+    elif b"\x00" in payload and len(payload) >= 4:
+        even, odd = payload[0::2], payload[1::2]
+        if odd.count(0) >= UTF16_NUL_SHARE * len(odd) and not even.count(0):
+            encoding = "utf-16-le"
+        elif even.count(0) >= UTF16_NUL_SHARE * len(even) and not odd.count(0):
+            encoding = "utf-16-be"
+        else:
+            return None
+    else:
+        return None
+    try:
+        return payload[: len(payload) - len(payload) % 2].decode(encoding)
+    except UnicodeDecodeError:
+        return None
 
 
 def _filename(part) -> str:

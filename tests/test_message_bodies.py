@@ -5,11 +5,13 @@ IMAP against the real Dovecot, Graph and EWS against their fakes over the networ
 load only on request.
 """
 
+import base64
 import re
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from django.db import DataError, InterfaceError, OperationalError
 from django.urls import reverse
 from django.utils import translation
 
@@ -531,3 +533,92 @@ def test_it_shows_the_message_page_in_english(signed_in, synced):
     page = _page(signed_in, synced["Angebot für Sie"])
     assert "Show images" in page and "Back to emails" in page and "Show plain text version" in page
     assert "Bilder anzeigen" not in page
+
+
+# --- NUL bytes, lone surrogates and a cache the database refuses ----------------------------------------------------
+
+UTF16_TEXT = "Grüße aus Köln,\r\nIhr Team"
+
+
+def _nul_mail(subject: str, parts: list[tuple[str, bytes]]) -> bytes:
+    """A multipart/mixed message whose parts are (MIME header lines, encoded body)."""
+    head = (f"From: kunde@example.org\r\nTo: anna@example.org\r\nSubject: {subject}\r\n"
+            f"Date: Tue, 01 Jul 2025 12:00:00 +0000\r\nMessage-ID: <{subject.replace(' ', '-')}@example.org>\r\n"
+            'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="nul"\r\n\r\n').encode()
+    body = b"".join(b"--nul\r\n" + header.encode() + b"\r\n\r\n" + content + b"\r\n" for header, content in parts)
+    return head + body + b"--nul--\r\n"
+
+
+NUL_MAILS = {
+    # Outlook and some scanners write UTF-16 text in Base64 and name no charset.
+    "UTF-16 ohne Zeichensatz": _nul_mail("UTF-16 ohne Zeichensatz", [
+        ("Content-Type: text/plain\r\nContent-Transfer-Encoding: base64",
+         base64.encodebytes(UTF16_TEXT.encode("utf-16-le")))]),
+    "UTF-16 mit BOM": _nul_mail("UTF-16 mit BOM", [
+        ("Content-Type: text/plain; charset=us-ascii\r\nContent-Transfer-Encoding: base64",
+         base64.encodebytes(UTF16_TEXT.encode("utf-16")))]),
+    "QP mit Null": _nul_mail("QP mit Null", [
+        ("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable",
+         b"Hallo=00 Welt=\r\n=00!"),
+        ("Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable",
+         b"<p>Hallo=00 <b>Welt</b>=C3=BC=00</p>"),
+        ("Content-Type: application/pdf\r\nContent-Disposition: attachment; filename*=utf-8''Ver%00trag.pdf\r\n"
+         "Content-Transfer-Encoding: base64", base64.encodebytes(b"%PDF-1.4 x"))]),
+}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("subject, text, html, names", [
+    ("UTF-16 ohne Zeichensatz", "Grüße aus Köln,\nIhr Team", "", []),
+    ("UTF-16 mit BOM", "Grüße aus Köln,\nIhr Team", "", []),
+    ("QP mit Null", "Hallo Welt!", "<p>Hallo <b>Welt</b>ü</p>", ["Vertrag.pdf"]),
+])
+def test_it_shows_and_caches_imap_bodies_that_hold_nul(signed_in, imap_account, dovecot, mailbox, mail_settings,
+                                                        subject, text, html, names):
+    dovecot.deliver(mailbox[0], NUL_MAILS[subject])
+    assert sync_account(imap_account.pk) == 1
+    message = SyncedMessage.objects.get(account=imap_account, subject=subject)
+    page = _page(signed_in, message)
+    cached = MessageBody.objects.get(message=message)
+    assert (cached.text, cached.html, [a["name"] for a in cached.attachments]) == (text, html, names)
+    assert "\x00" not in page and (text.split(",")[0] if text else html) in page.replace("&lt;", "<").replace(
+        "&gt;", ">")
+
+
+@pytest.mark.django_db
+def test_it_shows_and_caches_graph_bodies_and_attachment_names_that_hold_nul(client, graph_account, microsoft):
+    delivered = microsoft.deliver(graph_account.address, subject="Null von Graph")
+    microsoft.set_content(delivered, html="<p>Hallo\u0000 aus <b>Graph</b> \ud83d</p>",
+                          attachments=[("Ver\u0000trag\udc80.pdf", "application/pdf\u0000", 1536)])
+    sync_account(graph_account.pk)
+    message = SyncedMessage.objects.get(account=graph_account, subject="Null von Graph")
+    page = _page(client, message)
+    assert "Hallo aus <b>Graph</b>" in _shown_html(page) and "Vertrag?.pdf" in page
+    cached = MessageBody.objects.get(message=message)
+    assert cached.html == "<p>Hallo aus <b>Graph</b> ?</p>"
+    assert cached.attachments == [{"name": "Vertrag?.pdf", "content_type": "application/pdf", "size": 1536}]
+
+    text_only = microsoft.deliver(graph_account.address, subject="Text mit Null")
+    microsoft.set_content(text_only, text="Zeile\u00001\r\nZeile 2")
+    sync_account(graph_account.pk)
+    message = SyncedMessage.objects.get(account=graph_account, subject="Text mit Null")
+    assert "Zeile1\nZeile 2" in _page(client, message)
+    assert MessageBody.objects.get(message=message).text == "Zeile1\nZeile 2"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("error", [OperationalError("could not extend file: No space left on device"),
+                                   DataError("value too long"), InterfaceError("connection already closed")])
+def test_it_shows_the_body_uncached_when_the_database_refuses_to_keep_it(signed_in, synced, monkeypatch, error):
+    message = synced["Nur Text"]
+
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(MessageBody.objects, "get_or_create", refuse)
+    page = _page(signed_in, message)
+    assert "Hallo!" in page and str(MESSAGES["failed"]) not in page
+    monkeypatch.undo()
+    assert not MessageBody.objects.filter(message=message).exists()
+    assert "Hallo!" in _page(signed_in, message)  # the next open caches it
+    assert MessageBody.objects.filter(message=message).exists()
