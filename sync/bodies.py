@@ -2,7 +2,9 @@
 
 The sync stores headers only (From, To, Cc, subject, dates). The first time a
 user opens a message, body_for() asks the provider for it once (IMAP: the
-message's MIME source; Graph and EWS: the body and the attachment list),
+message's MIME source, or for a big message only its structure, part headers
+and text parts, see sync.imap.bodies; Graph and EWS: the body and the
+attachment list),
 sanitizes the HTML (sync.sanitize) and keeps the result in MessageBody; every
 later open reads that row and makes no provider round trip. Attachments are
 listed (decoded name, content type, size in bytes); their content is never
@@ -101,7 +103,7 @@ def _fetch(message: SyncedMessage) -> mime.Content:
         if account.provider_kind == ProviderKind.IMAP:
             if not account.secret_encrypted or not account.imap_host:
                 raise BodyUnavailable("not_connected")
-            return mime.parse(imap_bodies.fetch_source(account, message))
+            return imap_bodies.fetch_content(account, message)
         if account.provider_kind == ProviderKind.MICROSOFT:
             if not account.token_cache_encrypted:
                 raise BodyUnavailable("not_connected")

@@ -45,6 +45,53 @@ class Content:
     attachments: list[dict] = field(default_factory=list)
 
 
+@dataclass
+class Part:
+    """One leaf part of a message read piece by piece (IMAP BODYSTRUCTURE): its MIME header block, its
+    content as transferred when it was fetched (an attached message: its header), and its decoded size
+    when the content is not all there (None: measured from the content)."""
+
+    header: bytes
+    body: bytes = b""
+    size: int | None = None
+    truncated: bool = False  # only the start of a text part was fetched
+
+
+def shown_text(header: bytes) -> str:
+    """"text/plain" or "text/html" when a part with this MIME header is shown as the message's text
+    (the rule parse() follows: not an attachment, no file name), else ""."""
+    try:
+        part = email.message_from_bytes(header, policy=email.policy.default)
+        content_type = part.get_content_type()
+        if content_type in ("text/plain", "text/html") and not _filename(part) and (
+                part.get_content_disposition() != "attachment"):
+            return content_type
+    except Exception:  # noqa: BLE001 - a header the parser cannot read: not shown as text
+        pass
+    return ""
+
+
+def parse_parts(parts: list[Part], *, truncated_mark: str = "") -> Content:
+    """Content from the leaf parts of a message read piece by piece, by the rules of parse() (cleaned).
+
+    Attachments get the given size; a text part cut short ends with truncated_mark.
+    """
+    content = Content()
+    for piece in parts:
+        try:
+            part = email.message_from_bytes(piece.header + piece.body, policy=email.policy.default)
+            had = (content.text, content.html)
+            _take(part, content, size=piece.size)
+            if piece.truncated and truncated_mark:
+                if content.text != had[0]:
+                    content.text = content.text.rstrip() + "\n" + truncated_mark
+                elif content.html != had[1]:
+                    content.html += f"<p>{truncated_mark}</p>"
+        except Exception as error:  # noqa: BLE001 - one unreadable part must not hide the others
+            logger.info("Skipped an unreadable MIME part (%s)", type(error).__name__)
+    return clean(content)
+
+
 def parse(raw: bytes) -> Content:
     """MIME bytes -> Content (cleaned). Never raises for what a mailbox may hold."""
     message = email.message_from_bytes(raw, policy=email.policy.default)
@@ -83,7 +130,8 @@ def _leaves(part, depth: int):
     yield part
 
 
-def _take(part, content: Content) -> None:
+def _take(part, content: Content, *, size: int | None = None) -> None:
+    """Put a leaf part where it belongs; size: an attachment's size when the part's content is not at hand."""
     content_type = part.get_content_type()
     name = _filename(part)
     attached = name or part.get_content_disposition() == "attachment"
@@ -93,7 +141,7 @@ def _take(part, content: Content) -> None:
         content.html = text_of(part)
     elif attached or part.get_content_maintype() != "text":
         content.attachments.append({"name": name or _attached_message_name(part), "content_type": content_type,
-                                    "size": _size(part)})
+                                    "size": _size(part) if size is None else size})
     # An inline text part after the first (a list footer, a signature part) is not an attachment.
 
 

@@ -370,7 +370,7 @@ def test_it_resumes_an_interrupted_first_walk_of_a_folder_where_it_stopped(accou
     assert sync_account(account.pk) == 0 and "GetItem" not in fake_ews.calls
 
 
-def test_a_first_walk_does_not_take_the_handoffs_state_for_its_progress(account, fake_ews):
+def test_it_starts_the_first_walk_empty_whatever_state_the_handoff_left(account, fake_ews):
     """The handoff stores the state of verify's walk; the first run still reads the folder whole, and a
     state from a walk that an earlier run cut short is used only while the folder was never read whole."""
     fake_ews.deliver("inbox", subject="vor dem Wechsel", received=OLD)

@@ -6,8 +6,13 @@ load only on request.
 """
 
 import base64
+import email
+import email.policy
 import re
+import tracemalloc
 from datetime import datetime, timezone
+from email.message import EmailMessage
+from email.utils import make_msgid
 from pathlib import Path
 
 import pytest
@@ -20,6 +25,7 @@ from portal.devservers import free_port, make_message
 from sync import crypto, mime
 from sync.bodies import MESSAGES, message_for
 from sync.exchange import client as ews
+from sync.imap import bodies as imap_bodies
 from sync.models import MailAccount, MessageBody, SyncedMessage
 from sync.sanitize import has_blocked_images, sanitize, with_remote_images
 from sync.runs import sync_account
@@ -622,3 +628,95 @@ def test_it_shows_the_body_uncached_when_the_database_refuses_to_keep_it(signed_
     assert not MessageBody.objects.filter(message=message).exists()
     assert "Hallo!" in _page(signed_in, message)  # the next open caches it
     assert MessageBody.objects.filter(message=message).exists()
+
+
+# --- big IMAP messages: only the structure, the part headers and the text parts are fetched ---------------------------
+
+
+def _logouts(dovecot, address) -> list[int]:
+    """The bytes Dovecot sent in each finished session of `address` ("Logged out in=... out=N")."""
+    log = Path(dovecot.base, "dovecot.log")
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return [int(n) for n in re.findall(rf"imap\({re.escape(address)}\).*Logged out in=\d+ out=(\d+)", text)]
+
+
+def _sent_in_next_session(dovecot, address, open_page) -> int:
+    before = len(_logouts(dovecot, address))
+    open_page()
+    wait_for(lambda: len(_logouts(dovecot, address)) > before, timeout=5, interval=0.05)
+    return _logouts(dovecot, address)[before]
+
+
+def _big_mail(subject: str, attachment_bytes: int, *, text: str = "Der Plan ist im Anhang.") -> bytes:
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "kunde@example.org", "anna@example.org", subject
+    message["Date"] = "Tue, 01 Jul 2025 13:00:00 +0000"
+    message["Message-ID"] = make_msgid(domain="example.org")
+    message.set_content(text)
+    message.add_alternative(f"<p>{text}</p><script>alert(1)</script>", subtype="html")
+    message.add_attachment(bytes(attachment_bytes), maintype="application", subtype="pdf",
+                           filename="Großer Plan März.pdf")
+    message.add_attachment(email.message_from_bytes(make_message(subject="Weitergeleitet groß"),
+                                                    policy=email.policy.default))
+    return message.as_bytes()
+
+
+@pytest.mark.django_db
+def test_it_opens_a_big_imap_message_without_fetching_its_attachments(signed_in, imap_account, dovecot, mailbox,
+                                                                      mail_settings):
+    big = 6 * 1024 * 1024  # 6 MB of PDF: 8.3 MB as Base64
+    dovecot.deliver(mailbox[0], _big_mail("Großer Anhang", big))
+    assert sync_account(imap_account.pk) == 1
+    message = SyncedMessage.objects.get(account=imap_account, subject="Großer Anhang")
+
+    tracemalloc.start()
+    try:
+        sent = _sent_in_next_session(dovecot, mailbox[0], lambda: _page(signed_in, message))
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sent < 100_000, sent  # the structure, part headers and text; not the 8 MB of the attachment
+    assert peak < 5_000_000, peak
+    cached = MessageBody.objects.get(message=message)
+    assert cached.text == "Der Plan ist im Anhang.\n"
+    assert cached.html == "<p>Der Plan ist im Anhang.</p>\n"
+    (pdf, forwarded) = cached.attachments
+    assert (pdf["name"], pdf["content_type"]) == ("Großer Plan März.pdf", "application/pdf")
+    assert abs(pdf["size"] - big) < 100  # counted back from the Base64 size
+    assert (forwarded["name"], forwarded["content_type"]) == ("Weitergeleitet groß.eml", "message/rfc822")
+    page = _page(signed_in, message)
+    assert "Großer Plan März.pdf" in page and "application/pdf · 6,0\xa0MB" in page
+
+
+@pytest.mark.django_db
+def test_it_shows_the_start_of_a_huge_text_and_says_it_is_cut(signed_in, imap_account, dovecot, mailbox,
+                                                              mail_settings, monkeypatch):
+    line = "Zeile mit Text, die sich wiederholt.\n"
+    single = make_message(subject="Riesiger Text", body=line * 80_000)  # one text/plain part, ~3 MB
+    dovecot.deliver(mailbox[0], single, _big_mail("Langer Text mit Anhang", 2_000_000, text=line * 60_000))
+    assert sync_account(imap_account.pk) == 2
+    for subject in ("Riesiger Text", "Langer Text mit Anhang"):
+        message = SyncedMessage.objects.get(account=imap_account, subject=subject)
+        sent = _sent_in_next_session(dovecot, mailbox[0], lambda: _page(signed_in, message))
+        assert sent < 2 * imap_bodies.TEXT_MAX + 100_000, (subject, sent)
+        cached = MessageBody.objects.get(message=message)
+        assert cached.text.startswith(line * 100) and cached.text.endswith("\n[…]")
+        assert len(cached.text) < imap_bodies.TEXT_MAX + 1000
+
+
+@pytest.mark.django_db
+def test_it_shows_a_big_message_as_it_shows_a_small_one(signed_in, synced, dovecot, mailbox, monkeypatch):
+    """The corpus once whole (BODY[]) and once piece by piece (BODYSTRUCTURE, part headers, text parts)."""
+    whole = {}
+    for subject, message in synced.items():
+        whole[subject] = _page(signed_in, message) and MessageBody.objects.get(message=message)
+    MessageBody.objects.all().delete()
+    monkeypatch.setattr(imap_bodies, "WHOLE_MAX", 0)
+    for subject, message in synced.items():
+        _page(signed_in, message)
+        pieces = MessageBody.objects.get(message=message)
+        assert (pieces.text, pieces.html) == (whole[subject].text, whole[subject].html), subject
+        assert [(a["name"], a["content_type"]) for a in pieces.attachments] == [
+            (a["name"], a["content_type"]) for a in whole[subject].attachments], subject
+        for got, exact in zip(pieces.attachments, whole[subject].attachments):
+            assert abs(got["size"] - exact["size"]) <= max(8, exact["size"] // 20), (subject, got, exact)
