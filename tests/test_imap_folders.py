@@ -115,15 +115,20 @@ def special_use_dovecot():
     server.stop()
 
 
-def test_it_skips_folders_by_their_special_use_flags(make_account, user, special_use_dovecot, settings):
+def account_on(server, make_account, user, settings):
+    """A V2 account of `user` on a Dovecot of its own configuration: (account, address, password)."""
     from sync import crypto
 
     settings.EGRESS_ALLOW_NETWORKS = ["127.0.0.1/32"]
-    settings.MAIL_TLS_CA_FILE = str(special_use_dovecot.cert_path)
-    address, password = special_use_dovecot.take_mailbox()
-    account = make_account(user, address, imap_host="127.0.0.1", imap_port=special_use_dovecot.tls_port,
-                           imap_security="ssl", username=address,
-                           secret_encrypted=crypto.encrypt_json({"password": password}))
+    settings.MAIL_TLS_CA_FILE = str(server.cert_path)
+    address, password = server.take_mailbox()
+    account = make_account(user, address, imap_host="127.0.0.1", imap_port=server.tls_port, imap_security="ssl",
+                           username=address, secret_encrypted=crypto.encrypt_json({"password": password}))
+    return account, address, password
+
+
+def test_it_skips_folders_by_their_special_use_flags(make_account, user, special_use_dovecot, settings):
+    account, address, password = account_on(special_use_dovecot, make_account, user, settings)
     _switch_to_v3(account, special_use_dovecot, (address, password))
     for folder in ("Werbeablage", "Rundablage", "Vorlagen in Arbeit", "Alles", "Gesendet", "INBOX"):
         special_use_dovecot.deliver(address, make_message(subject=f"in {folder}"), folder=folder)
@@ -260,15 +265,9 @@ def fs_dovecot():
 
 def test_it_reports_a_folder_path_too_long_to_keep_and_syncs_the_rest(make_account, user, fs_dovecot, settings):
     from migration.imap import flow
-    from sync import crypto
     from sync.imap.client import ImapSettings
 
-    settings.EGRESS_ALLOW_NETWORKS = ["127.0.0.1/32"]
-    settings.MAIL_TLS_CA_FILE = str(fs_dovecot.cert_path)
-    address, password = fs_dovecot.take_mailbox()
-    account = make_account(user, address, imap_host="127.0.0.1", imap_port=fs_dovecot.tls_port,
-                           imap_security="ssl", username=address,
-                           secret_encrypted=crypto.encrypt_json({"password": password}))
+    account, address, password = account_on(fs_dovecot, make_account, user, settings)
     deep = "/".join(["Kunden", "Müller Maschinenbau GmbH & Co. KG " * 5, "Projekt Erweiterung Halle 3 " * 6,
                      "Korrespondenz Bauleitung " * 9])
     assert len(deep) > 500
