@@ -23,6 +23,8 @@ import requests
 from django.conf import settings
 from django.core.cache import cache
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from sync.providers import PROVIDER_HOSTS
 
@@ -188,6 +190,41 @@ def _count(key: str) -> int:
 # --- HTTP ---------------------------------------------------------------------------------------------------------
 
 
+def _watch(connection) -> None:
+    """Let the current sync run shut this connection's socket down when it overruns (sync.leases)."""
+    from sync import leases  # not at import: the guard is also used before Django's apps are ready
+
+    def shut_down():
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed already
+
+    leases.on_overrun(shut_down)
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    def connect(self):
+        super().connect()
+        _watch(self)
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def connect(self):
+        super().connect()
+        _watch(self)
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
 class PinnedAdapter(HTTPAdapter):
     """A requests adapter that connects to one checked address for one host name.
 
@@ -203,6 +240,11 @@ class PinnedAdapter(HTTPAdapter):
         self.pinned_address = address
         self.ca_pem = ca_pem
         super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        # Connections that a sync run's SYNC_RUN_MAX_SECONDS can shut down (sync.leases).
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
     def build_connection_pool_key_attributes(self, request, verify, cert=None):
         host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)

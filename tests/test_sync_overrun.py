@@ -16,7 +16,7 @@ from sync.runs import sync_account
 
 @pytest.fixture
 def dripping_server(dovecot):
-    """A TLS server on 127.0.0.1 that sends its greeting one byte every 0.3 s and never ends the line."""
+    """A TLS server on 127.0.0.1 that answers one byte every 0.3 s and never ends its line (IMAP or HTTP)."""
     port = free_port()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(dovecot.base / "cert.pem"), str(dovecot.base / "key.pem"))
@@ -28,6 +28,11 @@ def dripping_server(dovecot):
         connection, _ = listener.accept()
         try:
             tls = context.wrap_socket(connection, server_side=True)
+            tls.settimeout(0.5)
+            try:
+                tls.recv(65536)  # an HTTP request, if the client speaks first
+            except (TimeoutError, ssl.SSLError):
+                pass  # IMAP: the server speaks first
             for byte in b"* OK " + b"." * 600:  # at most ~3 minutes, then it stops by itself
                 if stop.is_set():
                     break
@@ -75,4 +80,33 @@ def test_it_ends_a_run_that_passes_the_maximum_and_frees_the_account(make_accoun
     # The shut-down connection reads as a broken answer: "protocol" (the log says why).
     assert (result["added"], account.status, account.last_sync_error) == (0, "error", "protocol")
     assert account.sync_lease_token == ""  # released: the next run may start
+    assert len(sent) < 600
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_ends_an_exchange_run_that_passes_the_maximum(make_account, user, dovecot, settings, dripping_server):
+    port, sent = dripping_server
+    settings.EGRESS_ALLOW_NETWORKS = ["127.0.0.1/32"]
+    settings.MAIL_CONNECT_TIMEOUT = 5
+    settings.SYNC_LEASE_SECONDS = 3
+    settings.SYNC_RUN_MAX_SECONDS = 2
+    account = make_account(user, "tropf@firma.test", provider_kind="exchange", engine="v3", username="FIRMA\\tropf",
+                           ews_url=f"https://127.0.0.1:{port}/EWS/Exchange.asmx", ews_auth_type="basic",
+                           tls_ca_pem=dovecot.cert_path.read_text(),
+                           secret_encrypted=crypto.encrypt_json({"password": "pw"}))
+    result = {}
+
+    def sync_in_a_worker_thread():
+        try:
+            result["added"] = sync_account(account.pk)
+        finally:
+            connection.close()
+
+    run = threading.Thread(target=sync_in_a_worker_thread, daemon=True)
+    run.start()
+    run.join(60)  # a bound for a broken build only
+    assert not run.is_alive()
+    account.refresh_from_db()
+    assert result["added"] == 0 and account.status == "error" and account.last_sync_error in ("unreachable", "protocol")
+    assert account.sync_lease_token == ""
     assert len(sent) < 600
