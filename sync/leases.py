@@ -85,11 +85,18 @@ def on_overrun(callback) -> None:
     """Call `callback()` (from another thread) if the current run passes SYNC_RUN_MAX_SECONDS.
 
     For shutting down a connection that blocks the run; outside a run (a
-    migration's verify, the message page) nothing is registered.
+    migration's verify, the message page) nothing is registered. A connection
+    opened after the run overran is shut down at once: the run must end, not
+    carry on over a fresh connection while its lease expires.
     """
     renewal = getattr(_current, "renewal", None)
-    if renewal is not None:
-        renewal.overrun_callbacks.append(callback)
+    if renewal is None:
+        return
+    with renewal.lock:
+        if not renewal.overran:
+            renewal.overrun_callbacks.append(callback)
+            return
+    callback()
 
 
 class _Renewal(threading.Thread):
@@ -100,6 +107,8 @@ class _Renewal(threading.Thread):
         self.account_id, self.token = account_id, token
         self.stopped = threading.Event()
         self.overrun_callbacks = []
+        self.overran = False
+        self.lock = threading.Lock()
         self.deadline = timezone.now() + timedelta(seconds=settings.SYNC_RUN_MAX_SECONDS)
 
     def run(self) -> None:
@@ -123,7 +132,10 @@ class _Renewal(threading.Thread):
     def _overrun(self) -> None:
         logger.warning("Sync run of account %s passed SYNC_RUN_MAX_SECONDS: its connection is closed",
                        self.account_id)
-        for callback in self.overrun_callbacks:
+        with self.lock:
+            self.overran = True
+            callbacks = list(self.overrun_callbacks)
+        for callback in callbacks:
             try:
                 callback()
             except Exception:  # noqa: BLE001 - the connection may be gone already

@@ -110,3 +110,30 @@ def test_it_ends_an_exchange_run_that_passes_the_maximum(make_account, user, dov
     assert result["added"] == 0 and account.status == "error" and account.last_sync_error in ("unreachable", "protocol")
     assert account.sync_lease_token == ""
     assert len(sent) < 600
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_refuses_new_connections_once_the_run_has_overrun(imap_account, mailbox, mail_settings):
+    from sync import leases
+    from sync.errors import MailboxError
+    from sync.imap import client as imap
+    from sync.services import imap_settings_of
+
+    mail_settings.SYNC_LEASE_SECONDS = 3
+    mail_settings.SYNC_RUN_MAX_SECONDS = 1
+    settings_of_account = imap_settings_of(imap_account)
+    try:
+        with leases.held(imap_account.pk) as held:
+            assert held
+            imap.close(imap.open_mailbox(settings_of_account, mailbox[1]))  # within the limit: fine
+            renewal = leases._current.renewal
+            for _ in range(100):  # until the lease thread has seen the deadline pass (at most ~10 s)
+                if renewal.overran:
+                    break
+                time.sleep(0.1)
+            assert renewal.overran
+            # A run that tries to carry on over a fresh connection (a reopen after a failed FETCH) cannot.
+            with pytest.raises(MailboxError):
+                imap.open_mailbox(settings_of_account, mailbox[1])
+    finally:
+        connection.close()
