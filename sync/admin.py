@@ -31,7 +31,7 @@ class MailAccountAdmin(admin.ModelAdmin):
         if not rows:
             return "–"
         return format_html("<ul>{}</ul>", format_html_join(
-            "", "<li>{} · {} · {} {}</li>", ((r.folder, r.reference, r.reason, r.detail) for r in rows)))
+            "", "<li>{} · {} · {} {}</li>", ((r.folder, r.reference, r.get_reason_display(), r.detail) for r in rows)))
     inlines = [FolderStateInline]
 
     def save_model(self, request, obj, form, change):

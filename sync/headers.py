@@ -120,8 +120,10 @@ def parse_date(value: str | None) -> datetime | None:
     """An RFC 5322 date (obsolete forms included) as an aware UTC datetime; None when unreadable or absurd."""
     if not value:
         return None
-    # Zone comments such as "(CEST)" carry nothing the numeric offset does not.
+    # Zone comments such as "(CEST)" carry nothing the numeric offset does not; a leap second
+    # (RFC 5322 allows second 60) counts as 59, as Exchange and most clients store it.
     cleaned = re.sub(r"\([^)]*\)", " ", value).strip()
+    cleaned = re.sub(r"(\d{1,2}:\d{2}):60\b", r"\1:59", cleaned)
     try:
         parts = parsedate_tz(cleaned)
     except (TypeError, ValueError, IndexError):

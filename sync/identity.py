@@ -189,11 +189,18 @@ class FetchedMessage:
     provider_id: str = ""
     fingerprint: str = field(init=False)
     dedup_key: str = field(init=False)
+    # The key this message has when a source lacks its Message-ID (an export, a provider that drops it).
+    fallback_key: str = field(init=False)
 
     def __post_init__(self):
         # Provider JSON may carry NUL or lone surrogates ("\u0000", "\ud800"); PostgreSQL refuses both.
         for name in ("message_id", "subject", "sender", "to", "cc", "provider_id"):
             object.__setattr__(self, name, clean_text(getattr(self, name)))
-        digest = fingerprint(sent_at=self.sent_at or self.received_at, sender=self.sender, subject=self.subject)
+        has_id = bool(normalize_message_id(self.message_id))
+        # With a Message-ID an unreadable Date stays out of the fingerprint ("-" matches any date): another
+        # engine's date for it (sentDateTime) would not match the delivery time and split one message in two.
+        when = self.sent_at if has_id else (self.sent_at or self.received_at)
+        digest = fingerprint(sent_at=when, sender=self.sender, subject=self.subject)
         object.__setattr__(self, "fingerprint", digest)
         object.__setattr__(self, "dedup_key", message_key(message_id=self.message_id, fingerprint=digest))
+        object.__setattr__(self, "fallback_key", FALLBACK_PREFIX + _digest(digest))

@@ -139,20 +139,31 @@ class SyncedMessage(models.Model):
             # Graph delta entries and opened messages are looked up by the provider's id.
             models.Index(fields=["account", "provider_id"], name="message_provider_id",
                          condition=~models.Q(provider_id="")),
+            # A message a source delivers without its Message-ID is looked up by its fingerprint.
+            models.Index(fields=["account", "fingerprint"], name="message_fingerprint"),
         ]
 
     def __str__(self):
         return self.subject or self.dedup_key
 
 
+class SkipReason(models.TextChoices):
+    UNREADABLE = "unreadable", _("Nicht lesbar")
+    STORE_FAILED = "store_failed", _("Nicht speicherbar")
+    GONE = "gone", _("Beim Abruf nicht mehr vorhanden")
+    FOLDER_UNREADABLE = "folder_unreadable", _("Ordner nicht lesbar")
+    FOLDER_NAME_TOO_LONG = "folder_name_too_long", _("Ordnername zu lang")
+
+
 class SkippedMessage(models.Model):
     """A message a sync run could not store: the reason for support staff; the run went on."""
 
-    account = models.ForeignKey(MailAccount, models.CASCADE, related_name="skipped_messages")
+    account = models.ForeignKey(MailAccount, models.CASCADE, related_name="skipped_messages",
+                                verbose_name=_("E-Mail-Konto"))
     folder = models.CharField(_("Ordner"), max_length=500)
     # "uid:<UIDVALIDITY>:<UID>" for IMAP, the provider's id for Graph and EWS.
     reference = models.CharField(_("Verweis"), max_length=600)
-    reason = models.CharField(_("Grund"), max_length=40)
+    reason = models.CharField(_("Grund"), max_length=40, choices=SkipReason.choices)
     detail = models.CharField(_("Einzelheiten"), max_length=300, blank=True)
     seen_at = models.DateTimeField(_("Zuletzt gesehen"), auto_now=True)
 

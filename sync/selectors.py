@@ -1,6 +1,6 @@
 from datetime import datetime
 
-from django.db.models import F, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
 from sync import leases
@@ -15,7 +15,8 @@ def messages_for_user(user) -> QuerySet:
 
 
 def accounts_for_user(user) -> QuerySet:
-    return MailAccount.objects.filter(owner=user).order_by("address")
+    """The user's accounts, each with skipped_count: messages the sync could not take over (one query)."""
+    return MailAccount.objects.filter(owner=user).annotate(skipped_count=Count("skipped_messages")).order_by("address")
 
 
 def accounts_due_for_sync(*, v2_running: bool, now: datetime | None = None) -> QuerySet:

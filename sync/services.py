@@ -29,7 +29,9 @@ def store_messages(*, account: MailAccount, folder: str, messages: list[FetchedM
     different message reusing the id and gets the collision key. The unique
     (account, dedup_key) constraint is the final guard between overlapping
     runs; the count is taken from the table, so rows that lost that race are
-    not reported as added. Three queries per batch.
+    not reported as added. The same message from a source that lacks its
+    Message-ID (or has it where another lacked it) is recognised by its
+    fingerprint. Four queries per batch.
     """
     if not messages:
         return 0
@@ -37,11 +39,19 @@ def store_messages(*, account: MailAccount, folder: str, messages: list[FetchedM
     known = dict(
         SyncedMessage.objects.filter(account=account, dedup_key__in=candidates).values_list("dedup_key", "fingerprint")
     )
+    # A message without its Message-ID here, stored with it by another source: found by its fingerprint.
+    id_less = {m.fingerprint for m in messages if m.dedup_key.startswith(identity.FALLBACK_PREFIX)}
+    stored_fingerprints = set(
+        SyncedMessage.objects.filter(account=account, fingerprint__in=id_less).values_list("fingerprint", flat=True)
+    ) if id_less else set()
     fresh: dict[str, FetchedMessage] = {}
     for message in messages:
         key = message.dedup_key
-        if key.startswith(identity.FALLBACK_PREFIX) and _legacy_key(message) in known:
-            continue  # stored before dates were recorded (sync 0004): same sender, subject, delivery time
+        if key.startswith(identity.FALLBACK_PREFIX):
+            if _legacy_key(message) in known or message.fingerprint in stored_fingerprints:
+                continue  # stored before dates were recorded (sync 0004), or stored with its Message-ID
+        elif message.fallback_key in known:
+            continue  # stored without its Message-ID by another source (a V2 export, a provider)
         holder = known.get(key, fresh[key].fingerprint if key in fresh else None)
         if holder is not None and not identity.same_message(holder, message.fingerprint):
             key = identity.collision_key(key, message.fingerprint)
@@ -71,8 +81,8 @@ def store_messages(*, account: MailAccount, folder: str, messages: list[FetchedM
 def _keys_to_look_up(message: FetchedMessage) -> tuple[str, ...]:
     keys = (message.dedup_key, identity.collision_key(message.dedup_key, message.fingerprint))
     if message.dedup_key.startswith(identity.FALLBACK_PREFIX):
-        keys += (_legacy_key(message),)
-    return keys
+        return keys + (_legacy_key(message),)
+    return keys + (message.fallback_key,)
 
 
 def _legacy_key(message: FetchedMessage) -> str:

@@ -104,6 +104,10 @@ def test_it_reads_every_legal_form_of_one_date(written):
     assert headers.parse_date(written) == datetime(2025, 7, 1, 7, 0, tzinfo=UTC)
 
 
+def test_it_reads_a_leap_second_as_the_second_before():
+    assert headers.parse_date("Wed, 31 Dec 2025 23:59:60 +0000") == datetime(2025, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
 @pytest.mark.parametrize("written", ["", "gestern", "Tue, 32 Jul 2025 09:00:00 +0200", "Mon, 1 Jan 1601 00:00 +0000",
                                      "Fri, 31 Dec 9999 23:59:59 +0000", "1 Jul 2025 25:61:00 +0200"])
 def test_it_gives_no_date_for_unreadable_or_absurd_dates(written):

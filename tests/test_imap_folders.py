@@ -205,7 +205,8 @@ def _maildir(dovecot, address):
     return next(p for p in (dovecot.base / "mail").iterdir() if p.name == address) / "Maildir"
 
 
-def test_it_syncs_the_other_folders_when_the_server_cannot_open_one(imap_account, dovecot, mailbox, mail_settings):
+def test_it_syncs_the_other_folders_when_the_server_cannot_open_one(imap_account, dovecot, mailbox, mail_settings,
+                                                                    client, user):
     import os
 
     _switch_to_v3(imap_account, dovecot, mailbox)
@@ -223,6 +224,13 @@ def test_it_syncs_the_other_folders_when_the_server_cannot_open_one(imap_account
     assert (imap_account.status, imap_account.last_sync_error) == ("active", "")
     skipped = SkippedMessage.objects.get(account=imap_account)
     assert (skipped.folder, skipped.reference, skipped.reason) == ("Abgelegt", "folder", "folder_unreadable")
+    assert skipped.get_reason_display() == "Ordner nicht lesbar"
+    # The user is told that something is missing, not just "Aktiv".
+    client.force_login(user)
+    page = client.get(reverse("settings-mail")).content.decode()
+    assert "Nicht übernommene Nachrichten oder Ordner: 1." in page
+    page = client.get(reverse("settings-mail"), HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "Messages or folders not taken over: 1." in page
     sync_account(imap_account.pk)  # readable again: it is synced
     assert "gesperrt" in subjects(imap_account)
 

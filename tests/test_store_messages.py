@@ -85,3 +85,26 @@ def test_it_recognises_an_id_less_row_stored_before_dates_were_recorded(account)
                                 sent_at=WHEN + timedelta(days=30), received_at=WHEN + timedelta(days=30))
     assert store(account, same, next_month) == 1
     assert SyncedMessage.objects.filter(subject="Ihre Rechnung").count() == 2
+
+
+def test_it_recognises_one_message_with_and_without_its_message_id(account):
+    # A V2 export lacked the Message-ID; the mailbox has it (and the other way round).
+    exported = FetchedMessage(subject="Angebot", sender="kunde@example.org", sent_at=WHEN, received_at=WHEN)
+    in_mailbox = FetchedMessage(message_id="<angebot-1@example.org>", subject="Angebot",
+                                sender="Kunde <kunde@example.org>", sent_at=WHEN, received_at=WHEN)
+    assert store(account, exported, engine="v2") == 1
+    assert store(account, in_mailbox) == 0
+    other = FetchedMessage(message_id="<angebot-2@example.org>", subject="Angebot 2", sender="kunde@example.org",
+                           sent_at=WHEN)
+    assert store(account, other) == 1
+    assert store(account, FetchedMessage(subject="Angebot 2", sender="kunde@example.org", sent_at=WHEN)) == 0
+    assert SyncedMessage.objects.count() == 2
+
+
+def test_it_keeps_one_row_when_one_engine_cannot_read_the_date_of_a_message_with_an_id(account):
+    # IMAP could not read the Date (it counts as missing); Graph reports the sent time.
+    imap = FetchedMessage(message_id="<odd-date@example.org>", subject="x", sender="a@b.example", received_at=WHEN)
+    graph = FetchedMessage(message_id="<odd-date@example.org>", subject="x", sender="a@b.example",
+                           sent_at=WHEN - timedelta(minutes=5), received_at=WHEN)
+    assert store(account, imap) == 1
+    assert store(account, graph) == 0
