@@ -131,6 +131,26 @@ def celery_worker_thread(transactional_db):
     task_postrun.disconnect(close_connection)
 
 
+def worker_environment(settings, dovecot, **extra) -> dict:
+    """The environment of a separate worker process: this test session's PostgreSQL, keys and campaign."""
+    from django.db import connection as db_connection
+
+    db = db_connection.settings_dict
+    keys = settings.ENCRYPTION_KEYS or [
+        line.strip() for line in settings.ENCRYPTION_KEY_FILE.read_text().splitlines() if line.strip()
+    ]
+    return dict(
+        os.environ,
+        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        EGRESS_ALLOW_NETWORKS="127.0.0.1/32",
+        MAIL_TLS_CA_FILE=str(dovecot.cert_path),
+        CAMPAIGN_MIGRATE_BY=settings.CAMPAIGN_MIGRATE_BY.isoformat(),
+        CAMPAIGN_V2_SHUTDOWN=settings.CAMPAIGN_V2_SHUTDOWN.isoformat(),
+        ENCRYPTION_KEYS=",".join(keys),
+        **extra,
+    )
+
+
 def wait_for(predicate, timeout=20.0, interval=0.05):
     import time
 

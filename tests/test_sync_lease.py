@@ -32,7 +32,7 @@ from sync.models import MailAccount, SyncedMessage
 from sync.runs import sync_account
 from sync.tasks import sync_account as sync_task
 from sync.tasks import sync_all_accounts
-from tests.conftest import wait_for
+from tests.conftest import wait_for, worker_environment
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parent.parent
@@ -310,18 +310,8 @@ def test_it_claims_due_accounts_in_bounded_batches_and_skips_locked_ones(user, m
 
 
 def _celery(settings, dovecot, *arguments):
-    db = connection.settings_dict
-    env = dict(
-        os.environ,
-        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        EGRESS_ALLOW_NETWORKS="127.0.0.1/32",
-        MAIL_TLS_CA_FILE=str(dovecot.cert_path),
-        CAMPAIGN_MIGRATE_BY=settings.CAMPAIGN_MIGRATE_BY.isoformat(),
-        CAMPAIGN_V2_SHUTDOWN=settings.CAMPAIGN_V2_SHUTDOWN.isoformat(),
-        ENCRYPTION_KEYS=",".join(crypto_keys()),
-        SYNC_LEASE_SECONDS=str(LEASE_SECONDS),
-        SYNC_INTERVAL_SECONDS="5",  # beat's fan-out; the smallest interval allowed
-    )
+    env = worker_environment(settings, dovecot, SYNC_LEASE_SECONDS=str(LEASE_SECONDS),
+                             SYNC_INTERVAL_SECONDS="5")  # beat's fan-out; the smallest interval allowed
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "portal", *arguments, "--loglevel=WARNING"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -335,14 +325,6 @@ def worker(settings, dovecot, name):
 
 def beat(settings, dovecot, folder):
     return _celery(settings, dovecot, "beat", "--schedule", str(Path(folder) / "beat-schedule"))
-
-
-def crypto_keys():
-    from django.conf import settings
-
-    if settings.ENCRYPTION_KEYS:
-        return settings.ENCRYPTION_KEYS
-    return [line.strip() for line in settings.ENCRYPTION_KEY_FILE.read_text().splitlines() if line.strip()]
 
 
 def stop(*processes):

@@ -14,7 +14,7 @@ from django.db import connection
 from migration import services, steps
 from migration.models import Migration, MigrationEvent
 from sync.imap.client import ImapSettings
-from tests.conftest import wait_for
+from tests.conftest import wait_for, worker_environment
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,29 +69,12 @@ class SlowProxy:
 
 
 def _worker(settings, dovecot):
-    db = connection.settings_dict
-    env = dict(
-        os.environ,
-        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        EGRESS_ALLOW_NETWORKS="127.0.0.1/32",
-        MAIL_TLS_CA_FILE=str(dovecot.cert_path),
-        CAMPAIGN_MIGRATE_BY=settings.CAMPAIGN_MIGRATE_BY.isoformat(),
-        CAMPAIGN_V2_SHUTDOWN=settings.CAMPAIGN_V2_SHUTDOWN.isoformat(),
-        ENCRYPTION_KEYS=",".join(_keys()),
-    )
+    env = worker_environment(settings, dovecot)
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "portal", "worker", "--pool=solo", "--without-gossip",
          "--without-mingle", "--without-heartbeat", "--loglevel=WARNING"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
-
-
-def _keys():
-    from django.conf import settings
-
-    if settings.ENCRYPTION_KEYS:
-        return settings.ENCRYPTION_KEYS
-    return [line.strip() for line in settings.ENCRYPTION_KEY_FILE.read_text().splitlines() if line.strip()]
 
 
 def test_it_finishes_a_migration_whose_worker_was_killed(user, imap_account, dovecot, mailbox, mail_settings):
