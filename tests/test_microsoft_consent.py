@@ -94,7 +94,7 @@ def test_it_keeps_the_sign_in_when_the_user_cancels(client, user, ms_account, mi
                                  "error_description": "AADSTS65004: User declined to consent to access the app."}
     response, _, _ = sign_in(client, microsoft, migration)
     assert Migration.objects.get(pk=migration.pk).status == "awaiting_user"
-    assert "abgebrochen" in client.get(response["Location"]).content.decode()
+    assert "Zustimmung abgelehnt" in client.get(response["Location"]).content.decode()
 
 
 @pytest.mark.django_db(transaction=True)

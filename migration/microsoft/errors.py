@@ -29,5 +29,15 @@ MESSAGES = {
     "ms_reconnect": _(
         "Die Verbindung zu Microsoft ist abgelaufen oder wurde widerrufen. Bitte verbinden Sie das Konto neu."
     ),
+    "ms_declined": _(
+        "Sie haben bei Microsoft die Zustimmung abgelehnt, deshalb darf das CRM Ihre E-Mails nicht lesen. Es wurde "
+        "nichts geändert. Wenn Sie es sich anders überlegen, melden Sie sich erneut an und stimmen Sie zu."
+    ),
+    "ms_personal_account": _(
+        "Sie haben sich mit einem privaten Microsoft-Konto (z. B. Outlook.com oder Hotmail) angemeldet, dieses "
+        "Portal nimmt aber nur Geschäfts- und Schulkonten an. Bitte melden Sie sich mit Ihrem Geschäftskonto an. "
+        "Sollen auch private Konten migriert werden, muss der Betreiber des Portals die Einstellung MS_AUTHORITY "
+        "auf https://login.microsoftonline.com/common setzen."
+    ),
     "ms_admin_consent": _("Für dieses Konto ist die Zustimmung eines Administrators nötig."),
 }

@@ -20,9 +20,16 @@ from django.conf import settings
 GRAPH_RESOURCE = "https://graph.microsoft.com"
 # msal adds openid, profile and offline_access (the refresh token) by itself.
 SCOPES = ["User.Read", "Mail.Read"]
-# AADSTS65001: nobody consented; 90094: admin approval needed; 90095: approval
-# requested through the admin-consent workflow (the "approval" screen).
-CONSENT_CODES = {65001, 90094, 90095}
+# Microsoft's error-code reference (learn.microsoft.com/entra/identity-platform/reference-error-codes):
+# AADSTS65001: nobody consented; 90093: the tenant allows no user consent for this
+# app; 90094: admin approval needed; 90095: approval requested through the
+# admin-consent workflow (the "approval" screen); 900941/900981: consent blocked by
+# policy (an app that is risky or from an unverified publisher).
+CONSENT_CODES = {65001, 90093, 90094, 90095, 900941, 900981}
+# AADSTS65004: the user declined (pressed Cancel on the consent screen): their own choice, not an admin's.
+DECLINED_CODE = 65004
+# AADSTS500208: a personal Microsoft account at an authority for work or school accounts only.
+PERSONAL_ACCOUNT_CODE = 500208
 
 
 class MicrosoftError(Exception):
@@ -78,6 +85,8 @@ def aadsts_codes(response: dict) -> set[int]:
 
 def needs_admin_consent(response: dict) -> bool:
     error = str(response.get("error", ""))
+    if DECLINED_CODE in aadsts_codes(response):
+        return False
     if error == "consent_required" or response.get("error_subcode") == "consent_required":
         return True
     # access_denied after the "Need admin approval" / "Approval required" screen carries 90094/90095.
@@ -90,6 +99,10 @@ def error_from(response: dict) -> MicrosoftError:
     if needs_admin_consent(response):
         return MicrosoftError("ms_admin_consent", permanent=True, aadsts=first)
     error = response.get("error")
+    if DECLINED_CODE in codes:
+        return MicrosoftError("ms_declined", permanent=True, aadsts=DECLINED_CODE)
+    if PERSONAL_ACCOUNT_CODE in codes:
+        return MicrosoftError("ms_personal_account", permanent=True, aadsts=PERSONAL_ACCOUNT_CODE)
     if error == "access_denied":
         return MicrosoftError("ms_denied", permanent=True, aadsts=first)
     if error in ("invalid_grant", "interaction_required", "login_required"):

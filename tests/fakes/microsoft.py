@@ -35,8 +35,14 @@ WELL_KNOWN = [("inbox", "Inbox"), ("sentitems", "Sent Items"), ("drafts", "Draft
 # Well-known folders below another one (Graph "mailFolder resource type"): (name, display name, parent).
 WELL_KNOWN_CHILDREN = [("conflicts", "Conflicts", "syncissues"), ("localfailures", "Local Failures", "syncissues"),
                        ("serverfailures", "Server Failures", "syncissues")]
+# Texts of Microsoft's error-code reference (learn.microsoft.com/entra/identity-platform/reference-error-codes).
 CONSENT_TEXT = {
     65001: "The user or administrator has not consented to use the application.",
+    65004: "User declined to consent to access the app.",
+    90093: "Graph returned a forbidden error code: the application requires admin consent (user consent is "
+           "not allowed in this tenant).",
+    900941: "Administrator consent is required. App is considered risky.",
+    900981: "An admin consent request was received for a risky app.",
     90094: "The grant requires admin permission.",
     90095: "Admin consent is required for the permissions requested by this application. An admin consent "
            "request may be sent to the admin.",
@@ -56,7 +62,13 @@ class Tenant:
     id: str
     domains: set
     # None: users may consent themselves. Else the AADSTS code a sign-in gets
-    # until an admin has consented, at "authorize" or at "token".
+    # until an admin has consented, at "authorize" or at "token"; or "page":
+    # Microsoft's own "Need admin approval" page, which never redirects by
+    # itself. Its only way back is the link "Return to the application without
+    # granting consent", which arrives as error=access_denied&error_subcode=cancel
+    # with no AADSTS code (learn.microsoft.com/entra/identity/enterprise-apps/
+    # configure-admin-consent-workflow, "Need admin approval"; reported in
+    # AzureAD/microsoft-authentication-library-for-js issues). return_link() follows it.
     needs_admin_consent: int | None = None
     consent_error_at: str = "authorize"
     consent_error: str = "access_denied"
@@ -308,10 +320,20 @@ class FakeMicrosoft(GraphMixin):
         user = self.users.get((self.sign_in_as or q.get("login_hint", "")).lower())
         if user is None:
             return 400, "AADSTS50034: The user account does not exist in this directory."
+        if segment == "organizations" and user.tenant.id == CONSUMERS:
+            # A personal account at a work-or-school-only authority (error-code reference: AADSTS500208,
+            # "The domain is not a valid login domain for the account type").
+            return 302, _with(redirect_uri, {"error": "invalid_request", "state": state,
+                                             "error_description": "AADSTS500208: The domain is not a valid login "
+                                                                  "domain for the account type."})
         if not _tenant_accepts(segment, user.tenant):
             return 302, _with(redirect_uri, {"error": "invalid_request", "state": state,
                                              "error_description": "AADSTS50020: User account from a foreign tenant."})
         tenant = user.tenant
+        if tenant.needs_admin_consent and not tenant.admin_consented and tenant.consent_error_at == "page":
+            back = _with(redirect_uri, {"error": "access_denied", "error_subcode": "cancel", "state": state})
+            return 200, ("Need admin approval. <a data-return href=\"" + back.replace("&", "&amp;") + "\">"
+                         "Return to the application without granting consent</a>")
         if tenant.needs_admin_consent and not tenant.admin_consented and tenant.consent_error_at == "authorize":
             code = tenant.needs_admin_consent
             return 302, _with(redirect_uri, {
@@ -410,6 +432,12 @@ class FakeMicrosoft(GraphMixin):
         tenant.admin_consented = tenant.service_principal = True
         return 302, _with(redirect_uri, {"admin_consent": "True", "tenant": tenant.id, "state": state,
                                          "scope": q.get("scope", "")})
+
+
+def return_link(page: str) -> str:
+    """The "Return to the application without granting consent" link of the blocking page."""
+    import html
+    return html.unescape(re.search(r'data-return href="([^"]+)"', page)[1])
 
 
 def _tenant_accepts(segment: str, tenant: Tenant) -> bool:
