@@ -10,7 +10,7 @@ from migration import services, steps
 from migration.models import Migration, TenantConsent
 from tests.fakes.microsoft import CONSUMERS, return_link
 from tests.fakes.microsoft_fixtures import (  # noqa: F401 - fixtures
-    fake_microsoft_server, local, microsoft, ms_account, sign_in,
+    fake_microsoft_server, local, microsoft, ms_account, query_of, sign_in,
 )
 
 
@@ -67,3 +67,18 @@ def test_it_explains_a_personal_account_at_a_work_only_authority(client, user, m
     page = client.get(response["Location"]).content.decode()
     assert "privaten Microsoft-Konto" in page and "MS_AUTHORITY" in page and "/common" in page
     assert Migration.objects.get(pk=migration.pk).status == "awaiting_user"
+
+
+def _scopes(scope: str) -> set[str]:
+    """Graph's scopes by their short name (User.Read and https://graph.microsoft.com/User.Read are one)."""
+    return {s.removeprefix("https://graph.microsoft.com/") for s in scope.split()}
+
+
+@pytest.mark.django_db
+def test_it_asks_the_admin_for_the_scopes_the_sign_in_asks_for(client, user, make_account, microsoft):
+    migration = _waiting(user, make_account(user, "lena@fabrikam.de", provider_kind="microsoft"))
+    client.force_login(user)
+    _, authorize, _ = sign_in(client, microsoft, migration)
+    response = client.post(reverse("microsoft-admin-consent", args=[migration.pk]))
+    assert response.status_code == 302 and "/adminconsent?" in response["Location"]
+    assert _scopes(query_of(response["Location"])["scope"]) == _scopes(query_of(authorize)["scope"])

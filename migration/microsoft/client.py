@@ -19,7 +19,11 @@ from sync.microsoft.client import (  # noqa: F401 - re-exported for the migratio
     configured, error_from, instance, load_cache, needs_admin_consent, verify,
 )
 
-ADMIN_CONSENT_SCOPES = ["offline_access", f"{GRAPH_RESOURCE}/User.Read", f"{GRAPH_RESOURCE}/Mail.Read"]
+# What the sign-in asks for: SCOPES plus the ones msal adds by itself (msal.oauth2cli
+# reserved scopes). The admin consents to exactly these, so a user's later sign-in
+# asks for nothing an admin did not grant (a missing one would block it again).
+SIGN_IN_RESERVED_SCOPES = ["openid", "profile", "offline_access"]
+ADMIN_CONSENT_SCOPES = SIGN_IN_RESERVED_SCOPES + [f"{GRAPH_RESOURCE}/{scope}" for scope in SCOPES]
 # Keys of the redirect back to us that the code exchange needs; nothing else is kept.
 AUTH_RESPONSE_KEYS = ("code", "state", "client_info", "session_state")
 
