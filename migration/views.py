@@ -111,7 +111,7 @@ def _render_detail(request, migration, form, status=200):
         "events": migration.events.all(),
         "error_message": errors.message_for(migration.error_code) if migration.error_code else "",
         "nav": "settings",
-        **microsoft_views.detail_context(migration),
+        **microsoft_views.detail_context(migration, request),
     }, status=status)
 
 

@@ -82,3 +82,83 @@ def test_it_asks_the_admin_for_the_scopes_the_sign_in_asks_for(client, user, mak
     response = client.post(reverse("microsoft-admin-consent", args=[migration.pk]))
     assert response.status_code == 302 and "/adminconsent?" in response["Location"]
     assert _scopes(query_of(response["Location"])["scope"]) == _scopes(query_of(authorize)["scope"])
+
+
+def _blocked_sign_in(client, microsoft, migration) -> str:
+    """Press "Bei Microsoft anmelden"; Microsoft shows its blocking page (no redirect). Returns the page."""
+    response = client.post(reverse("microsoft-sign-in", args=[migration.pk]))
+    assert response.status_code == 302
+    page = requests.get(response["Location"], verify=str(microsoft.cert_path), allow_redirects=False, timeout=10)
+    assert page.status_code == 200 and "Need admin approval" in page.text
+    return page.text
+
+
+def _shows_the_admin_path(page: str) -> None:
+    assert 'data-testid="admin-link"' in page and "/migration/microsoft/admin/" in page
+    assert "Link per E-Mail senden" in page and "Mit Administratorkonto anmelden" in page
+    assert "entra.microsoft.com" in page and "Erneut bei Microsoft anmelden" in page
+
+
+@pytest.mark.django_db
+def test_it_offers_the_admin_path_when_the_user_returns_from_the_blocking_page(client, user, make_account, microsoft):
+    microsoft.fabrikam.consent_error_at = "page"
+    migration = _waiting(user, make_account(user, "lena@fabrikam.de", provider_kind="microsoft"))
+    client.force_login(user)
+    back = return_link(_blocked_sign_in(client, microsoft, migration))
+    assert "error_subcode=cancel" in back and "AADSTS" not in back
+    response = client.get(local(back))
+    page = client.get(response["Location"]).content.decode()
+    assert "Hat Microsoft „Administratorgenehmigung erforderlich“ angezeigt?" in page
+    assert "abgebrochen. Sie können" not in page  # not "cancelled"
+    _shows_the_admin_path(page)
+    assert Migration.objects.get(pk=migration.pk).status == "awaiting_user"
+
+    client.post(reverse("microsoft-blocked", args=[migration.pk]))  # "Ja, das hat Microsoft angezeigt"
+    migration.refresh_from_db()
+    assert migration.status == "awaiting_admin_consent"
+    assert TenantConsent.objects.get(tenant="fabrikam.de").status == "requested"
+
+
+@pytest.mark.django_db
+def test_it_sends_the_admin_link_from_the_question(client, user, make_account, microsoft, mailoutbox):
+    microsoft.fabrikam.consent_error_at = "page"
+    migration = _waiting(user, make_account(user, "lena@fabrikam.de", provider_kind="microsoft"))
+    client.force_login(user)
+    client.get(local(return_link(_blocked_sign_in(client, microsoft, migration))))
+    client.post(reverse("microsoft-send-admin-link", args=[migration.pk]), {"email": "it@fabrikam.de"})
+    assert Migration.objects.get(pk=migration.pk).status == "awaiting_admin_consent"
+    assert [m.to for m in mailoutbox] == [["it@fabrikam.de"]]
+
+
+@pytest.mark.django_db
+def test_it_reaches_the_admin_path_when_microsoft_never_redirects(client, user, make_account, microsoft):
+    microsoft.fabrikam.consent_error_at = "page"
+    migration = _waiting(user, make_account(user, "lena@fabrikam.de", provider_kind="microsoft"))
+    client.force_login(user)
+    before = _page(client, migration)
+    assert "Administratorgenehmigung erforderlich" in before and 'data-testid="report-block"' in before
+    _blocked_sign_in(client, microsoft, migration)
+    # Nothing comes back; the user returns with the browser's back button and says what Microsoft showed.
+    client.post(reverse("microsoft-blocked", args=[migration.pk]))
+    migration.refresh_from_db()
+    assert migration.status == "awaiting_admin_consent"
+    _shows_the_admin_path(_page(client, migration))
+
+
+@pytest.mark.django_db
+def test_it_shows_the_admin_path_first_to_the_next_user_of_a_blocked_tenant(
+    client, user, other_user, make_account, microsoft
+):
+    microsoft.fabrikam.consent_error_at = "page"
+    lena = _waiting(user, make_account(user, "lena@fabrikam.de", provider_kind="microsoft"))
+    otto = _waiting(other_user, make_account(other_user, "otto@fabrikam.de", provider_kind="microsoft"))
+    anna = _waiting(user, make_account(user, "anna@contoso.com", provider_kind="microsoft"))
+    client.force_login(other_user)
+    assert 'data-testid="admin-path"' not in _page(client, otto)
+    client.force_login(user)
+    client.post(reverse("microsoft-blocked", args=[lena.pk]))
+    assert 'data-testid="admin-path"' not in _page(client, anna)  # another tenant
+    client.force_login(other_user)
+    page = _page(client, otto)
+    assert 'data-testid="admin-path"' in page
+    _shows_the_admin_path(page)

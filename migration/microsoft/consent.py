@@ -73,6 +73,25 @@ def require_admin_consent(*, migration: Migration, reason: str, actor: str) -> M
     )
 
 
+def tenant_blocked(tenant: str) -> bool:
+    """A user of this tenant met Microsoft's "Need admin approval" (a consent code, or they said so)
+    and no admin has consented since: the tenant's consent record waits (requested)."""
+    return TenantConsent.objects.filter(tenant=tenant, status=ConsentStatus.REQUESTED).exists()
+
+
+def report_block(*, migration: Migration, actor: str) -> Migration:
+    """The user says Microsoft showed "Administratorgenehmigung erforderlich".
+
+    Microsoft's blocking page never redirects by itself, and its way back
+    (error=access_denied, error_subcode=cancel) carries no code: the user's
+    answer is all the portal learns. It counts like a consent code: the
+    migration waits for an admin, and the tenant's record remembers it.
+    """
+    if migration.status != Status.AWAITING_USER or migration.provider_kind != ProviderKind.MICROSOFT:
+        raise services.MigrationError("wrong_state")
+    return require_admin_consent(migration=migration, reason="the user saw 'Need admin approval'", actor=actor)
+
+
 # --- the link for the admin -------------------------------------------------------
 
 def make_admin_link(*, tenant: str, migration_id: int | None) -> str:

@@ -40,16 +40,45 @@ def _actor(request) -> str:
     return f"user:{request.user.pk}"
 
 
-def detail_context(migration: Migration) -> dict:
+# In the session: migrations whose sign-in came back from Microsoft's blocking
+# page ("Return to the application without granting consent"), to ask the user.
+QUESTION_KEY = "microsoft_consent_question"
+
+
+def detail_context(migration: Migration, request=None) -> dict:
     """What migration/detail.html needs to show the Microsoft steps."""
     if migration.provider_kind != ProviderKind.MICROSOFT:
         return {}
     detected = migration.detected or {}
     context = {"consent_granted": bool(detected.get("consent_granted")), **_consent_steps(consent.tenant_of(migration))}
-    if migration.status == Status.AWAITING_ADMIN_CONSENT:
+    if migration.status == Status.AWAITING_USER and not context["consent_granted"]:
+        # The cancel return of the blocking page (asked once), or another user of the tenant met the block.
+        context["consent_question"] = bool(request and migration.pk in request.session.get(QUESTION_KEY, []))
+        context["admin_first"] = context["consent_question"] or consent.tenant_blocked(context["tenant"])
+    if migration.status == Status.AWAITING_ADMIN_CONSENT or context.get("admin_first"):
         context["admin_link"] = consent.make_admin_link(tenant=context["tenant"], migration_id=migration.pk)
         context["email_form"] = AdminEmailForm()
     return {"microsoft": context}
+
+
+def _ask_about_block(request, migration: Migration) -> None:
+    asked = [pk for pk in request.session.get(QUESTION_KEY, []) if pk != migration.pk][-4:]
+    request.session[QUESTION_KEY] = asked + [migration.pk]
+
+
+def _forget_question(request, migration: Migration) -> None:
+    asked = request.session.get(QUESTION_KEY, [])
+    if migration.pk in asked:
+        request.session[QUESTION_KEY] = [pk for pk in asked if pk != migration.pk]
+
+
+def _blocking_page_return(answer: dict) -> bool:
+    """The link back from Microsoft's "Need admin approval" page: a cancel that names no AADSTS code.
+
+    A user's own Cancel on the consent screen carries AADSTS65004 (a decline).
+    """
+    return (answer["error"] == "access_denied" and answer["error_subcode"] == "cancel"
+            and not client.aadsts_codes(answer))
 
 
 @login_required
@@ -76,10 +105,16 @@ def callback(request):
     if key.startswith("a"):
         return _reconnect_callback(request, int(key[1:]), ms_flow)
     migration = selectors.get_migration_for_user(request.user, int(key[1:]))
+    _forget_question(request, migration)
     try:
         if "error" in request.GET:
             answer = {k: str(request.GET.get(k, "")) for k in ("error", "error_description", "error_subcode")}
-            if client.needs_admin_consent(answer):
+            if _blocking_page_return(answer):
+                if migration.status == Status.AWAITING_ADMIN_CONSENT:
+                    messages.info(request, STILL_NO_CONSENT)
+                else:  # the page asks "Hat Microsoft 'Administratorgenehmigung erforderlich' angezeigt?"
+                    _ask_about_block(request, migration)
+            elif client.needs_admin_consent(answer):
                 codes = ",".join(str(c) for c in sorted(client.aadsts_codes(answer))) or answer["error"]
                 already_waiting = migration.status == Status.AWAITING_ADMIN_CONSENT
                 consent.require_admin_consent(migration=migration, reason=codes, actor=_actor(request))
@@ -98,9 +133,33 @@ def callback(request):
 
 @login_required
 @require_POST
+def blocked(request, pk: int):
+    """"Microsoft hat 'Administratorgenehmigung erforderlich' angezeigt": the admin path."""
+    migration = selectors.get_migration_for_user(request.user, pk)
+    _forget_question(request, migration)
+    try:
+        consent.report_block(migration=migration, actor=_actor(request))
+    except (services.MigrationError, services.TransitionConflict):
+        messages.info(request, WRONG_STATE)
+    return redirect("migration-detail", pk=pk)
+
+
+def _to_admin_path(request, migration: Migration) -> Migration:
+    """A way of the admin path used from the sign-in step (a blocked tenant shows them first): wait for the admin."""
+    if migration.status == Status.AWAITING_USER and migration.provider_kind == ProviderKind.MICROSOFT:
+        _forget_question(request, migration)
+        try:
+            return consent.report_block(migration=migration, actor=_actor(request))
+        except (services.MigrationError, services.TransitionConflict):
+            pass
+    return migration
+
+
+@login_required
+@require_POST
 def admin_consent(request, pk: int):
     """"Mit Administratorkonto anmelden": this browser goes to Microsoft's admin-consent endpoint."""
-    migration = selectors.get_migration_for_user(request.user, pk)
+    migration = _to_admin_path(request, selectors.get_migration_for_user(request.user, pk))
     if migration.status != Status.AWAITING_ADMIN_CONSENT or migration.provider_kind != ProviderKind.MICROSOFT:
         messages.info(request, WRONG_STATE)
         return redirect("migration-detail", pk=pk)
@@ -117,6 +176,8 @@ def admin_consent(request, pk: int):
 def send_admin_link(request, pk: int):
     migration = selectors.get_migration_for_user(request.user, pk)
     form = AdminEmailForm(request.POST)
+    if form.is_valid():
+        migration = _to_admin_path(request, migration)
     if migration.status != Status.AWAITING_ADMIN_CONSENT or not form.is_valid():
         messages.error(request, _("Bitte geben Sie eine gültige E-Mail-Adresse ein."))
         return redirect("migration-detail", pk=pk)
