@@ -6,7 +6,7 @@
   function remember(value) { try { if (value) { sessionStorage.setItem(key, "1"); } else { sessionStorage.removeItem(key); } } catch (e) { /* storage off */ } }
   function remembered() { try { return sessionStorage.getItem(key) === "1"; } catch (e) { return false; } }
 
-  if (document.querySelector("[data-testid=admin-consent]")) remember(true);
+  if (document.querySelector("[data-testid=admin-consent], [data-testid=admin-path]")) remember(true);
 
   var copy = document.querySelector("[data-copy]");
   if (copy) {

@@ -78,3 +78,46 @@ def test_the_admin_consents_through_the_link_and_the_migration_finishes(
     wait_for(lambda: [m.subject for m in mailoutbox] == ["Zustimmung erteilt – jetzt anmelden"])
     account.refresh_from_db()
     assert account.engine == "v3"
+
+
+@pytest.mark.parametrize("way_back", ["back-button", "return-link"])
+def test_a_user_of_a_blocked_tenant_reaches_the_admin_path_without_a_redirect(
+    page, live_server, settings, user, make_account, microsoft, celery_worker_thread, artifacts, way_back,
+):
+    """Microsoft's "Need admin approval" page never redirects: the user comes back by the browser's
+    back button, or by its link "Return to the application without granting consent" (a bare cancel)."""
+    settings.SITE_URL = live_server.url
+    register_site(microsoft, live_server.url)
+    microsoft.fabrikam.consent_error_at = "page"
+    account = make_account(user, "lena@fabrikam.de", provider_kind="microsoft")
+
+    sign_in(page, live_server, user.email)
+    page.goto(f"{live_server.url}/einstellungen/email-synchronisierung/")
+    page.locator(f"#account-{account.pk}").get_by_role("button", name="Zu V3 migrieren").click()
+    sign_in_button = page.get_by_role("button", name="Bei Microsoft anmelden", exact=True)
+    expect(sign_in_button).to_be_visible(timeout=TIMEOUT)
+    expect(page.get_by_test_id("microsoft-sign-in")).to_contain_text("Administratorgenehmigung erforderlich")
+    sign_in_button.click()
+    expect(page.locator("body")).to_contain_text("Need admin approval", timeout=TIMEOUT)
+    migration = Migration.objects.get(account=account)
+
+    if way_back == "back-button":
+        page.go_back()
+        page.get_by_role("button", name="Microsoft hat „Administratorgenehmigung erforderlich“ angezeigt").click()
+        path = page.get_by_test_id("admin-consent")
+    else:
+        page.get_by_text("Return to the application without granting consent").click()
+        path = page.get_by_test_id("admin-path")
+        expect(path).to_contain_text("Hat Microsoft „Administratorgenehmigung erforderlich“ angezeigt?",
+                                     timeout=TIMEOUT)
+    expect(path.get_by_role("button", name="Mit Administratorkonto anmelden")).to_be_visible(timeout=TIMEOUT)
+    expect(path.get_by_test_id("admin-link")).to_be_visible()
+    expect(path).to_contain_text("entra.microsoft.com")
+    page.screenshot(path=str(artifacts / f"microsoft-blocked-{way_back}.png"), full_page=True)
+
+    # The user is an admin too: consent, and the migration finishes.
+    path.get_by_role("button", name="Mit Administratorkonto anmelden").click()
+    done = page.get_by_test_id("done")
+    expect(done).to_be_visible(timeout=TIMEOUT)
+    migration.refresh_from_db()
+    assert migration.status == "done"
