@@ -45,3 +45,13 @@ def test_it_offers_the_ways_to_an_admin_and_reconnects_after_consent(client, mig
     assert back.status_code == 302 and back["Location"] == reverse("settings-mail")
     account = MailAccount.objects.get(pk=migrated.pk)
     assert (account.status, account.last_sync_error) == ("active", "")
+
+
+def test_it_asks_about_the_blocking_page_when_a_reconnect_comes_back_without_consent(client, migrated, microsoft):
+    MailAccount.objects.filter(pk=migrated.pk).update(status="reconnect", last_sync_error="ms_reconnect")
+    microsoft.contoso.needs_admin_consent, microsoft.contoso.consent_error_at = 90094, "page"
+    microsoft.authorize_error = {"error": "access_denied", "error_subcode": "cancel"}  # the page's return link
+    html = _reconnect(client, microsoft, migrated).content.decode()
+    assert "Hat Microsoft „Administratorgenehmigung erforderlich“ angezeigt?" in html
+    assert 'data-testid="admin-link"' in html and "entra.microsoft.com" in html and "Neu verbinden" in html
+    assert not TenantConsent.objects.filter(tenant="contoso.com").exists()  # not known as blocked yet

@@ -240,6 +240,8 @@ def _reconnect_callback(request, account_id: int, ms_flow: dict):
     account = get_object_or_404(MailAccount, pk=account_id, owner=request.user)
     if "error" in request.GET:
         answer = {k: str(request.GET.get(k, "")) for k in ("error", "error_description", "error_subcode")}
+        if _blocking_page_return(answer):  # ask: did Microsoft show "Need admin approval"?
+            return _reconnect_needs_consent(request, account, question=True)
         if client.needs_admin_consent(answer):
             return _reconnect_needs_consent(request, account)
         messages.error(request, errors.message_for(client.error_from(answer).code))
@@ -255,14 +257,18 @@ def _reconnect_callback(request, account_id: int, ms_flow: dict):
     return redirect("settings-mail")
 
 
-def _reconnect_needs_consent(request, account: MailAccount):
+def _reconnect_needs_consent(request, account: MailAccount, *, question: bool = False):
     """The grant of a V3 account was revoked tenant-wide: the same ways to an admin as in a migration.
 
     There is no migration to resume; once the admin consented, the user re-connects.
+    question: the bare cancel of Microsoft's blocking page, which may also be the
+    user's own cancel: the page asks, and the tenant is not marked as blocked.
     """
     tenant = consent.tenant_for_address(account.address)
-    TenantConsent.objects.get_or_create(tenant=tenant)  # support sees the request in the admin
-    context = {**_consent_steps(tenant), "admin_link": consent.make_admin_link(tenant=tenant, migration_id=None)}
+    if not question:
+        TenantConsent.objects.get_or_create(tenant=tenant)  # support sees the request in the admin
+    context = {**_consent_steps(tenant), "admin_link": consent.make_admin_link(tenant=tenant, migration_id=None),
+               "consent_question": question}
     return render(request, "migration/microsoft/reconnect_consent.html",
                   {"account": account, "microsoft": context, "nav": "settings"})
 
