@@ -1,5 +1,6 @@
 """Exchange as it behaves under load (issue 9, item 5): ErrorServerBusy with BackOffMilliseconds, 401 while
-throttling, error answers without a SyncState, against the fake EWS endpoint over HTTPS."""
+throttling, error answers without a SyncState, a login that may not open the mailbox; against the fake EWS
+endpoint over HTTPS."""
 
 from datetime import datetime, timedelta, timezone
 
@@ -8,7 +9,7 @@ import pytest
 from sync.exchange import client as ews
 from sync.exchange import engine as v3_ews
 from sync.imap.client import MailboxError
-from sync.models import AccountStatus, FolderState, MailAccount, SyncedMessage
+from sync.models import AccountStatus, FolderState, SyncedMessage
 from tests.fakes.fixtures import EWS_PASSWORD, EWS_USER, fake_ews, hosts, no_connections  # noqa: F401
 
 NOW = datetime.now(timezone.utc)
@@ -102,3 +103,28 @@ def test_it_rebuilds_a_folder_state_when_the_error_answer_has_no_sync_state(ews_
     assert ews_account.status == AccountStatus.ACTIVE and not ews_account.last_sync_error
     assert SyncedMessage.objects.filter(account=ews_account, subject="nachher").exists()
     assert FolderState.objects.get(account=ews_account, name="INBOX").ews_sync_state
+
+
+@pytest.mark.parametrize("refusal", ["ErrorAccessDenied", "ErrorNonExistentMailbox"])
+def test_it_reports_a_login_that_may_not_open_the_mailbox_not_as_a_wrong_password(fake_ews, server, refusal):
+    from django.utils import translation
+
+    from migration.errors import message_for
+    from sync.services import PASSWORD_REFUSED
+
+    fake_ews.mailbox_refusal = refusal
+    with pytest.raises(MailboxError) as error:
+        ews.verify(server, EWS_PASSWORD)
+    assert (error.value.code, error.value.permanent) == ("ews_mailbox_denied", True)
+    assert ews.error_code(error.value.code) not in PASSWORD_REFUSED
+    with translation.override("de"):
+        assert "darf das Postfach nicht öffnen" in str(message_for(ews.error_code(error.value.code)))
+    with translation.override("en"):
+        assert "may not open the mailbox" in str(message_for(ews.error_code(error.value.code)))
+
+
+def test_it_does_not_ask_for_a_new_password_when_the_login_may_not_open_the_mailbox(ews_account, fake_ews):
+    fake_ews.mailbox_refusal = "ErrorAccessDenied"
+    v3_ews.sync(ews_account)
+    ews_account.refresh_from_db()
+    assert (ews_account.status, ews_account.last_sync_error) == (AccountStatus.ERROR, "ews_mailbox_denied")

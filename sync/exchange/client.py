@@ -52,6 +52,8 @@ ITEM_FIELDS = ("message_id", "subject", "author", "sender", "to_recipients", "cc
 # Errors that say the server is busy or down, not that an item is bad: the run fails and is tried again.
 TRANSIENT = (ErrorServerBusy, ErrorTimeoutExpired, ErrorMailboxStoreUnavailable, ErrorInternalServerTransientError,
              ErrorMailboxMoveInProgress, ErrorConnectionFailed, ErrorTooManyObjectsOpened)
+# This login may not open this mailbox (ErrorAccessDenied, ErrorNonExistentMailbox): not a refused password.
+MAILBOX_DENIED = "ews_mailbox_denied"
 SYNC_PAGE = 512  # the most SyncFolderItems returns per call
 FETCH_CHUNK = 100
 READ_TIMEOUT = 60  # seconds for one EWS answer (a page of 512 changes can take a while)
@@ -227,8 +229,12 @@ def mailbox_errors():
         raise
     except EgressError as error:
         raise MailboxError(error.code, permanent=error.code == "tls_failed") from None
-    except (UnauthorizedError, ErrorAccessDenied, ErrorNonExistentMailbox, ErrorImpersonateUserDenied):
+    except UnauthorizedError:
         raise MailboxError("auth_failed", permanent=True) from None
+    except (ErrorAccessDenied, ErrorNonExistentMailbox, ErrorImpersonateUserDenied):
+        # The sign-in worked, but this login may not open this mailbox (no rights on it, or no mailbox at
+        # this address): not a wrong password, and no reason to stop the sync as one (no lockout risk).
+        raise MailboxError(MAILBOX_DENIED, permanent=True) from None
     except (TransportError, EWSError, CASError, requests.RequestException, OSError) as error:
         if _caused_by_tls(error):
             raise MailboxError("tls_failed", permanent=True) from None

@@ -112,6 +112,10 @@ class FakeEWS:
         # SyncFolderItemsResponseMessage reference: both are optional children; error answers of other
         # builds omit them, which made exchangelib raise AttributeError).
         self.invalid_state_answer = "with_state"
+        # A login that may not open this mailbox: every operation, after a successful sign-in, answers this
+        # ResponseCode (Microsoft's EWS "ResponseCode" reference: ErrorAccessDenied, "the calling account does
+        # not have the rights"; ErrorNonExistentMailbox, "the requested mailbox does not exist"). "": off.
+        self.mailbox_refusal = ""
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
         for folder_key, name, parent, folder_class in DEFAULT_FOLDERS:
@@ -482,7 +486,9 @@ def _handler(fake: FakeEWS):
                 self._send(200, answer.encode(), {"Content-Type": "text/xml; charset=utf-8"})
                 return None
             with fake._lock:
-                if operation in fake.failures:
+                if fake.mailbox_refusal:
+                    messages = _error(operation, fake.mailbox_refusal, "Access is denied. Check credentials.")
+                elif operation in fake.failures:
                     messages = _error(operation, fake.failures[operation], "Injected by the test.")
                 elif operation in OPERATIONS:
                     messages = OPERATIONS[operation](fake, request)
