@@ -128,3 +128,13 @@ def test_it_does_not_ask_for_a_new_password_when_the_login_may_not_open_the_mail
     v3_ews.sync(ews_account)
     ews_account.refresh_from_db()
     assert (ews_account.status, ews_account.last_sync_error) == (AccountStatus.ERROR, "ews_mailbox_denied")
+
+
+def test_it_loses_no_message_when_one_answer_of_a_getitem_is_server_busy(ews_account, fake_ews):
+    for number in range(3):
+        item = fake_ews.deliver("inbox", subject=f"neu {number}")
+        if number == 1:
+            item["get_error_once"] = "ErrorServerBusy"
+    assert v3_ews.sync(ews_account) == 3
+    assert set(SyncedMessage.objects.filter(account=ews_account).values_list("subject", flat=True)) == {
+        "neu 0", "neu 1", "neu 2"}

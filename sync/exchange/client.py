@@ -365,6 +365,9 @@ def _fetch_chunk(account: Account, chunk: list[tuple[str, str]], skipped: list) 
     try:
         answers = list(GetItem(account=account, chunk_size=FETCH_CHUNK).call(
             items=chunk, additional_fields=fields, shape=ID_ONLY))
+        # One answer per item. An ErrorServerBusy in the k-th answer makes exchangelib's retry send the
+        # request again after the first k-1 answers were yielded already: the last, complete attempt counts.
+        answers = answers[-len(chunk):]
     except TRANSIENT:
         raise
     except (ResponseMessageError, MalformedResponseError, ValueError, TypeError, KeyError, AttributeError) as error:

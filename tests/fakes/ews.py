@@ -153,7 +153,9 @@ class FakeEWS:
         for a message without the header). sent: DateTimeSent (the Date header), by
         default the delivery time. sender_name: the From mailbox's Name; Exchange puts
         the address there when the header has no display name. to/cc: (name, address).
-        Set item["get_error"] = "ErrorItemCorrupt" to make GetItem refuse this item.
+        Set item["get_error"] = "ErrorItemCorrupt" to make GetItem refuse this item, item["get_error_once"]
+        for the next GetItem only (an ErrorServerBusy in one of a GetItem's answers, as "EWS throttling in
+        Exchange" allows per response message).
         """
         received = received or datetime.now(timezone.utc)
         with self._lock:
@@ -340,7 +342,8 @@ class FakeEWS:
             answers.append(
                 _error("GetItem", "ErrorItemNotFound", "The specified object was not found in the store.")
                 if item is None else
-                _error("GetItem", item["get_error"], "The item cannot be read.") if item.get("get_error") else
+                _error("GetItem", error, "The item cannot be read.")
+                if (error := item.pop("get_error_once", None) or item.get("get_error")) else
                 '<m:GetItemResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode>'
                 f"<m:Items>{_message(item, _content(item, request))}</m:Items></m:GetItemResponseMessage>"
             )
