@@ -131,10 +131,11 @@ class _BoundedFaultTolerance(FaultTolerance):
         self.waited, self.back_offs = 0.0, 0
         self.hint: float | None = None  # BackOffMilliseconds of the last busy answer, in seconds
         self.sign_in_refused = None  # set by open_account: () -> bool
+        self.on_wait = None  # () -> None before each wait: verify's heartbeat (a wait is no sign of a stuck worker)
 
     def __getstate__(self):
         state = super().__getstate__()
-        state["sign_in_refused"] = None
+        state["sign_in_refused"] = state["on_wait"] = None
         return state
 
     def back_off(self, seconds):
@@ -146,6 +147,8 @@ class _BoundedFaultTolerance(FaultTolerance):
         if seconds > self.max_wait or self.waited + seconds > self.budget or self.back_offs > self.MAX_BACK_OFFS:
             raise RateLimitError("EWS back-off budget exhausted", wait=seconds)
         self.waited += seconds
+        if self.on_wait is not None:
+            self.on_wait()
         super().back_off(seconds)
 
     def raise_response_errors(self, response):
@@ -263,10 +266,12 @@ def verify(server: EwsSettings, password: str, *, heartbeat=None) -> dict[str, d
     state), which proves it can be read; the state is recorded for support,
     but a folder's first V3 run reads the whole folder again (the handoff sets
     v3_synced_at to None), so no mail depends on this walk. A big mailbox
-    takes a while: heartbeat() is called for every SYNC_PAGE items walked so
-    the caller can show it is alive. Errors: MailboxError.
+    takes a while: heartbeat() is called for every SYNC_PAGE items walked, and
+    before each wait for a throttling back-off, so the caller can show it is alive. Errors: MailboxError.
     """
     with mailbox_errors(), open_account(server, password) as account:
+        # Waiting out Exchange's back-offs (up to EWS_RETRY_BUDGET) must not look like a stuck verify.
+        account.protocol.retry_policy.on_wait = heartbeat
         cursors = {}
         for folder in mail_folders(account):
             state, walked = "", 0
