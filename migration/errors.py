@@ -21,6 +21,11 @@ MESSAGES = {
         "Exchange hat die Anmeldung abgelehnt. Bitte prüfen Sie den Benutzernamen (DOMÄNE\\benutzer oder "
         "benutzer@firma.de) und das Passwort."
     ),
+    "ews_mailbox_denied": _(
+        "Exchange hat die Anmeldung angenommen, aber dieses Konto darf das Postfach nicht öffnen (keine "
+        "Berechtigung oder kein Postfach unter dieser E-Mail-Adresse). Bitte prüfen Sie die E-Mail-Adresse und ob "
+        "der Benutzername zu diesem Postfach gehört; sonst wenden Sie sich an Ihre Exchange-Administration."
+    ),
     "ews_tls_failed": _(
         "Es konnte keine sichere Verbindung zum Exchange-Server aufgebaut werden. Hat der Server ein Zertifikat "
         "Ihrer eigenen Zertifizierungsstelle, fügen Sie es unter „Erweitert“ als CA-Zertifikat ein."

@@ -176,6 +176,12 @@ EGRESS_RATE_PER_DESTINATION = envint("EGRESS_RATE_PER_DESTINATION", 100, minimum
 # An extra CA bundle trusted for IMAP TLS besides the system store (own CAs).
 MAIL_TLS_CA_FILE = envstr("MAIL_TLS_CA_FILE", "")
 MAIL_CONNECT_TIMEOUT = envint("MAIL_CONNECT_TIMEOUT", 15, minimum=1)
+# Exchange (EWS) throttling: ErrorServerBusy's back-off is honoured up to EWS_RETRY_MAX_WAIT seconds each and
+# EWS_RETRY_BUDGET seconds in all per connection, then the run fails as transient and the next one tries again.
+# EWS_RETRY_WAIT: the first wait when the server names none (doubling per retry).
+EWS_RETRY_MAX_WAIT = envint("EWS_RETRY_MAX_WAIT", 30, minimum=0)
+EWS_RETRY_BUDGET = envint("EWS_RETRY_BUDGET", 120, minimum=0)
+EWS_RETRY_WAIT = envint("EWS_RETRY_WAIT", 5, minimum=0)
 
 # --- Provider detection -------------------------------------------------------
 # Nameservers for the MX lookup ("10.0.0.53" or "127.0.0.1:5353"); empty: the system's.

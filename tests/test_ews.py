@@ -45,7 +45,7 @@ def test_it_reports_a_wrong_password_as_auth_failed(fake_ews, server):
     with pytest.raises(MailboxError) as error:
         ews.verify(server, "falsch")
     assert (error.value.code, error.value.permanent) == ("auth_failed", True)
-    assert fake_ews.calls == ["401"]
+    assert fake_ews.calls == ["401", "401"]  # the request, and the fresh sign-in that confirms the refusal
 
 
 def test_it_never_leaves_credentials_in_exchangelibs_process_wide_cache(fake_ews, server):

@@ -33,8 +33,11 @@ from exchangelib.errors import (
 from exchangelib.fields import FieldPath
 from exchangelib.items import ID_ONLY, Message
 from exchangelib.properties import FolderId
-from exchangelib.protocol import CachingProtocol, Protocol
+from exchangelib.errors import RateLimitError
+from exchangelib.protocol import CachingProtocol, FaultTolerance, Protocol
 from exchangelib.services import GetItem, SyncFolderItems
+from exchangelib.services.sync_folder_hierarchy import SyncFolder
+from exchangelib.util import MNS
 
 from sync import egress
 from sync.egress import EgressError, PinnedAdapter, resolve_checked
@@ -49,6 +52,8 @@ ITEM_FIELDS = ("message_id", "subject", "author", "sender", "to_recipients", "cc
 # Errors that say the server is busy or down, not that an item is bad: the run fails and is tried again.
 TRANSIENT = (ErrorServerBusy, ErrorTimeoutExpired, ErrorMailboxStoreUnavailable, ErrorInternalServerTransientError,
              ErrorMailboxMoveInProgress, ErrorConnectionFailed, ErrorTooManyObjectsOpened)
+# This login may not open this mailbox (ErrorAccessDenied, ErrorNonExistentMailbox): not a refused password.
+MAILBOX_DENIED = "ews_mailbox_denied"
 SYNC_PAGE = 512  # the most SyncFolderItems returns per call
 FETCH_CHUNK = 100
 READ_TIMEOUT = 60  # seconds for one EWS answer (a page of 512 changes can take a while)
@@ -87,11 +92,95 @@ def ews_url_for(host_or_url: str) -> str:
     return value
 
 
+_BACK_OFF_MS = re.compile(rb'Name="BackOffMilliseconds"[^>]*>\s*(\d+)\s*<')
+# A minimal request for the fresh sign-in that decides whether a 401 means a refused password.
+_SIGN_IN_PROBE = (
+    '<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" '
+    'xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" '
+    'xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><s:Body><m:GetFolder>'
+    "<m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds>"
+    '<t:DistinguishedFolderId Id="msgfolderroot"/></m:FolderIds></m:GetFolder></s:Body></s:Envelope>'
+).encode()
+
+
+class PasswordRefused(UnauthorizedError):
+    """A 401, and a fresh sign-in on a new connection was refused too."""
+
+
+class _BoundedFaultTolerance(FaultTolerance):
+    """exchangelib's fault-tolerant retry (Microsoft, "EWS throttling in Exchange": wait the
+    BackOffMilliseconds of ErrorServerBusy, then try again), bounded twice: a single back-off longer
+    than settings.EWS_RETRY_MAX_WAIT, or more than settings.EWS_RETRY_BUDGET seconds of waiting on
+    one connection, gives up with RateLimitError (a transient "protocol" error: the next run tries
+    again). exchangelib itself only caps each single wait.
+
+    The back-off is honoured in both forms Exchange uses: a SOAP fault (often in an HTTP 500),
+    which exchangelib reads itself, and an ErrorServerBusy response message, whose MessageXml
+    exchangelib does not read (it would wait its own RETRY_WAIT): read here from the body.
+
+    A 401 is not taken for a refused password at once: Exchange also answers 401 while it
+    throttles. It is one only when a fresh sign-in on a new connection (sign_in_refused) is
+    refused too; otherwise the request is tried again after a back-off.
+    """
+
+    MAX_BACK_OFFS = 100  # also bounded in number: back-offs of 0 ms would never use up the budget
+
+    def __init__(self, *, max_wait: float, budget: float):
+        super().__init__(max_wait=max_wait)
+        self.budget = budget
+        self.waited, self.back_offs = 0.0, 0
+        self.hint: float | None = None  # BackOffMilliseconds of the last busy answer, in seconds
+        self.sign_in_refused = None  # set by open_account: () -> bool
+        self.on_wait = None  # () -> None before each wait: verify's heartbeat (a wait is no sign of a stuck worker)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["sign_in_refused"] = state["on_wait"] = None
+        return state
+
+    def back_off(self, seconds):
+        if self.hint is not None:
+            seconds, self.hint = self.hint, None
+        if seconds is None:
+            seconds = min(self.DEFAULT_BACKOFF, self.max_wait)
+        self.back_offs += 1
+        if seconds > self.max_wait or self.waited + seconds > self.budget or self.back_offs > self.MAX_BACK_OFFS:
+            raise RateLimitError("EWS back-off budget exhausted", wait=seconds)
+        self.waited += seconds
+        if self.on_wait is not None:
+            self.on_wait()
+        super().back_off(seconds)
+
+    def raise_response_errors(self, response):
+        if response.status_code == 401 and b"locked out" not in (response.content or b""):
+            if self.sign_in_refused is not None and self.sign_in_refused():
+                raise PasswordRefused(f"Invalid credentials for {response.url}")
+            raise ErrorServerBusy("Caused by HTTP 401 response (throttling)")
+        if response.status_code in (200, 500) and b"ErrorServerBusy" in (response.content or b""):
+            found = _BACK_OFF_MS.search(response.content)
+            self.hint = int(found.group(1)) / 1000.0 if found else None
+        return super().raise_response_errors(response)
+
+
 class _GuardedProtocol(Protocol):
     def __init__(self, *, config, host: str, address: str, ca_pem: str):
         self._pin = {"host": host, "address": address, "ca_pem": ca_pem}
         super().__init__(config=config)
         self.TIMEOUT = (settings.MAIL_CONNECT_TIMEOUT, READ_TIMEOUT)
+        # exchangelib's first wait when the server names none (doubling per retry); bounded by the policy.
+        self.RETRY_WAIT = settings.EWS_RETRY_WAIT
+
+    def sign_in_refused(self) -> bool:
+        """A fresh sign-in on a new connection: is it refused (401) too? Anything else: not refused."""
+        session = self.create_session()
+        try:
+            response = session.post(self.service_endpoint, data=_SIGN_IN_PROBE, allow_redirects=False,
+                                     timeout=self.TIMEOUT, headers={"Content-Type": "text/xml; charset=utf-8"})
+            return response.status_code == 401
+        except (requests.RequestException, OSError):
+            return False
+        finally:
+            session.close()
 
     def create_session(self):
         session = super().create_session()
@@ -117,9 +206,11 @@ def open_account(server: EwsSettings, password: str):
         service_endpoint=server.url, credentials=Credentials(server.username, password),
         auth_type=AUTH_TYPES.get(server.auth_type, NTLM),
         version=Version(build=Build(*map(int, server.version.split(".")))) if server.version else None,
+        retry_policy=_BoundedFaultTolerance(max_wait=settings.EWS_RETRY_MAX_WAIT, budget=settings.EWS_RETRY_BUDGET),
     )
     protocol = _GuardedProtocol.__new__(_GuardedProtocol)  # not through CachingProtocol.__call__
     protocol.__init__(config=config, host=host, address=address, ca_pem=server.ca_pem)
+    config.retry_policy.sign_in_refused = protocol.sign_in_refused
     # Account(config=...) asks CachingProtocol for a plain Protocol (no network
     # I/O happens there); drop that from the process-wide cache and use ours.
     account = Account(primary_smtp_address=server.address, config=config, autodiscover=False, access_type=DELEGATE)
@@ -141,8 +232,12 @@ def mailbox_errors():
         raise
     except EgressError as error:
         raise MailboxError(error.code, permanent=error.code == "tls_failed") from None
-    except (UnauthorizedError, ErrorAccessDenied, ErrorNonExistentMailbox, ErrorImpersonateUserDenied):
+    except UnauthorizedError:
         raise MailboxError("auth_failed", permanent=True) from None
+    except (ErrorAccessDenied, ErrorNonExistentMailbox, ErrorImpersonateUserDenied):
+        # The sign-in worked, but this login may not open this mailbox (no rights on it, or no mailbox at
+        # this address): not a wrong password, and no reason to stop the sync as one (no lockout risk).
+        raise MailboxError(MAILBOX_DENIED, permanent=True) from None
     except (TransportError, EWSError, CASError, requests.RequestException, OSError) as error:
         if _caused_by_tls(error):
             raise MailboxError("tls_failed", permanent=True) from None
@@ -171,10 +266,12 @@ def verify(server: EwsSettings, password: str, *, heartbeat=None) -> dict[str, d
     state), which proves it can be read; the state is recorded for support,
     but a folder's first V3 run reads the whole folder again (the handoff sets
     v3_synced_at to None), so no mail depends on this walk. A big mailbox
-    takes a while: heartbeat() is called for every SYNC_PAGE items walked so
-    the caller can show it is alive. Errors: MailboxError.
+    takes a while: heartbeat() is called for every SYNC_PAGE items walked, and
+    before each wait for a throttling back-off, so the caller can show it is alive. Errors: MailboxError.
     """
     with mailbox_errors(), open_account(server, password) as account:
+        # Waiting out Exchange's back-offs (up to EWS_RETRY_BUDGET) must not look like a stuck verify.
+        account.protocol.retry_policy.on_wait = heartbeat
         cursors = {}
         for folder in mail_folders(account):
             state, walked = "", 0
@@ -217,8 +314,21 @@ def folder_changes(account: Account, folder_id: str, sync_state: str) -> Iterato
         yield from _pages(account, folder_id, "")
 
 
+class _SyncFolderItems(SyncFolderItems):
+    """exchangelib's SyncFolderItems reads SyncState and IncludesLastItemInRange before it looks at the
+    ResponseCode: an error answer without them (ErrorServerBusy, ErrorInvalidSyncStateData in some
+    Exchange builds) raised AttributeError instead of the error. Read them when present, then let
+    exchangelib raise the answer's own error."""
+
+    def _get_element_container(self, message, name=None):
+        state, last = message.find(f"{{{MNS}}}SyncState"), message.find(self.last_in_range_name)
+        self.sync_state = state.text if state is not None else None
+        self.includes_last_item_in_range = (last.text or "").strip().lower() == "true" if last is not None else None
+        return super(SyncFolder, self)._get_element_container(message=message, name=name)
+
+
 def _pages(account: Account, folder_id: str, sync_state: str) -> Iterator[ChangePage]:
-    service = SyncFolderItems(account=account)
+    service = _SyncFolderItems(account=account)
     state = sync_state or None
     while True:
         created, changes = [], 0
@@ -260,6 +370,9 @@ def _fetch_chunk(account: Account, chunk: list[tuple[str, str]], skipped: list) 
     try:
         answers = list(GetItem(account=account, chunk_size=FETCH_CHUNK).call(
             items=chunk, additional_fields=fields, shape=ID_ONLY))
+        # One answer per item. An ErrorServerBusy in the k-th answer makes exchangelib's retry send the
+        # request again after the first k-1 answers were yielded already: the last, complete attempt counts.
+        answers = answers[-len(chunk):]
     except TRANSIENT:
         raise
     except (ResponseMessageError, MalformedResponseError, ValueError, TypeError, KeyError, AttributeError) as error:

@@ -96,6 +96,26 @@ class FakeEWS:
         # operation -> EWS ResponseCode to answer with instead ("GetFolder": "ErrorMailboxStoreUnavailable")
         self.failures: dict[str, str] = {}
         self.epoch = 1  # sync states of another epoch are invalid
+        # Throttling (Microsoft, "EWS throttling in Exchange" and "ErrorServerBusy"/"BackOffMilliseconds" in the
+        # EWS ResponseCode reference): every busy_every-th request is answered ErrorServerBusy with
+        # BackOffMilliseconds = busy_back_off_ms, as a SOAP fault in an HTTP 500 (busy_form "fault", what
+        # Exchange usually sends) or as an error response message in an HTTP 200 (busy_form "response", with
+        # no SyncState in SyncFolderItems' answer). 0: never.
+        self.busy_every, self.busy_form, self.busy_back_off_ms = 0, "fault", 10
+        # Exchange also answers 401 to a correct sign-in while it throttles (exchangelib's protocol.py:
+        # "EWS sometimes throws 401's when it wants us to throttle connections"): every
+        # unauthorized_every-th request is refused whatever its credentials (Basic only). 0: never.
+        self.unauthorized_every = 0
+        self.requests = 0
+        # ErrorInvalidSyncStateData's answer: "with_state" carries an empty SyncState and
+        # IncludesLastItemInRange (Exchange 2016), "bare" leaves them out (Microsoft's
+        # SyncFolderItemsResponseMessage reference: both are optional children; error answers of other
+        # builds omit them, which made exchangelib raise AttributeError).
+        self.invalid_state_answer = "with_state"
+        # A login that may not open this mailbox: every operation, after a successful sign-in, answers this
+        # ResponseCode (Microsoft's EWS "ResponseCode" reference: ErrorAccessDenied, "the calling account does
+        # not have the rights"; ErrorNonExistentMailbox, "the requested mailbox does not exist"). "": off.
+        self.mailbox_refusal = ""
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
         for folder_key, name, parent, folder_class in DEFAULT_FOLDERS:
@@ -133,7 +153,9 @@ class FakeEWS:
         for a message without the header). sent: DateTimeSent (the Date header), by
         default the delivery time. sender_name: the From mailbox's Name; Exchange puts
         the address there when the header has no display name. to/cc: (name, address).
-        Set item["get_error"] = "ErrorItemCorrupt" to make GetItem refuse this item.
+        Set item["get_error"] = "ErrorItemCorrupt" to make GetItem refuse this item, item["get_error_once"]
+        for the next GetItem only (an ErrorServerBusy in one of a GetItem's answers, as "EWS throttling in
+        Exchange" allows per response message).
         """
         received = received or datetime.now(timezone.utc)
         with self._lock:
@@ -263,9 +285,10 @@ class FakeEWS:
         seen = self._parse_state(state, name)
         if seen is None:
             # Exchange's own error answer carries an empty SyncState (exchangelib reads it first).
+            extra = "<m:SyncState/><m:IncludesLastItemInRange>true</m:IncludesLastItemInRange>"
             return _error("SyncFolderItems", "ErrorInvalidSyncStateData",
                           "Synchronization state data is corrupt or otherwise invalid.",
-                          extra="<m:SyncState/><m:IncludesLastItemInRange>true</m:IncludesLastItemInRange>")
+                          extra=extra if self.invalid_state_answer == "with_state" else "")
         limit = self.page_size or int(request.findtext(f"{{{M}}}MaxChangesReturned") or 100)
         # Creates of items added after the state, Deletes of items the state's holder had seen.
         pending = sorted(
@@ -319,7 +342,8 @@ class FakeEWS:
             answers.append(
                 _error("GetItem", "ErrorItemNotFound", "The specified object was not found in the store.")
                 if item is None else
-                _error("GetItem", item["get_error"], "The item cannot be read.") if item.get("get_error") else
+                _error("GetItem", error, "The item cannot be read.")
+                if (error := item.pop("get_error_once", None) or item.get("get_error")) else
                 '<m:GetItemResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode>'
                 f"<m:Items>{_message(item, _content(item, request))}</m:Items></m:GetItemResponseMessage>"
             )
@@ -406,6 +430,24 @@ def _error(operation: str, code: str, text: str, extra: str = "") -> str:
     )
 
 
+def _back_off_xml(milliseconds: int) -> str:
+    return f'<m:MessageXml><t:Value Name="BackOffMilliseconds">{milliseconds}</t:Value></m:MessageXml>'
+
+
+def _busy_fault(milliseconds: int) -> str:
+    """ErrorServerBusy as a SOAP fault, as "EWS throttling in Exchange" shows it (sent with HTTP 500)."""
+    text = "The server cannot service this request right now. Try again later."
+    errors = "http://schemas.microsoft.com/exchange/services/2006/errors"
+    return (
+        f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{S}"><s:Body><s:Fault>'
+        f'<faultcode xmlns:a="{T}">a:ErrorServerBusy</faultcode><faultstring xml:lang="en-US">{text}</faultstring>'
+        f'<detail><e:ResponseCode xmlns:e="{errors}">ErrorServerBusy</e:ResponseCode>'
+        f'<e:Message xmlns:e="{errors}">{text}</e:Message><t:MessageXml xmlns:t="{T}">'
+        f'<t:Value Name="BackOffMilliseconds">{milliseconds}</t:Value></t:MessageXml></detail>'
+        "</s:Fault></s:Body></s:Envelope>"
+    )
+
+
 OPERATIONS = {
     "GetFolder": FakeEWS.get_folder, "FindFolder": FakeEWS.find_folder, "SyncFolderItems": FakeEWS.sync_folder_items,
     "FindItem": FakeEWS.find_item, "GetItem": FakeEWS.get_item,
@@ -422,13 +464,34 @@ def _handler(fake: FakeEWS):
 
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with fake._lock:
+                fake.requests += 1
+                number = fake.requests
+            if fake.unauthorized_every and number % fake.unauthorized_every == 0:
+                fake.calls.append("401-throttled")
+                self._send(401, b"", {"WWW-Authenticate": 'Basic realm="fake"'})
+                return None
             if not self._authenticated():
                 return None
             request = ET.fromstring(body).find(f"{{{S}}}Body")[0]
             operation = request.tag.split("}", 1)[1]
             fake.calls.append(operation)
+            if fake.busy_every and number % fake.busy_every == 0:
+                fake.calls.append("busy")
+                if fake.busy_form == "fault":
+                    self._send(500, _busy_fault(fake.busy_back_off_ms).encode(),
+                               {"Content-Type": "text/xml; charset=utf-8"})
+                    return None
+                messages = _error(operation, "ErrorServerBusy", "The server cannot service this request right now.",
+                                  extra=_back_off_xml(fake.busy_back_off_ms))
+                answer = ENVELOPE.format(body=f"<m:{operation}Response><m:ResponseMessages>{messages}"
+                                              f"</m:ResponseMessages></m:{operation}Response>")
+                self._send(200, answer.encode(), {"Content-Type": "text/xml; charset=utf-8"})
+                return None
             with fake._lock:
-                if operation in fake.failures:
+                if fake.mailbox_refusal:
+                    messages = _error(operation, fake.mailbox_refusal, "Access is denied. Check credentials.")
+                elif operation in fake.failures:
                     messages = _error(operation, fake.failures[operation], "Injected by the test.")
                 elif operation in OPERATIONS:
                     messages = OPERATIONS[operation](fake, request)

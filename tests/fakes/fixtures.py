@@ -22,11 +22,17 @@ def fake_dns(settings):
     server.stop()
 
 
+def fast_ews_retries(settings):
+    """EWS back-offs in hundredths of seconds (the product's waits are seconds), bounded as in production."""
+    settings.EWS_RETRY_WAIT, settings.EWS_RETRY_MAX_WAIT, settings.EWS_RETRY_BUDGET = 0.01, 1, 5
+
+
 @pytest.fixture
 def fake_ews(settings):
     """The fake Exchange, reachable through the guard only because 127.0.0.1/32 is allow-listed."""
     server = FakeEWS(username=EWS_USER, password=EWS_PASSWORD).start()
     settings.EGRESS_ALLOW_NETWORKS = ["127.0.0.1/32"]
+    fast_ews_retries(settings)
     yield server
     server.stop()
 
@@ -37,6 +43,7 @@ def fake_ews_ntlm(settings, monkeypatch, tmp_path):
     server = FakeEWS(username=EWS_USER, password=EWS_PASSWORD, auth="ntlm")
     monkeypatch.setenv("NTLM_USER_FILE", str(server.ntlm_user_file(tmp_path)))
     settings.EGRESS_ALLOW_NETWORKS = ["127.0.0.1/32"]
+    fast_ews_retries(settings)
     yield server.start()
     server.stop()
 
