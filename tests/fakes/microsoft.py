@@ -134,6 +134,13 @@ class FakeMicrosoft(GraphMixin):
             self.gone_on_get: set[str] = set()  # message ids deleted just before their GET (a 404 race)
             self.delta_generation = 0  # expire_delta_links() moves it on
             self.expired_delta_answer = (410, "SyncStateNotFound")
+            # An outage or throttling of the sign-in service: {"status": 503 | 500 | 429, "retry_after": "30",
+            # "on": {"token", "discovery"}} answers those endpoints with that status, a Retry-After header and an
+            # HTML error page (no OAuth JSON), as "Handle errors and exceptions in MSAL for Python" (learn.microsoft
+            # .com/entra/msal/python/advanced/msal-error-handling-python) and "Retry-After" in "Microsoft Entra
+            # authentication and authorization error codes" describe; msal's throttled_http_client.py (1.39) reads
+            # the same header. "segments": only these authority path segments (tenants) fail. None: no outage.
+            self.identity_outage: dict | None = None
             self.add_tenant(CONSUMERS, {"outlook.com", "hotmail.com"})
 
     def add_tenant(self, tenant_id: str, domains, **options) -> Tenant:
@@ -245,6 +252,12 @@ class FakeMicrosoft(GraphMixin):
         with self.lock:
             for grant in self.access_tokens.values():
                 grant["expires"] = 0
+
+    def outage_at(self, endpoint: str, segment: str) -> dict | None:
+        outage = self.identity_outage
+        if not outage or endpoint not in outage.get("on", ("token", "discovery")):
+            return None
+        return outage if "segments" not in outage or segment.lower() in outage["segments"] else None
 
     def seen(self, path_part: str) -> list[dict]:
         return [r for r in self.requests if path_part in r["path"]]
@@ -451,6 +464,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = parts.path
         with self.fake.lock:
             if match := re.fullmatch(r"/([^/]+)/v2\.0/\.well-known/openid-configuration", path):
+                if outage := self.fake.outage_at("discovery", match[1]):
+                    return self._outage(outage)
                 return self._json(*self.fake.openid_configuration(match[1]))
             if match := re.fullmatch(r"/([^/]+)/oauth2/v2\.0/authorize", path):
                 return self._answer(*self.fake.authorize(match[1], query))
@@ -467,6 +482,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._record({k: v for k, v in form.items() if k in ("grant_type", "scope", "redirect_uri")})
         with self.fake.lock:
             if match := re.fullmatch(r"/([^/]+)/oauth2/v2\.0/token", parts.path):
+                if outage := self.fake.outage_at("token", match[1]):
+                    return self._outage(outage)
                 return self._json(*self.fake.token(match[1], form))
         self._json(404, {"error": "not_found"})
 
@@ -480,6 +497,18 @@ class _Handler(BaseHTTPRequestHandler):
         data = f"<html><body><h1>Microsoft</h1><p>{body}</p></body></html>".encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _outage(self, outage: dict):
+        status = int(outage.get("status", 503))
+        data = (f"<html><head><title>{status}</title></head><body><h2>Service Unavailable</h2>"
+                "<p>Sorry, but we're having trouble signing you in.</p></body></html>").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        if outage.get("retry_after") is not None:
+            self.send_header("Retry-After", str(outage["retry_after"]))
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
