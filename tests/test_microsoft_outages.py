@@ -7,6 +7,7 @@ from migration import services, steps
 from migration.microsoft import client as ms_client
 from migration.microsoft import tasks
 from migration.models import Migration
+from sync.microsoft import graph
 from sync.models import MailAccount
 from sync.runs import sync_account
 from tests.fakes.microsoft_fixtures import (  # noqa: F401 - fixtures
@@ -102,3 +103,58 @@ def test_reconnect_says_microsoft_is_unreachable_instead_of_failing(client, migr
     assert "Microsoft war nicht erreichbar" in page.content.decode()
     account = MailAccount.objects.get(pk=migrated.pk)
     assert account.status == "reconnect" and account.token_cache_encrypted == before
+
+
+def _graph_since(fake, start: int) -> list[dict]:
+    return [r for r in fake.requests[start:] if r["path"].startswith("/v1.0/")]
+
+
+def test_it_waits_out_graph_throttling_and_finishes_the_sync(migrated, microsoft):
+    microsoft.deliver(migrated.address, subject="trotz Drosselung")
+    start = len(microsoft.requests)
+    # Graph throttles the run's first request, then answers it with 504: both are tried again.
+    microsoft.graph_throttle = [(429, "1"), (504, "0")]
+    assert sync_account(migrated.pk) == 1
+    asked = _graph_since(microsoft, start)
+    assert microsoft.graph_throttle == []
+    assert asked[0]["path"] == asked[1]["path"] == asked[2]["path"] and asked[0]["query"] == asked[2]["query"]
+    account = MailAccount.objects.get(pk=migrated.pk)
+    assert account.status == "active" and account.last_sync_error == ""
+
+
+@pytest.mark.parametrize("first, always, tries", [
+    ([], (503, "0"), graph.RETRIES + 1),  # at most RETRIES retries
+    ([(429, "1")], (503, "5"), 2),  # waited 1 s; 5 s more would pass MAX_RETRY_WAIT
+])
+def test_it_stops_retrying_graph_within_its_bounds(migrated, microsoft, monkeypatch, first, always, tries):
+    monkeypatch.setattr(graph, "MAX_RETRY_WAIT", 2.0)
+    before = migrated.token_cache_encrypted
+    start = len(microsoft.requests)
+    microsoft.graph_throttle, microsoft.graph_always_throttled = list(first), always
+    assert sync_account(migrated.pk) == 0
+    assert len(_graph_since(microsoft, start)) == tries
+    account = MailAccount.objects.get(pk=migrated.pk)
+    assert account.last_sync_error == "ms_unreachable" and account.token_cache_encrypted == before
+
+    microsoft.graph_always_throttled = None
+    microsoft.deliver(migrated.address, subject="danach")
+    assert sync_account(migrated.pk) == 1
+
+
+def test_a_graph_outage_during_verify_keeps_the_migration_and_its_tokens(client, user, ms_account, microsoft):
+    migration = services.start_migration(user=user, account=ms_account)
+    steps.run_migration(migration.pk)
+    client.force_login(user)
+    microsoft.graph_always_throttled = (503, "0")  # the worker's verify meets it, whatever it asks
+    sign_in(client, microsoft, migration)
+    assert steps.run_migration(migration.pk) == "verifying"
+    waiting = Migration.objects.get(pk=migration.pk)
+    assert waiting.status == "verifying" and waiting.error_code == "ms_unreachable"
+    assert waiting.secret_encrypted  # the redeemed tokens, not the spent code
+    codes = len([r for r in microsoft.requests if r["query"].get("grant_type") == "authorization_code"])
+
+    microsoft.graph_always_throttled = None
+    assert steps.run_migration(migration.pk) == "done"  # what the sweep's re-queue runs: no new sign-in
+    assert len([r for r in microsoft.requests if r["query"].get("grant_type") == "authorization_code"]) == codes
+    done = Migration.objects.get(pk=migration.pk)
+    assert done.error_code == "" and MailAccount.objects.get(pk=ms_account.pk).engine == "v3"

@@ -141,6 +141,13 @@ class FakeMicrosoft(GraphMixin):
             # authentication and authorization error codes" describe; msal's throttled_http_client.py (1.39) reads
             # the same header. "segments": only these authority path segments (tenants) fail. None: no outage.
             self.identity_outage: dict | None = None
+            # Graph throttling and short outages: each entry, (status, Retry-After or None), answers the next Graph
+            # request instead of Graph ("Microsoft Graph throttling guidance", learn.microsoft.com/graph/throttling:
+            # 429 TooManyRequests with Retry-After in seconds; "Microsoft Graph error responses and resource
+            # types", learn.microsoft.com/graph/errors: 503 serviceNotAvailable and 504 with Retry-After).
+            # graph_always_throttled: every Graph request gets this entry (an outage that outlasts a run).
+            self.graph_throttle: list[tuple[int, str | None]] = []
+            self.graph_always_throttled: tuple[int, str | None] | None = None
             self.add_tenant(CONSUMERS, {"outlook.com", "hotmail.com"})
 
     def add_tenant(self, tenant_id: str, domains, **options) -> Tenant:
@@ -258,6 +265,14 @@ class FakeMicrosoft(GraphMixin):
         if not outage or endpoint not in outage.get("on", ("token", "discovery")):
             return None
         return outage if "segments" not in outage or segment.lower() in outage["segments"] else None
+
+    def next_graph_throttle(self) -> tuple[int, str | None] | None:
+        if self.graph_throttle:
+            return self.graph_throttle.pop(0)
+        return self.graph_always_throttled
+
+    def graph_requests(self) -> list[dict]:
+        return [r for r in self.requests if r["path"].startswith("/v1.0/")]
 
     def seen(self, path_part: str) -> list[dict]:
         return [r for r in self.requests if path_part in r["path"]]
@@ -472,6 +487,8 @@ class _Handler(BaseHTTPRequestHandler):
             if match := re.fullmatch(r"/([^/]+)/v2\.0/adminconsent", path):
                 return self._answer(*self.fake.admin_consent(match[1], query))
             if path.startswith("/v1.0/"):
+                if throttled := self.fake.next_graph_throttle():
+                    return self._graph_throttled(*throttled)
                 return self._json(*self.fake.graph(path, query, self.headers))
         self._json(404, {"error": "not_found"})
 
@@ -513,9 +530,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _json(self, status, body):
+    def _graph_throttled(self, status: int, retry_after: str | None):
+        code = {429: "TooManyRequests", 503: "serviceNotAvailable", 504: "UnknownError"}.get(status, "generalException")
+        body = {"error": {"code": code, "message": "Too many requests" if status == 429 else "Service unavailable",
+                          "innerError": {"date": datetime.now(timezone.utc).isoformat(),
+                                         "request-id": secrets.token_hex(8)}}}
+        self._json(status, body, headers={"Retry-After": retry_after} if retry_after is not None else None)
+
+    def _json(self, status, body, headers: dict | None = None):
         data = json.dumps(body).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
