@@ -2,8 +2,9 @@
 
 import pytest
 from django.urls import reverse
+from django.utils import translation
 
-from migration import services, steps
+from migration import errors, services, steps
 from migration.microsoft import client as ms_client
 from migration.microsoft import tasks
 from migration.models import Migration
@@ -158,3 +159,26 @@ def test_a_graph_outage_during_verify_keeps_the_migration_and_its_tokens(client,
     assert len([r for r in microsoft.requests if r["query"].get("grant_type") == "authorization_code"]) == codes
     done = Migration.objects.get(pk=migration.pk)
     assert done.error_code == "" and MailAccount.objects.get(pk=ms_account.pk).engine == "v3"
+
+
+def test_a_hybrid_mailbox_on_premises_is_sent_to_the_exchange_path(client, user, make_account, microsoft):
+    microsoft.add_user("hybrid@contoso.com", microsoft.contoso, on_premises=True)
+    account = make_account(user, "hybrid@contoso.com", provider_kind="microsoft")
+    migration = services.start_migration(user=user, account=account)
+    steps.run_migration(migration.pk)
+    client.force_login(user)
+    sign_in(client, microsoft, migration)
+    assert steps.run_migration(migration.pk) == "failed"  # permanent: trying again here cannot help
+    failed = Migration.objects.get(pk=migration.pk)
+    assert failed.error_code == "ms_mailbox_on_premises"
+    page = client.get(reverse("migration-detail", args=[migration.pk])).content.decode()
+    assert "Exchange-Server Ihres Unternehmens" in page and "„Microsoft Exchange“" in page
+    with translation.override("en"):
+        assert 'choose "Microsoft Exchange"' in str(errors.message_for("ms_mailbox_on_premises"))
+
+
+def test_a_sync_of_a_mailbox_moved_on_premises_says_so(migrated, microsoft):
+    microsoft.users[migrated.address].on_premises = True  # moved back to the company's Exchange server
+    assert sync_account(migrated.pk) == 0
+    account = MailAccount.objects.get(pk=migrated.pk)
+    assert account.last_sync_error == "ms_mailbox_on_premises"  # not ms_protocol, and no folder marked gone

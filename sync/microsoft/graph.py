@@ -159,6 +159,10 @@ class Graph:
         if response.status_code == 403:
             raise MicrosoftError("ms_graph_denied", permanent=True)
         if response.status_code == 404:
+            if _error_code(response) == "mailboxnotenabledforrestapi":
+                # A hybrid mailbox on the company's own Exchange server ("Microsoft Graph in Exchange hybrid
+                # deployments"): Graph cannot read it, the Exchange (EWS) path can.
+                raise MicrosoftError("ms_mailbox_on_premises", permanent=True)
             raise GraphNotFound()
         if response.status_code == 429 or response.status_code >= 500:
             raise MicrosoftError("ms_unreachable", permanent=False)

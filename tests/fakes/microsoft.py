@@ -76,6 +76,10 @@ class User:
     upn: str | None = None
     aliases: list = field(default_factory=list)  # further SMTP addresses of the mailbox (proxyAddresses)
     folders: dict = field(default_factory=dict)  # folder id -> Folder
+    # A mailbox on the company's own Exchange server in a hybrid setup: the user signs in at Microsoft and /me
+    # answers, but every mail request gets 404 MailboxNotEnabledForRESTAPI ("Microsoft Graph in Exchange hybrid
+    # deployments", learn.microsoft.com/graph/hybrid-rest-support; "Known issues with Microsoft Graph", mail).
+    on_premises: bool = False
 
 
 @dataclass
