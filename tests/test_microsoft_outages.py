@@ -152,6 +152,8 @@ def test_a_graph_outage_during_verify_keeps_the_migration_and_its_tokens(client,
     waiting = Migration.objects.get(pk=migration.pk)
     assert waiting.status == "verifying" and waiting.error_code == "ms_unreachable"
     assert waiting.secret_encrypted  # the redeemed tokens, not the spent code
+    page = client.get(reverse("migration-detail", args=[migration.pk])).content.decode()
+    assert "versucht es in einigen Minuten selbst erneut" in page
     codes = len([r for r in microsoft.requests if r["query"].get("grant_type") == "authorization_code"])
 
     microsoft.graph_always_throttled = None
