@@ -40,6 +40,18 @@ class TransitionConflict(Exception):
     """The migration was not in the expected state (someone else moved it)."""
 
 
+class RetryLater(Exception):
+    """A worker step met a transient error (a service down or throttling): the migration stays in its step,
+    with its secret, and sweep_stuck_migrations queues it again after MIGRATION_STUCK_SECONDS."""
+
+
+def defer(migration: Migration, *, code: str) -> None:
+    """Keep the migration in its step, note why it waits (error_code), and end this task run (RetryLater)."""
+    Migration.objects.filter(pk=migration.pk, status=migration.status).update(error_code=code,
+                                                                              updated_at=timezone.now())
+    raise RetryLater(code)
+
+
 class MigrationError(Exception):
     """A use case that cannot go ahead; code is translated by migration.errors / views."""
 

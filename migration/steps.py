@@ -15,7 +15,7 @@ from migration.imap import flow as imap_flow
 from migration.microsoft import consent
 from migration.microsoft import flow as microsoft_flow
 from migration.models import Migration, Status
-from migration.services import TransitionConflict
+from migration.services import RetryLater, TransitionConflict
 from sync import crypto, queue
 from sync.imap.client import ImapSettings, MailboxError
 from sync.models import ProviderKind
@@ -39,6 +39,9 @@ def run_migration(migration_id: int) -> str:
         except TransitionConflict:
             # Another delivery of this task moved the migration on; look again.
             continue
+        except RetryLater as waiting:
+            logger.info("migration %s waits in %s: %s", migration_id, migration.status, waiting)
+            return migration.status
     return Migration.objects.get(pk=migration_id).status
 
 

@@ -15,8 +15,8 @@ from django.core.cache import cache
 from django.urls import reverse
 
 from sync.microsoft.client import (  # noqa: F401 - re-exported for the migration's modules
-    CONSENT_CODES, GRAPH_RESOURCE, HTTP_CACHE, SCOPES, MicrosoftError, aadsts_codes, access_token, build_app,
-    configured, error_from, instance, load_cache, needs_admin_consent, verify,
+    CONSENT_CODES, GRAPH_RESOURCE, HTTP_CACHE, SCOPES, UNAVAILABLE, MicrosoftError, aadsts_codes, access_token,
+    build_app, configured, error_from, instance, load_cache, needs_admin_consent, verify,
 )
 
 # What the sign-in asks for: SCOPES plus the ones msal adds by itself (msal.oauth2cli
@@ -61,7 +61,7 @@ def redeem(flow: dict, auth_response: dict) -> tuple[dict, msal.SerializableToke
         result = app.acquire_token_by_auth_code_flow(dict(flow), auth_response, scopes=SCOPES)
     except (ValueError, RuntimeError):  # state or nonce of another flow
         raise MicrosoftError("ms_state_mismatch", permanent=True) from None
-    except requests.RequestException:
+    except UNAVAILABLE:
         raise MicrosoftError("ms_unreachable", permanent=False) from None
     if "error" in result:
         raise error_from(result)
@@ -99,8 +99,10 @@ def directory_id(tenant: str) -> str:
     url = f"{instance()}/{quote(tenant, safe='')}/v2.0/.well-known/openid-configuration"
     try:
         response = requests.get(url, timeout=settings.MS_TIMEOUT, verify=verify(), allow_redirects=False)
+        if response.status_code == 429 or response.status_code >= 500:
+            return ""  # an outage or throttling says nothing about the tenant: ask again next time
         issuer = str(response.json().get("issuer", "")) if response.status_code == 200 else ""
-    except (requests.RequestException, ValueError):
+    except (requests.RequestException, ValueError, AttributeError):
         return ""  # not known now; ask again next time
     match = _ISSUER_TENANT.search(issuer)
     found = match[1].lower() if match else ""
@@ -122,7 +124,7 @@ def prove_admin_consent(tenant: str) -> bool:
     app = build_app(authority=f"{instance()}/{quote(tenant, safe='')}")
     try:
         result = app.acquire_token_for_client([f"{GRAPH_RESOURCE}/.default"])
-    except requests.RequestException:
+    except UNAVAILABLE:
         raise MicrosoftError("ms_unreachable", permanent=False) from None
     return bool(result and "access_token" in result)
 

@@ -40,4 +40,9 @@ MESSAGES = {
         "auf https://login.microsoftonline.com/common setzen."
     ),
     "ms_admin_consent": _("Für dieses Konto ist die Zustimmung eines Administrators nötig."),
+    "ms_mailbox_on_premises": _(
+        "Ihr Postfach liegt auf dem Exchange-Server Ihres Unternehmens, nicht in Microsoft 365, und lässt sich "
+        "über die Microsoft-Anmeldung nicht lesen. Bitte wählen Sie als Anbieter „Microsoft Exchange“ und melden "
+        "Sie sich mit Ihrem Exchange-Zugang an."
+    ),
 }

@@ -143,10 +143,15 @@ def verify(migration: Migration) -> None:
         if error.code == "ms_admin_consent":
             consent.require_admin_consent(migration=migration, reason=str(error), actor="worker")
             return
+        if not error.permanent:
+            # Microsoft down or throttling: the tokens stay, and the sweep tries again; no new sign-in.
+            logger.info("migration %s: Microsoft verification must wait: %s", migration.pk, error)
+            services.defer(migration, code=error.code)
         logger.info("migration %s: Microsoft verification failed: %s", migration.pk, error)
         services.fail(migration, code=error.code, reason=f"verify: {error}")
         return
-    services.transition(migration, to=Status.HANDING_OVER, reason=f"verified, {len(cursors)} folders", cursors=cursors)
+    services.transition(migration, to=Status.HANDING_OVER, reason=f"verified, {len(cursors)} folders", cursors=cursors,
+                        error_code="")
 
 
 def _redeem(migration: Migration, secret: dict) -> dict | None:

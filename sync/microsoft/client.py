@@ -14,6 +14,8 @@ import re
 import msal
 import requests
 from django.conf import settings
+from msal.exceptions import MsalServiceError
+from urllib3.util.retry import Retry
 
 # The resource all delegated scopes belong to. Not MS_GRAPH_URL: that is where
 # requests go (a fake in tests), this is the name of the API at Microsoft.
@@ -61,6 +63,52 @@ def verify():
 HTTP_CACHE: dict = {}
 
 
+class SignInUnavailable(requests.RequestException):
+    """429 or 5xx from the sign-in service (token, discovery): Microsoft is down or throttles.
+
+    Raised by HttpClient before msal sees the answer. msal would raise
+    MsalServiceError on a 5xx from the token endpoint, ValueError on a 429
+    whose body is an HTML page (it parses the body as JSON) and ValueError on
+    a 429 from discovery (taken for "no such tenant"). A RequestException is
+    what msal itself treats as a network error: acquire_token_silent then
+    falls back to a cached access token that is still valid.
+    """
+
+    def __init__(self, status: int, retry_after: str):
+        super().__init__(f"Microsoft sign-in answered HTTP {status}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+class HttpClient(requests.Session):
+    """msal's HTTP client: our timeout and CA file on every request, 429/5xx raised as SignInUnavailable."""
+
+    def __init__(self):
+        super().__init__()
+        # One retry of a failed connection, as msal's own client does, but no waiting out a Retry-After
+        # here (urllib3 would sleep for it inside a request, up to an hour): the caller decides.
+        adapter = requests.adapters.HTTPAdapter(
+            max_retries=Retry(total=1, read=False, status=0, respect_retry_after_header=False))
+        self.mount("https://", adapter)
+        self.mount("http://", adapter)
+
+    def request(self, method, url, **kwargs):
+        kwargs.setdefault("timeout", settings.MS_TIMEOUT)
+        # verify= per request: REQUESTS_CA_BUNDLE would override a session's.
+        kwargs["verify"] = verify()
+        response = super().request(method, url, **kwargs)
+        if response.status_code == 429 or response.status_code >= 500:
+            response.close()
+            raise SignInUnavailable(response.status_code, response.headers.get("Retry-After", ""))
+        return response
+
+
+# What an outage of the sign-in service looks like to a caller of msal: a
+# network error, or msal's MsalServiceError (raised for a 4xx/5xx answer
+# wherever msal calls raise_for_status()).
+UNAVAILABLE = (requests.RequestException, MsalServiceError)
+
+
 def build_app(*, authority: str | None = None, cache: msal.SerializableTokenCache | None = None):
     if not configured():
         raise MicrosoftError("ms_not_configured", permanent=True)
@@ -69,9 +117,9 @@ def build_app(*, authority: str | None = None, cache: msal.SerializableTokenCach
         return msal.ConfidentialClientApplication(
             settings.MS_CLIENT_ID, client_credential=settings.MS_CLIENT_SECRET,
             authority=authority or settings.MS_AUTHORITY, instance_discovery=settings.MS_INSTANCE_DISCOVERY,
-            verify=verify(), timeout=settings.MS_TIMEOUT, token_cache=cache, http_cache=HTTP_CACHE,
+            http_client=HttpClient(), token_cache=cache, http_cache=HTTP_CACHE,
         )
-    except requests.RequestException:
+    except UNAVAILABLE:
         raise MicrosoftError("ms_unreachable", permanent=False) from None
     except ValueError:  # a tenant Microsoft does not know, or a discovery answer that is not https
         raise MicrosoftError("ms_protocol", permanent=True) from None
@@ -132,7 +180,7 @@ def access_token(serialized_cache: str, *, home_account_id: str, force_refresh: 
         raise MicrosoftError("ms_reconnect", permanent=True)
     try:
         result = app.acquire_token_silent_with_error(SCOPES, account, force_refresh=force_refresh)
-    except requests.RequestException:
+    except UNAVAILABLE:
         raise MicrosoftError("ms_unreachable", permanent=False) from None
     if not result:  # no refresh token in the cache
         raise MicrosoftError("ms_reconnect", permanent=True)

@@ -13,6 +13,7 @@ reset": an expired or invalid delta token is answered with a 40X error such as
 410 Gone / syncStateNotFound, and the client starts a full round again).
 """
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import quote
@@ -36,6 +37,14 @@ MAX_FOLDERS = 5_000
 SKIPPED_FOLDERS = ("deleteditems", "junkemail", "drafts", "outbox", "conversationhistory", "syncissues")
 # The inbox keeps V2's (and IMAP's) name, so the CRM shows one inbox whichever engine read a message.
 INBOX = "INBOX"
+# Throttling and short outages ("Microsoft Graph throttling guidance": 429 with Retry-After; "Microsoft Graph
+# error responses": 503 Service Unavailable and 504 Gateway Timeout, Retry-After possible): a request is tried
+# again at most RETRIES times, waiting what Retry-After asks (DEFAULT_RETRY_WAIT without one), and all waits of
+# one request together at most MAX_RETRY_WAIT seconds; then ms_unreachable (transient: the next run goes on).
+RETRY_STATUSES = (429, 503, 504)
+RETRIES = 2
+DEFAULT_RETRY_WAIT = 2.0
+MAX_RETRY_WAIT = 10.0
 # Error codes Graph answers a delta token it no longer knows with (besides any 410 Gone).
 EXPIRED_DELTA_CODES = {"syncstatenotfound", "syncstateinvalid", "resyncrequired", "invaliddeltatoken"}
 
@@ -98,6 +107,14 @@ def _error_code(response) -> str:
         return ""
 
 
+def retry_wait(header: str | None) -> float:
+    """Seconds a Retry-After header asks for (delta-seconds; an HTTP date or nonsense: the default)."""
+    try:
+        return max(0.0, float(str(header).strip()))
+    except (TypeError, ValueError):
+        return DEFAULT_RETRY_WAIT
+
+
 class Graph:
     def __init__(self, access_token: str):
         self.base = settings.MS_GRAPH_URL
@@ -113,12 +130,22 @@ class Graph:
         url = path_or_url if path_or_url.startswith("https://") else f"{self.base}{path_or_url}"
         if not (url == self.base or url.startswith(self.base + "/")):
             raise MicrosoftError("ms_protocol", permanent=True)  # a link to another host
-        try:
-            # verify= per request: REQUESTS_CA_BUNDLE would override a session's.
-            response = self.session.get(url, params=params, timeout=settings.MS_TIMEOUT, verify=verify(),
-                                        allow_redirects=False)
-        except requests.RequestException:
-            raise MicrosoftError("ms_unreachable", permanent=False) from None
+        waited = 0.0
+        for attempt in range(RETRIES + 1):
+            try:
+                # verify= per request: REQUESTS_CA_BUNDLE would override a session's.
+                response = self.session.get(url, params=params, timeout=settings.MS_TIMEOUT, verify=verify(),
+                                            allow_redirects=False)
+            except requests.RequestException:
+                raise MicrosoftError("ms_unreachable", permanent=False) from None
+            if response.status_code not in RETRY_STATUSES or attempt == RETRIES:
+                break
+            wait = retry_wait(response.headers.get("Retry-After"))
+            if waited + wait > MAX_RETRY_WAIT:
+                break  # Graph asks for longer than a run may wait: the next run tries again
+            response.close()
+            time.sleep(wait)
+            waited += wait
         if response.status_code == 200:
             try:
                 return response.json()
@@ -132,6 +159,10 @@ class Graph:
         if response.status_code == 403:
             raise MicrosoftError("ms_graph_denied", permanent=True)
         if response.status_code == 404:
+            if _error_code(response) == "mailboxnotenabledforrestapi":
+                # A hybrid mailbox on the company's own Exchange server ("Microsoft Graph in Exchange hybrid
+                # deployments"): Graph cannot read it, the Exchange (EWS) path can.
+                raise MicrosoftError("ms_mailbox_on_premises", permanent=True)
             raise GraphNotFound()
         if response.status_code == 429 or response.status_code >= 500:
             raise MicrosoftError("ms_unreachable", permanent=False)

@@ -88,6 +88,10 @@ class User:
     upn: str | None = None
     aliases: list = field(default_factory=list)  # further SMTP addresses of the mailbox (proxyAddresses)
     folders: dict = field(default_factory=dict)  # folder id -> Folder
+    # A mailbox on the company's own Exchange server in a hybrid setup: the user signs in at Microsoft and /me
+    # answers, but every mail request gets 404 MailboxNotEnabledForRESTAPI ("Microsoft Graph in Exchange hybrid
+    # deployments", learn.microsoft.com/graph/hybrid-rest-support; "Known issues with Microsoft Graph", mail).
+    on_premises: bool = False
 
 
 @dataclass
@@ -146,6 +150,20 @@ class FakeMicrosoft(GraphMixin):
             self.gone_on_get: set[str] = set()  # message ids deleted just before their GET (a 404 race)
             self.delta_generation = 0  # expire_delta_links() moves it on
             self.expired_delta_answer = (410, "SyncStateNotFound")
+            # An outage or throttling of the sign-in service: {"status": 503 | 500 | 429, "retry_after": "30",
+            # "on": {"token", "discovery"}} answers those endpoints with that status, a Retry-After header and an
+            # HTML error page (no OAuth JSON), as "Handle errors and exceptions in MSAL for Python" (learn.microsoft
+            # .com/entra/msal/python/advanced/msal-error-handling-python) and "Retry-After" in "Microsoft Entra
+            # authentication and authorization error codes" describe; msal's throttled_http_client.py (1.39) reads
+            # the same header. "segments": only these authority path segments (tenants) fail. None: no outage.
+            self.identity_outage: dict | None = None
+            # Graph throttling and short outages: each entry, (status, Retry-After or None), answers the next Graph
+            # request instead of Graph ("Microsoft Graph throttling guidance", learn.microsoft.com/graph/throttling:
+            # 429 TooManyRequests with Retry-After in seconds; "Microsoft Graph error responses and resource
+            # types", learn.microsoft.com/graph/errors: 503 serviceNotAvailable and 504 with Retry-After).
+            # graph_always_throttled: every Graph request gets this entry (an outage that outlasts a run).
+            self.graph_throttle: list[tuple[int, str | None]] = []
+            self.graph_always_throttled: tuple[int, str | None] | None = None
             self.add_tenant(CONSUMERS, {"outlook.com", "hotmail.com"})
 
     def add_tenant(self, tenant_id: str, domains, **options) -> Tenant:
@@ -257,6 +275,20 @@ class FakeMicrosoft(GraphMixin):
         with self.lock:
             for grant in self.access_tokens.values():
                 grant["expires"] = 0
+
+    def outage_at(self, endpoint: str, segment: str) -> dict | None:
+        outage = self.identity_outage
+        if not outage or endpoint not in outage.get("on", ("token", "discovery")):
+            return None
+        return outage if "segments" not in outage or segment.lower() in outage["segments"] else None
+
+    def next_graph_throttle(self) -> tuple[int, str | None] | None:
+        if self.graph_throttle:
+            return self.graph_throttle.pop(0)
+        return self.graph_always_throttled
+
+    def graph_requests(self) -> list[dict]:
+        return [r for r in self.requests if r["path"].startswith("/v1.0/")]
 
     def seen(self, path_part: str) -> list[dict]:
         return [r for r in self.requests if path_part in r["path"]]
@@ -479,12 +511,16 @@ class _Handler(BaseHTTPRequestHandler):
         path = parts.path
         with self.fake.lock:
             if match := re.fullmatch(r"/([^/]+)/v2\.0/\.well-known/openid-configuration", path):
+                if outage := self.fake.outage_at("discovery", match[1]):
+                    return self._outage(outage)
                 return self._json(*self.fake.openid_configuration(match[1]))
             if match := re.fullmatch(r"/([^/]+)/oauth2/v2\.0/authorize", path):
                 return self._answer(*self.fake.authorize(match[1], query))
             if match := re.fullmatch(r"/([^/]+)/v2\.0/adminconsent", path):
                 return self._answer(*self.fake.admin_consent(match[1], query))
             if path.startswith("/v1.0/"):
+                if throttled := self.fake.next_graph_throttle():
+                    return self._graph_throttled(*throttled)
                 return self._json(*self.fake.graph(path, query, self.headers))
         self._json(404, {"error": "not_found"})
 
@@ -495,6 +531,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._record({k: v for k, v in form.items() if k in ("grant_type", "scope", "redirect_uri")})
         with self.fake.lock:
             if match := re.fullmatch(r"/([^/]+)/oauth2/v2\.0/token", parts.path):
+                if outage := self.fake.outage_at("token", match[1]):
+                    return self._outage(outage)
                 return self._json(*self.fake.token(match[1], form))
         self._json(404, {"error": "not_found"})
 
@@ -512,9 +550,30 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _json(self, status, body):
+    def _outage(self, outage: dict):
+        status = int(outage.get("status", 503))
+        data = (f"<html><head><title>{status}</title></head><body><h2>Service Unavailable</h2>"
+                "<p>Sorry, but we're having trouble signing you in.</p></body></html>").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        if outage.get("retry_after") is not None:
+            self.send_header("Retry-After", str(outage["retry_after"]))
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _graph_throttled(self, status: int, retry_after: str | None):
+        code = {429: "TooManyRequests", 503: "serviceNotAvailable", 504: "UnknownError"}.get(status, "generalException")
+        body = {"error": {"code": code, "message": "Too many requests" if status == 429 else "Service unavailable",
+                          "innerError": {"date": datetime.now(timezone.utc).isoformat(),
+                                         "request-id": secrets.token_hex(8)}}}
+        self._json(status, body, headers={"Retry-After": retry_after} if retry_after is not None else None)
+
+    def _json(self, status, body, headers: dict | None = None):
         data = json.dumps(body).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()

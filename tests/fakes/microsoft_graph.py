@@ -51,6 +51,9 @@ class GraphMixin:
             return 400, {"error": {"code": "BadRequest", "message": "/me request is only valid with delegated authentication flow."}}
         user = self.users[grant["user"]]
         immutable = 'IdType="ImmutableId"' in (headers.get("Prefer") or "")
+        if user.on_premises and path.startswith(("/v1.0/me/mailFolders", "/v1.0/me/messages")):
+            return 404, {"error": {"code": "MailboxNotEnabledForRESTAPI",
+                                   "message": "The mailbox is either inactive, soft-deleted, or is hosted on-premise."}}
         if path == "/v1.0/me":
             me = {"id": user.oid, "displayName": user.address, "mail": user.mail, "userPrincipalName": user.upn}
             if "proxyAddresses" in query.get("$select", ""):  # like Graph: only when selected
