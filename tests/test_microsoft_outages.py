@@ -12,25 +12,12 @@ from sync.microsoft import graph
 from sync.models import MailAccount
 from sync.runs import sync_account
 from tests.fakes.microsoft_fixtures import (  # noqa: F401 - fixtures
-    browser_get, fake_microsoft_server, local, microsoft, ms_account, sign_in,
+    browser_get, fake_microsoft_server, local, microsoft, migrated, ms_account, sign_in,
 )
 
 pytestmark = pytest.mark.django_db
 
 NORTHWIND = "c0ffee00-0000-4000-8000-000000000003"
-
-
-@pytest.fixture
-def migrated(client, user, ms_account, microsoft):
-    """anna@contoso.com, migrated to V3 through the real sign-in; the first sync done."""
-    migration = services.start_migration(user=user, account=ms_account)
-    steps.run_migration(migration.pk)
-    client.force_login(user)
-    sign_in(client, microsoft, migration)
-    assert steps.run_migration(migration.pk) == "done"
-    sync_account(ms_account.pk)
-    ms_account.refresh_from_db()
-    return ms_account
 
 
 @pytest.mark.parametrize("status, endpoint", [(503, "token"), (429, "token"), (500, "discovery"), (429, "discovery")])

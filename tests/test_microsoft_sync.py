@@ -9,23 +9,10 @@ from sync.models import FolderState, MailAccount, SyncedMessage
 from sync.selectors import accounts_due_for_sync
 from sync.runs import sync_account
 from tests.fakes.microsoft_fixtures import (  # noqa: F401 - fixtures
-    browser_get, fake_microsoft_server, local, microsoft, ms_account, sign_in,
+    browser_get, fake_microsoft_server, local, microsoft, migrated, ms_account, sign_in,
 )
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def migrated(client, user, ms_account, microsoft):
-    """anna@contoso.com, migrated to V3 through the real sign-in; the first sync done."""
-    migration = services.start_migration(user=user, account=ms_account)
-    steps.run_migration(migration.pk)
-    client.force_login(user)
-    sign_in(client, microsoft, migration)
-    assert steps.run_migration(migration.pk) == "done"
-    sync_account(ms_account.pk)
-    ms_account.refresh_from_db()
-    return ms_account
 
 
 def _subjects(account):

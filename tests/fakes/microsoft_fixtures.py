@@ -84,3 +84,19 @@ def sign_in(client, fake, migration):
     assert authorize.startswith(fake.base), authorize
     back = browser_get(fake, authorize)
     return client.get(local(back)), authorize, back
+
+
+@pytest.fixture
+def migrated(client, user, ms_account, microsoft):
+    """anna@contoso.com, migrated to V3 through the real sign-in; the first sync done."""
+    from migration import services, steps
+    from sync.runs import sync_account
+
+    migration = services.start_migration(user=user, account=ms_account)
+    steps.run_migration(migration.pk)
+    client.force_login(user)
+    sign_in(client, microsoft, migration)
+    assert steps.run_migration(migration.pk) == "done"
+    sync_account(ms_account.pk)
+    ms_account.refresh_from_db()
+    return ms_account
