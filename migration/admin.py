@@ -29,7 +29,8 @@ class MigrationAdmin(admin.ModelAdmin):
     # Everything is read-only: status changes only through the actions below,
     # which call the same services as the portal. No secret field is listed.
     fields = ("account", "user", "campaign", "status", "provider_kind", "error_code", "error_text",
-              "connection", "detected", "cursors", "attempts", "created_at", "updated_at", "finished_at")
+              "connection", "detected", "cursors", "attempts", "step_attempts", "retry_at", "created_at", "updated_at",
+              "finished_at")
     readonly_fields = fields
     inlines = [MigrationEventInline]
     actions = ["retry", "cancel"]

@@ -39,6 +39,18 @@ MESSAGES = {
         "Die Synchronisierung wurde durch einen unerwarteten Fehler unterbrochen. Der Fehler ist für den Support "
         "vermerkt; die nächste Synchronisierung versucht es automatisch erneut."
     ),
+    # A step that kept failing in a way nobody expected (services.INTERNAL_ERROR), and one that kept
+    # waiting for a provider's outage or throttling (services.RETRIES_EXHAUSTED); both clear the credentials.
+    "internal_error": _(
+        "Bei der Migration ist ein unerwarteter Fehler aufgetreten, auch bei mehreren weiteren Versuchen. Der "
+        "Fehler ist für den Support vermerkt; Ihre Zugangsdaten wurden gelöscht. Bitte versuchen Sie es später mit "
+        "„Erneut versuchen“; tritt der Fehler wieder auf, wenden Sie sich an den Support."
+    ),
+    "retries_exhausted": _(
+        "Der Dienst Ihres Postfachs war über längere Zeit nicht erreichbar oder hat die Anfragen gebremst. Die "
+        "Migration wurde nach mehreren Versuchen beendet und Ihre Zugangsdaten wurden gelöscht. Bitte versuchen Sie "
+        "es in etwa einer Stunde mit „Erneut versuchen“ und melden Sie sich dabei erneut an."
+    ),
     "not_supported": _("Diese Anbieterart kann hier noch nicht migriert werden. Bitte wenden Sie sich an den Support."),
     "secret_unreadable": _("Die gespeicherten Zugangsdaten sind nicht mehr lesbar. Bitte melden Sie sich erneut an."),
     "cancelled_by_staff": _("Die Migration wurde vom Support abgebrochen."),

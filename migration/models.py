@@ -64,7 +64,13 @@ class Migration(models.Model):
     # V3 cursors found while verifying, per folder.
     cursors = models.JSONField(default=dict, blank=True)
     error_code = models.CharField(_("Fehler"), max_length=40, blank=True)
+    # How often the user or support started this migration over (retry).
     attempts = models.PositiveIntegerField(default=0)
+    # Worker runs of the current step (services.begin_attempt); every status change resets it.
+    # After MIGRATION_STEP_ATTEMPTS the migration fails instead of logging in again.
+    step_attempts = models.PositiveIntegerField(_("Versuche in diesem Schritt"), default=0)
+    # After a failed attempt: the sweeper queues the step again at this time, not before (back-off).
+    retry_at = models.DateTimeField(_("Nächster Versuch"), null=True, blank=True)
     created_at = models.DateTimeField(_("Erstellt"), auto_now_add=True)
     updated_at = models.DateTimeField(_("Geändert"), auto_now=True)
     finished_at = models.DateTimeField(_("Beendet"), null=True, blank=True)
@@ -130,6 +136,8 @@ class TenantConsent(models.Model):
     requested_at = models.DateTimeField(_("Angefragt am"), auto_now_add=True)
     granted_at = models.DateTimeField(_("Erteilt am"), null=True, blank=True)
     last_link_sent_at = models.DateTimeField(_("Link zuletzt gesendet"), null=True, blank=True)
+    # The consent poll's claim (compare-and-swap): one poll per tenant and interval, however many beats run.
+    polled_at = models.DateTimeField(_("Zuletzt bei Microsoft geprüft"), null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name = _("Administrator-Zustimmung")

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
@@ -42,14 +43,91 @@ class TransitionConflict(Exception):
 
 class RetryLater(Exception):
     """A worker step met a transient error (a service down or throttling): the migration stays in its step,
-    with its secret, and sweep_stuck_migrations queues it again after MIGRATION_STUCK_SECONDS."""
+    with its secret, and sweep_stuck_migrations queues it again after a back-off (attempt_failed). After
+    MIGRATION_STEP_ATTEMPTS attempts of the step it fails with RETRIES_EXHAUSTED instead."""
+
+
+# The codes of a migration that gave up (migration.errors has their texts): a step that kept
+# raising something no one expected, and a step that kept meeting transient errors.
+INTERNAL_ERROR = "internal_error"
+RETRIES_EXHAUSTED = "retries_exhausted"
 
 
 def defer(migration: Migration, *, code: str) -> None:
-    """Keep the migration in its step, note why it waits (error_code), and end this task run (RetryLater)."""
+    """Keep the migration in its step, note why it waits (error_code), and end this task run (RetryLater).
+
+    The task runner (steps.run_migration) counts the attempt: the sweeper queues the
+    step again after a back-off, at most MIGRATION_STEP_ATTEMPTS times in all.
+    """
     Migration.objects.filter(pk=migration.pk, status=migration.status).update(error_code=code,
                                                                               updated_at=timezone.now())
     raise RetryLater(code)
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """The back-off after the `attempts`-th failed attempt of a step (1, 2, ...): MIGRATION_RETRY_SECONDS,
+    doubling with every attempt, at most MIGRATION_RETRY_MAX_SECONDS."""
+    seconds = settings.MIGRATION_RETRY_SECONDS * 2 ** max(0, attempts - 1)
+    return timedelta(seconds=min(seconds, settings.MIGRATION_RETRY_MAX_SECONDS))
+
+
+def begin_attempt(migration: Migration) -> bool:
+    """A worker is about to run the migration's current step: count the attempt (compare-and-swap).
+
+    False when this run must not go ahead, and then it changes nothing else
+    unless the attempts are used up:
+    - the back-off of the last failed attempt has not passed (a duplicate or
+      early delivery; the sweeper queues the step once retry_at is reached);
+    - MIGRATION_STEP_ATTEMPTS attempts were made already and the last one never
+      reported back (its worker died each time): the migration fails with
+      INTERNAL_ERROR, which clears its secret;
+    - another run of the task counted an attempt at the same moment.
+    On True, migration.step_attempts is the number of this attempt (1, 2, ...).
+    """
+    now = timezone.now()
+    if migration.retry_at is not None and migration.retry_at > now:
+        return False
+    attempts = migration.step_attempts
+    if attempts >= settings.MIGRATION_STEP_ATTEMPTS:
+        give_up(migration, code=INTERNAL_ERROR, detail=f"{attempts} attempts without a result (worker lost)")
+        return False
+    changed = Migration.objects.filter(pk=migration.pk, status=migration.status, step_attempts=attempts).update(
+        step_attempts=attempts + 1, retry_at=None, updated_at=now
+    )
+    if changed:
+        migration.step_attempts, migration.retry_at = attempts + 1, None
+    return bool(changed)
+
+
+def attempt_failed(migration: Migration, *, detail: str, unexpected: bool) -> None:
+    """The attempt begin_attempt counted ended in its step: wait a back-off, or give up after the last one.
+
+    unexpected: the step raised an exception nobody expected (a bug, a server
+    answer no one foresaw): the migration waits with INTERNAL_ERROR (the page says
+    the portal tries again) and fails with it. Otherwise the step deferred with a
+    transient code (defer), which stays while it waits; it fails with
+    RETRIES_EXHAUSTED. detail: for the event support reads; never a secret.
+    """
+    attempts = migration.step_attempts
+    if attempts >= settings.MIGRATION_STEP_ATTEMPTS:
+        give_up(migration, code=INTERNAL_ERROR if unexpected else RETRIES_EXHAUSTED,
+                detail=f"{attempts} attempts: {detail}")
+        return
+    now = timezone.now()
+    fields = {"retry_at": now + retry_delay(attempts), "updated_at": now}
+    if unexpected:
+        fields["error_code"] = INTERNAL_ERROR
+    Migration.objects.filter(pk=migration.pk, status=migration.status, step_attempts=attempts).update(**fields)
+
+
+def give_up(migration: Migration, *, code: str, detail: str) -> None:
+    """Fail the migration after its step's last attempt (clears the secret); nothing if it moved on meanwhile."""
+    try:
+        transition(migration, to=Status.FAILED, reason=f"{migration.status}: gave up after {detail}"[:300],
+                   error_code=code)
+    except TransitionConflict:
+        return
+    logger.error("migration %s failed with %s: gave up after %s", migration.pk, code, detail)
 
 
 class MigrationError(Exception):
@@ -66,6 +144,9 @@ def transition(migration: Migration, *, to: str, reason: str = "", actor: str = 
     if to not in ALLOWED[source]:
         raise TransitionConflict(f"{source} -> {to} is not allowed")
     now = timezone.now()
+    # Every step starts with fresh attempts and no back-off.
+    fields.setdefault("step_attempts", 0)
+    fields.setdefault("retry_at", None)
     if to in TERMINAL:
         fields.setdefault("finished_at", now)
         # A finished migration keeps no credentials.
@@ -172,20 +253,27 @@ def heartbeat(migration: Migration) -> None:
 
 
 def sweep_stuck_migrations() -> list[int]:
-    """Re-queue migrations that sat in a worker step too long (a killed worker).
+    """Re-queue migrations in a worker step whose back-off has passed, or that sat there too long.
 
-    Touching updated_at by compare-and-swap makes sure two sweepers do not
-    both re-queue the same migration, and a stuck one is re-queued at most
-    once per period.
+    Too long: MIGRATION_STUCK_SECONDS without a heartbeat (a killed worker, a
+    task the broker lost or never got). A migration waiting out a back-off
+    (retry_at, after a failed attempt) is queued when it ends, not before.
+    Touching updated_at (and clearing retry_at) by compare-and-swap makes sure
+    two sweepers, also of two beats, do not both re-queue the same migration,
+    and a stuck one is re-queued at most once per period. The runner counts
+    every attempt (begin_attempt), so this re-queues a step a bounded number
+    of times.
     """
-    cutoff = timezone.now() - timedelta(seconds=settings.MIGRATION_STUCK_SECONDS)
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.MIGRATION_STUCK_SECONDS)
+    due = Q(retry_at__isnull=True, updated_at__lt=cutoff) | Q(retry_at__lte=now)
     requeued = []
     for pk, status, updated_at in Migration.objects.filter(
-        status__in=WORKER_STATUSES, updated_at__lt=cutoff
+        due, status__in=WORKER_STATUSES
     ).values_list("pk", "status", "updated_at"):
         with transaction.atomic():
             claimed = Migration.objects.filter(pk=pk, status=status, updated_at=updated_at).update(
-                updated_at=timezone.now()
+                updated_at=timezone.now(), retry_at=None
             )
             if claimed:
                 enqueue(pk)

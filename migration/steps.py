@@ -6,7 +6,10 @@ outside transactions, and a step that finds the work done does nothing.
 """
 
 import logging
+import traceback
+from pathlib import Path
 
+from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
 from migration import handoff, proposal, services
@@ -27,6 +30,16 @@ MAX_STEPS = 6
 
 
 def run_migration(migration_id: int) -> str:
+    """Run the migration's worker steps until it waits (for the user, a back-off) or ends; return its status.
+
+    Every step run is an attempt (services.begin_attempt), at most
+    MIGRATION_STEP_ATTEMPTS per step. A step that defers (services.RetryLater)
+    or raises an exception nobody expected ends this task run: the sweeper
+    queues the step again after a back-off, and after the last attempt the
+    migration fails (services.attempt_failed). Unexpected exceptions are logged
+    by type and code location only: their message may quote a server answer or
+    a secret. Nothing is raised to Celery, whose failure log would print it.
+    """
     for _ in range(MAX_STEPS):
         migration = Migration.objects.select_related("account").filter(pk=migration_id).first()
         if migration is None:
@@ -34,15 +47,40 @@ def run_migration(migration_id: int) -> str:
         step = STEPS.get(migration.status)
         if step is None:
             return migration.status  # waits for the user, or finished
+        if not services.begin_attempt(migration):
+            return Migration.objects.get(pk=migration_id).status  # waiting, given up, or another run has it
+        status = migration.status
         try:
             step(migration)
         except TransitionConflict:
             # Another delivery of this task moved the migration on; look again.
             continue
         except RetryLater as waiting:
-            logger.info("migration %s waits in %s: %s", migration_id, migration.status, waiting)
-            return migration.status
+            logger.info("migration %s waits in %s (attempt %d of %d): %s", migration_id, status,
+                        migration.step_attempts, settings.MIGRATION_STEP_ATTEMPTS, waiting)
+            _attempt_failed(migration_id, status, detail=f"waited for {waiting}", unexpected=False)
+            return Migration.objects.get(pk=migration_id).status
+        except Exception as error:  # noqa: BLE001 - bounded: counted, backed off, failed after the last attempt
+            where = _where(error)
+            logger.error("migration %s: step %s failed unexpectedly (attempt %d of %d): %s at %s", migration_id,
+                         status, migration.step_attempts, settings.MIGRATION_STEP_ATTEMPTS, type(error).__name__,
+                         where)
+            _attempt_failed(migration_id, status, detail=f"{type(error).__name__} at {where}", unexpected=True)
+            return Migration.objects.get(pk=migration_id).status
     return Migration.objects.get(pk=migration_id).status
+
+
+def _attempt_failed(migration_id: int, status: str, *, detail: str, unexpected: bool) -> None:
+    # Read again: the step may have moved the migration on before it failed (then there is nothing to count).
+    current = Migration.objects.filter(pk=migration_id, status=status).first()
+    if current is not None:
+        services.attempt_failed(current, detail=detail, unexpected=unexpected)
+
+
+def _where(error: BaseException) -> str:
+    """Where an exception was raised, as `file:line function` of its innermost frames: no message, no values."""
+    frames = traceback.extract_tb(error.__traceback__)[-3:]
+    return " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
 
 
 def _pending(migration: Migration) -> None:

@@ -242,6 +242,13 @@ if CAMPAIGN_V2_SHUTDOWN < CAMPAIGN_MIGRATE_BY:
     raise ImproperlyConfigured("CAMPAIGN_V2_SHUTDOWN must not be before CAMPAIGN_MIGRATE_BY")
 # A migration that sits in a worker step longer than this is re-queued by the sweeper.
 MIGRATION_STUCK_SECONDS = envint("MIGRATION_STUCK_SECONDS", 120, minimum=5)
+# Worker attempts per migration step (a step that keeps failing unexpectedly, or keeps
+# waiting for a provider's outage); then the migration fails and its credentials are cleared.
+MIGRATION_STEP_ATTEMPTS = envint("MIGRATION_STEP_ATTEMPTS", 8, minimum=1)
+# The sweeper waits this long after a step's first failed attempt, doubling per attempt up to the maximum
+# (with the defaults: 1, 2, 4, 8, 16, 30, 30 minutes; about 1.5 hours from the first attempt to the last).
+MIGRATION_RETRY_SECONDS = envint("MIGRATION_RETRY_SECONDS", 60, minimum=1)
+MIGRATION_RETRY_MAX_SECONDS = envint("MIGRATION_RETRY_MAX_SECONDS", 1800, minimum=1)
 BANNER_CACHE_SECONDS = envint("BANNER_CACHE_SECONDS", 300, minimum=1)
 
 LOGGING = {

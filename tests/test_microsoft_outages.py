@@ -1,5 +1,7 @@
 """Microsoft's services down or throttling: transient errors keep the tokens and the work, and try again later."""
 
+from datetime import timedelta
+
 import pytest
 from django.urls import reverse
 from django.utils import translation
@@ -144,6 +146,9 @@ def test_a_graph_outage_during_verify_keeps_the_migration_and_its_tokens(client,
     codes = len([r for r in microsoft.requests if r["query"].get("grant_type") == "authorization_code"])
 
     microsoft.graph_always_throttled = None
+    assert steps.run_migration(migration.pk) == "verifying"  # too early: its back-off has not passed
+    Migration.objects.filter(pk=migration.pk).update(retry_at=waiting.retry_at - timedelta(hours=1))
+    assert services.sweep_stuck_migrations() == [migration.pk]
     assert steps.run_migration(migration.pk) == "done"  # what the sweep's re-queue runs: no new sign-in
     assert len([r for r in microsoft.requests if r["query"].get("grant_type") == "authorization_code"]) == codes
     done = Migration.objects.get(pk=migration.pk)
