@@ -16,7 +16,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from migration.models import ACTIVE_STATUSES, WORKER_STATUSES, Migration, MigrationEvent, Status
 from migration.selectors import current_campaign
-from sync import crypto
+from sync import crypto, queue
 from sync.imap.client import ImapSettings
 from sync.models import Engine, MailAccount
 
@@ -164,10 +164,15 @@ def transition(migration: Migration, *, to: str, reason: str = "", actor: str = 
 
 
 def enqueue(migration_id: int) -> None:
-    """Queue the worker after the commit: a task must never see an uncommitted row."""
+    """Queue the worker after the commit: a task must never see an uncommitted row.
+
+    A broker that cannot be reached is logged, never raised (sync.queue.publish_on_commit):
+    the row is committed, so the request that made it succeeded, and
+    sweep_stuck_migrations queues a migration that sits in a worker step.
+    """
     from migration.tasks import run_migration
 
-    transaction.on_commit(lambda: run_migration.delay(migration_id))
+    queue.publish_on_commit(lambda: run_migration.delay(migration_id), what=f"migration {migration_id}")
 
 
 def start_migration(*, user, account: MailAccount) -> Migration:

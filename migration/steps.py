@@ -131,8 +131,9 @@ def _verifying(migration: Migration) -> None:
 def _handing_over(migration: Migration) -> None:
     switched = handoff.hand_over(migration)
     services.transition(migration, to=Status.DONE, reason="switched to V3" if switched else "already on V3")
-    # The first V3 sync right away: mail keeps flowing without waiting for beat.
-    queue.enqueue_sync(migration.account_id)
+    # The first V3 sync right away: mail keeps flowing without waiting for beat
+    # (whose fan-out queues it anyway if the broker is down now).
+    queue.enqueue_sync_on_commit(migration.account_id)
 
 
 STEPS = {

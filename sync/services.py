@@ -161,7 +161,7 @@ def reconnect_microsoft(*, account_id: int, cache: str, home_account_id: str) ->
         account.status = AccountStatus.ACTIVE
         account.last_sync_error = ""
         account.save(update_fields=["token_cache_encrypted", "status", "last_sync_error"])
-        transaction.on_commit(lambda: queue.enqueue_sync(account_id))
+        queue.enqueue_sync_on_commit(account_id)
 
 
 def imap_settings_of(account: MailAccount) -> ImapSettings:
@@ -211,4 +211,4 @@ def replace_password(*, account_id: int, password: str) -> None:
             secret_encrypted=crypto.encrypt_json({"password": password}), status=AccountStatus.ACTIVE,
             last_sync_error="",
         )
-        transaction.on_commit(lambda: queue.enqueue_sync(account_id))
+        queue.enqueue_sync_on_commit(account_id)

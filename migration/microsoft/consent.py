@@ -29,6 +29,7 @@ from migration import services
 from migration.microsoft import client
 from migration.microsoft.client import MicrosoftError
 from migration.models import AdminConsentRequest, ConsentStatus, Migration, Status, TenantConsent
+from sync import queue
 from sync.models import ProviderKind
 
 logger = logging.getLogger(__name__)
@@ -227,7 +228,9 @@ def record_admin_consent(*, consent: TenantConsent) -> list[int]:
             with transaction.atomic():
                 services.transition(migration, to=Status.AWAITING_USER, reason="admin consent granted",
                                     actor="microsoft", detected=detected)
-                transaction.on_commit(lambda pk=migration.pk: _notify(pk))
+                # A broker outage loses only the e-mail (logged): an open page continues by itself.
+                queue.publish_on_commit(lambda pk=migration.pk: _notify(pk),
+                                        what=f"the consent-granted e-mail of migration {migration.pk}")
         except services.TransitionConflict:
             continue  # cancelled meanwhile
         resumed.append(migration.pk)
