@@ -11,6 +11,14 @@ Two marks on the MailAccount row, both taken by compare-and-swap:
 - the queued mark (sync_queued_at): the fan-out sets it when it queues a run and
   skips the account while it is newer than SYNC_QUEUED_TIMEOUT_SECONDS (a lost
   broker message is queued again after that). The queued run clears its own mark.
+- the next due time (sync_due_at): set with the queued mark, DUE_FRACTION of the
+  fan-out interval ahead. The other two marks only keep runs from overlapping;
+  without this one, a second beat started by mistake, ticking between the first
+  one's ticks, would queue every account again as soon as its run ended: twice
+  the logins at every mailbox. With it, any number of beats queue an account at
+  most once per DUE_FRACTION of the interval. The fraction is below 1 so that
+  one beat whose fan-out runs a little earlier in its interval than the last
+  time (it waited less in the queue) still finds its accounts due.
 
 A run has at most SYNC_RUN_MAX_SECONDS: then the renewal stops (the lease
 expires, so the account is not held forever) and the callbacks the run
@@ -48,6 +56,15 @@ def not_queued(now: datetime) -> Q:
     """Accounts without a queued fan-out run younger than SYNC_QUEUED_TIMEOUT_SECONDS."""
     cutoff = now - timedelta(seconds=settings.SYNC_QUEUED_TIMEOUT_SECONDS)
     return Q(sync_queued_at__isnull=True) | Q(sync_queued_at__lte=cutoff)
+
+
+# The fan-out queues an account again after this fraction of SYNC_INTERVAL_SECONDS (see the module docstring).
+DUE_FRACTION = 0.9
+
+
+def due(now: datetime) -> Q:
+    """Accounts the fan-out has not queued within the last DUE_FRACTION of the interval."""
+    return Q(sync_due_at__isnull=True) | Q(sync_due_at__lte=now)
 
 
 def claim(account_id: int) -> str | None:
@@ -170,21 +187,25 @@ def held(account_id: int) -> Iterator[bool]:
 
 
 def mark_queued(due: QuerySet, *, now: datetime, limit: int) -> list[int]:
-    """Lock up to `limit` due accounts, mark them queued at `now`; return their ids (least recently run first).
+    """Lock up to `limit` due accounts, mark them queued at `now` and due again DUE_FRACTION of
+    SYNC_INTERVAL_SECONDS later; return their ids (least recently run first).
 
     Call inside transaction.atomic() and queue the runs on commit. `due`: a
-    MailAccount queryset without joins that leaves out leased and queued
-    accounts (selectors.accounts_due_for_sync). SKIP LOCKED: a second fan-out
+    MailAccount queryset without joins that leaves out leased, queued and not yet
+    due accounts (selectors.accounts_due_for_sync). SKIP LOCKED: a second fan-out
     at the same moment takes other accounts instead of waiting for these, and
     PostgreSQL re-checks a row another transaction changed meanwhile, so an
-    account just queued or leased is not taken.
+    account just queued, leased or pushed ahead is not taken. That makes the
+    mark a compare-and-swap: of any number of fan-outs, one queues the account
+    per interval.
     """
     ids = list(
         due.order_by(F("sync_lease_until").asc(nulls_first=True), "pk")
         .select_for_update(skip_locked=True)
         .values_list("pk", flat=True)[:limit]
     )
-    MailAccount.objects.filter(pk__in=ids).update(sync_queued_at=now)
+    next_due = now + timedelta(seconds=settings.CELERY_BEAT_SYNC_SECONDS * DUE_FRACTION)
+    MailAccount.objects.filter(pk__in=ids).update(sync_queued_at=now, sync_due_at=next_due)
     return ids
 
 

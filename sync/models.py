@@ -59,6 +59,9 @@ class MailAccount(models.Model):
     sync_lease_until = models.DateTimeField(_("Synchronisierung läuft bis"), null=True, blank=True, editable=False)
     sync_lease_token = models.CharField(max_length=32, blank=True, editable=False)
     sync_queued_at = models.DateTimeField(_("Synchronisierung eingereiht am"), null=True, blank=True, editable=False)
+    # The fan-out queues the account again from this time on (sync.leases.mark_queued sets it one
+    # interval ahead): a second beat by mistake, ticking in between, finds it not due.
+    sync_due_at = models.DateTimeField(_("Synchronisierung fällig ab"), null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name = _("E-Mail-Konto")

@@ -22,15 +22,16 @@ def accounts_for_user(user) -> QuerySet:
 def accounts_due_for_sync(*, v2_running: bool, now: datetime | None = None) -> QuerySet:
     """Accounts the fan-out may queue a sync run for at `now` (default: the current time).
 
-    Leaves out accounts whose run is under way (lease held) or already queued
-    by the fan-out (sync.leases), stopped ones, and V2 accounts once V2 is off.
+    Leaves out accounts whose run is under way (lease held), already queued by
+    the fan-out or queued by it less than an interval ago (sync.leases), stopped
+    ones, and V2 accounts once V2 is off.
     """
     now = now or timezone.now()
     engines = [Engine.V3, Engine.V2] if v2_running else [Engine.V3]
     # Microsoft and Exchange accounts on V3 sync through Graph and EWS: they
     # need no IMAP host. An account waiting to be re-connected has no grant.
     return (
-        MailAccount.objects.filter(leases.lease_free(now), leases.not_queued(now), engine__in=engines)
+        MailAccount.objects.filter(leases.lease_free(now), leases.not_queued(now), leases.due(now), engine__in=engines)
         .exclude(status__in=[AccountStatus.STOPPED, AccountStatus.RECONNECT])
         .exclude(Q(imap_host="") & ~Q(provider_kind__in=[ProviderKind.MICROSOFT, ProviderKind.EXCHANGE],
                                       engine=Engine.V3))

@@ -2,6 +2,7 @@
 
 import re
 import time
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
@@ -9,6 +10,7 @@ import requests
 from django.core import mail
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from migration import services, steps
 from migration.microsoft import client as ms_client
@@ -322,6 +324,24 @@ def test_the_poll_changes_nothing_while_no_admin_has_consented(client, user, mak
     assert MigrationEvent.objects.filter(migration=migration).count() == events
     assert TenantConsent.objects.get(tenant="fabrikam.de").status == "requested"
     assert mailoutbox == []
+
+
+@pytest.mark.django_db
+def test_a_second_beats_poll_in_the_same_interval_asks_microsoft_nothing(client, user, make_account, microsoft,
+                                                                          settings):
+    _needing_consent(client, user, make_account, microsoft)
+
+    def asked():
+        return len([r for r in microsoft.seen("/fabrikam.de/oauth2/v2.0/token")
+                    if r["query"].get("grant_type") == "client_credentials"])
+
+    assert tasks.poll_admin_consents() == 0 and asked() == 1
+    # The other beat's poll runs in another worker process: msal's memory of the refused request is not there.
+    ms_client.HTTP_CACHE.clear()
+    assert tasks.poll_admin_consents() == 0 and asked() == 1  # claimed for this interval: one request per tenant
+    TenantConsent.objects.update(polled_at=timezone.now() - timedelta(seconds=settings.MS_CONSENT_POLL_SECONDS))
+    ms_client.HTTP_CACHE.clear()
+    assert tasks.poll_admin_consents() == 0 and asked() == 2  # the next interval
 
 
 @pytest.mark.django_db(transaction=True)

@@ -9,7 +9,7 @@ from django.utils import translation
 from migration import errors, services, steps
 from migration.microsoft import client as ms_client
 from migration.microsoft import tasks
-from migration.models import Migration
+from migration.models import Migration, TenantConsent
 from sync.microsoft import graph
 from sync.models import MailAccount
 from sync.runs import sync_account
@@ -70,6 +70,7 @@ def test_the_consent_poll_goes_on_with_the_next_tenant_during_an_outage(
     assert Migration.objects.get(pk=lena.pk).status == "awaiting_admin_consent"
 
     microsoft.identity_outage = None
+    TenantConsent.objects.update(polled_at=None)  # the next poll interval
     assert tasks.poll_admin_consents() == 1
     assert Migration.objects.get(pk=lena.pk).status == "awaiting_user"
 

@@ -230,6 +230,12 @@ def test_it_renews_the_lease_while_the_run_lasts(user, make_account, settings):
 # --- the fan-out ----------------------------------------------------------------------------------------------
 
 
+def next_interval(account_id):
+    """As if SYNC_INTERVAL_SECONDS had passed since the fan-out last queued the account."""
+    MailAccount.objects.filter(pk=account_id).update(sync_due_at=timezone.now() - timedelta(seconds=1))
+
+
+
 def test_it_queues_an_account_once_while_it_is_queued_or_running(slow_account, redis):
     for _ in range(3):
         sync_all_accounts()
@@ -246,7 +252,10 @@ def test_it_queues_an_account_once_while_it_is_queued_or_running(slow_account, r
         assert sync_all_accounts() == 0
     assert len(queued(redis, "sync.tasks.sync_account")) == 1
 
-    # The run is over: the next fan-out queues the account again, once.
+    # The run is over: a fan-out within the same interval (a second beat) leaves it alone,
+    # the next interval's fan-out queues it again, once.
+    assert sync_all_accounts() == 0
+    next_interval(account_id)
     assert sync_all_accounts() == 1 and sync_all_accounts() == 0
     runs = queued(redis, "sync.tasks.sync_account")
     assert len(runs) == 2
@@ -259,6 +268,7 @@ def test_it_queues_an_account_once_while_it_is_queued_or_running(slow_account, r
     # The newest one clears it.
     assert sync_task(account_id, newest) == 0
     assert MailAccount.objects.get(pk=account_id).sync_queued_at is None
+    next_interval(account_id)
     assert sync_all_accounts() == 1
 
 
@@ -268,6 +278,7 @@ def test_it_queues_again_when_a_queued_run_was_lost(slow_account, redis, setting
     MailAccount.objects.filter(pk=slow_account.pk).update(
         sync_queued_at=timezone.now() - timedelta(seconds=settings.SYNC_QUEUED_TIMEOUT_SECONDS + 1)
     )
+    next_interval(slow_account.pk)  # the timeout is longer than the interval
     assert sync_all_accounts() == 1
     assert len(queued(redis, "sync.tasks.sync_account")) == 2
 

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.core import signing
 from django.core.mail import send_mail
 from django.db import transaction
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone, translation
 from django.utils.crypto import constant_time_compare
@@ -282,6 +283,23 @@ def send_consent_granted_mail(migration_id: int) -> bool:
 
 # --- consent given by hand in the Entra admin center ---------------------------------
 
+# A tenant is polled again after this fraction of MS_CONSENT_POLL_SECONDS (below 1: a poll that ran
+# a little late last time must not skip the next one).
+POLL_CLAIM_FRACTION = 0.9
+
+
+def _claim_poll(consent: TenantConsent) -> bool:
+    """Claim this interval's poll of the tenant (compare-and-swap on polled_at); False when a poll had it.
+
+    Two beats started by mistake would otherwise double the token requests per tenant.
+    """
+    now = timezone.now()
+    last = now - timedelta(seconds=settings.MS_CONSENT_POLL_SECONDS * POLL_CLAIM_FRACTION)
+    return TenantConsent.objects.filter(Q(polled_at__isnull=True) | Q(polled_at__lte=last), pk=consent.pk).update(
+        polled_at=now
+    ) == 1
+
+
 def poll_admin_consents() -> list[int]:
     """Resume the waiting migrations of every tenant whose consent can now be proven.
 
@@ -298,6 +316,8 @@ def poll_admin_consents() -> list[int]:
     resumed = []
     for tenant in sorted({t for t in tenants if isinstance(t, str) and t}):
         consent, _created = TenantConsent.objects.get_or_create(tenant=tenant)
+        if not _claim_poll(consent):
+            continue  # polled within this interval (a second beat by mistake): one token request is enough
         if consent.granted_at is not None:
             # Consented before, and Microsoft asked again (permissions removed,
             # or new ones): the app's service principal is still there, so a
