@@ -45,7 +45,9 @@ def test_it_waits_the_back_off_exchange_asks_for(fake_ews, server, monkeypatch):
     monkeypatch.setattr("exchangelib.util.time.sleep", waits.append)
     fake_ews.busy_every, fake_ews.busy_form, fake_ews.busy_back_off_ms = 2, "response", 700
     ews.verify(server, EWS_PASSWORD)
-    assert waits and all(0.6 < wait <= 0.7 for wait in waits)
+    # exchangelib sleeps until the back-off ends, minus the time since the answer: on a loaded machine that is
+    # noticeably less than 0.7 s, so only the bounds are asserted (never a wall-clock time).
+    assert waits and all(0 < wait <= 0.7 for wait in waits)
     # A back-off beyond EWS_RETRY_MAX_WAIT (1 s here) is not waited for: a transient error, not a refused password.
     waits.clear()
     fake_ews.busy_back_off_ms = 5000
