@@ -130,7 +130,7 @@ def verify(migration: Migration) -> None:
             if secret is None:
                 return
         token, _ = client.access_token(secret["cache"], home_account_id=secret["home_account_id"])
-        graph = Graph(token)
+        graph = Graph(token, mailbox=secret["home_account_id"] or migration.account.address)
         try:
             me = graph.me()
             if not identity_matches(migration.account.address, claims=secret.get("claims", {}), me=me):

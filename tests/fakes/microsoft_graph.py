@@ -101,9 +101,7 @@ class GraphMixin:
             cursor = {"folder": folder.id, "after": 0, "upto": self.seq, "offset": 0,
                       "since": since.isoformat() if since else None, "gen": self.delta_generation}
         if not cursor or cursor.get("folder") != folder.id or cursor.get("gen") != self.delta_generation:
-            status, code = self.expired_delta_answer
-            return status, {"error": {"code": code, "message": "The sync state generation is not found. The delta "
-                                                              "token is expired and data must be synchronized again."}}
+            return self._expired_delta(base)
         floor = datetime.fromisoformat(cursor["since"]) if cursor["since"] else None
         after = cursor["after"]
         changes = [(m.seq, m, False) for m in folder.messages if after < m.seq <= cursor["upto"]]
@@ -129,11 +127,30 @@ class GraphMixin:
             body["@odata.nextLink"] = f"{self.base}{path}?{urlencode({**rest, '$skip': skip + top})}"
         return 200, body
 
-    def expire_delta_links(self, status: int = 410, code: str = "SyncStateNotFound") -> None:
-        """Graph forgets every sync state; old delta and page links get a documented 40X answer."""
+    def expire_delta_links(self, status: int = 410, code: str = "SyncStateNotFound", *, inner: str | None = None,
+                           message: str = "", location: bool = False) -> None:
+        """Graph forgets every sync state; old delta and page links get a 40X answer of the given form.
+
+        The forms Microsoft documents: "Use delta query to track changes" (Token duration: "a 40X-series error
+        with error codes such as syncStateNotFound"; Synchronization reset: 410 Gone with a Location header holding
+        the initial request, location=True), "Microsoft Graph error responses" (syncStateNotFound, resyncRequired,
+        and detailed codes nested in innerError, inner=...), the 400 BadRequest syncStateNotFound of expired
+        directory delta links (Microsoft 365 Developer Blog, "Duration of change tracking tokens", 2020), and a
+        generic 400 badRequest about the token (code="badRequest", message=...).
+        """
         with self.lock:
             self.delta_generation += 1
-            self.expired_delta_answer = (status, code)
+            self.expired_delta_answer = (status, code, inner, message, location)
+
+    def _expired_delta(self, base):
+        status, code, inner, message, location = (tuple(self.expired_delta_answer) + (None, "", False))[:5]
+        error = {"code": code, "message": message or "The sync state generation is not found. The delta token is "
+                                                     "expired and data must be synchronized again."}
+        error["innerError"] = {"date": _utc(datetime.now(timezone.utc)), "request-id": "fake"}
+        if inner:
+            error["innerError"]["code"] = inner
+        headers = {"Location": f"{base}?$deltatoken="} if location else None
+        return (status, {"error": error}, headers) if headers else (status, {"error": error})
 
     def _change_json(self, message, folder, immutable, after, removed):
         if removed:
