@@ -92,6 +92,12 @@ class User:
     # answers, but every mail request gets 404 MailboxNotEnabledForRESTAPI ("Microsoft Graph in Exchange hybrid
     # deployments", learn.microsoft.com/graph/hybrid-rest-support; "Known issues with Microsoft Graph", mail).
     on_premises: bool = False
+    # A personal Microsoft account (Outlook.com, Hotmail): /me answers mail: null, a 16-hex-digit id and
+    # userPrincipalName = the sign-in address, and has no proxyAddresses (Microsoft Graph "user resource type":
+    # mail is set by Exchange Online for work accounts only; the Graph team in OfficeDev/outlook-dev-docs#196 and
+    # jasonjoh/node-tutorial#16: "for Microsoft accounts userPrincipalName should always be their SMTP address").
+    # None: personal when the user is in the consumers directory.
+    personal: bool | None = None
 
 
 @dataclass
@@ -184,7 +190,11 @@ class FakeMicrosoft(GraphMixin):
 
     def add_user(self, address: str, tenant: Tenant, **fields) -> User:
         user = User(address.lower(), tenant, **fields)
-        if user.mail is None and user.upn is None:
+        if user.personal is None:
+            user.personal = tenant.id == CONSUMERS
+        if user.personal:
+            user.mail, user.upn = None, user.upn or address
+        elif user.mail is None and user.upn is None:
             user.mail = user.upn = address
         for key, name in WELL_KNOWN:
             folder_id = f"AQMk{key}{user.oid[:8]}"

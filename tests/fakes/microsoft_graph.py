@@ -55,9 +55,14 @@ class GraphMixin:
             return 404, {"error": {"code": "MailboxNotEnabledForRESTAPI",
                                    "message": "The mailbox is either inactive, soft-deleted, or is hosted on-premise."}}
         if path == "/v1.0/me":
+            if user.personal:  # mail null, a short id, no other addresses (see User.personal)
+                me = {"id": user.oid[:16], "displayName": user.address, "mail": None, "userPrincipalName": user.upn}
+                if "proxyAddresses" in query.get("$select", ""):
+                    me["proxyAddresses"] = []
+                return 200, me
             me = {"id": user.oid, "displayName": user.address, "mail": user.mail, "userPrincipalName": user.upn}
             if "proxyAddresses" in query.get("$select", ""):  # like Graph: only when selected
-                me["proxyAddresses"] = [f"SMTP:{user.mail}"] + [f"smtp:{alias}" for alias in user.aliases]
+                me["proxyAddresses"] = [f"SMTP:{user.mail}"] * bool(user.mail) + [f"smtp:{a}" for a in user.aliases]
             return 200, me
         if path == "/v1.0/me/mailFolders":
             folders = [self._folder_json(f, user) for f in user.folders.values() if not f.parent]
