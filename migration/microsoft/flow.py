@@ -170,7 +170,8 @@ def verify(migration: Migration) -> None:
             graph.close()
     except MicrosoftError as error:
         if error.code == "ms_admin_consent":
-            consent.require_admin_consent(migration=migration, reason=str(error), actor="worker")
+            # From the token endpoint to the worker: Microsoft's own word that the consent is missing.
+            consent.require_admin_consent(migration=migration, reason=str(error), actor="worker", proven=True)
             return
         if not error.permanent:
             # Microsoft down or throttling: the tokens stay, and the sweep tries again; no new sign-in.
@@ -181,6 +182,7 @@ def verify(migration: Migration) -> None:
         return
     services.transition(migration, to=Status.HANDING_OVER, reason=f"verified, {len(cursors)} folders", cursors=cursors,
                         error_code="")
+    consent.record_sign_in(tenant=consent.tenant_of(migration))
 
 
 def _redeem(migration: Migration, secret: dict) -> dict | None:
