@@ -116,6 +116,10 @@ class MigrationEvent(models.Model):
 
 class ConsentStatus(models.TextChoices):
     REQUESTED = "requested", _("Angefragt")
+    # An admin-consent callback or the poll: Microsoft shows the app registered in the tenant, which is not
+    # proof that the delegated permissions were granted (and a callback can be forged).
+    REPORTED = "reported", _("Gemeldet, unbestätigt")
+    # A user of the tenant signed in and Graph answered: Microsoft proved the consent.
     GRANTED = "granted", _("Erteilt")
 
 
@@ -135,6 +139,10 @@ class TenantConsent(models.Model):
     admin_email = models.EmailField(_("E-Mail des Administrators"), blank=True)
     requested_at = models.DateTimeField(_("Angefragt am"), auto_now_add=True)
     granted_at = models.DateTimeField(_("Erteilt am"), null=True, blank=True)
+    reported_at = models.DateTimeField(_("Gemeldet am"), null=True, blank=True)
+    # A user of the tenant met "Need admin approval" (a consent code, or they said so): the next users see the
+    # admin path first. Only a hint for the page, cleared by a successful sign-in of a user of the tenant.
+    blocked_at = models.DateTimeField(_("Zuletzt blockiert"), null=True, blank=True)
     last_link_sent_at = models.DateTimeField(_("Link zuletzt gesendet"), null=True, blank=True)
     # The consent poll's claim (compare-and-swap): one poll per tenant and interval, however many beats run.
     polled_at = models.DateTimeField(_("Zuletzt bei Microsoft geprüft"), null=True, blank=True, editable=False)

@@ -224,6 +224,8 @@ MS_CA_FILE = envstr("MS_CA_FILE", "")
 if MS_CA_FILE and not Path(MS_CA_FILE).is_file():
     raise ImproperlyConfigured(f"MS_CA_FILE: no file at {MS_CA_FILE!r}")
 MS_TIMEOUT = envint("MS_TIMEOUT", 15, minimum=1)
+# Concurrent Graph requests per mailbox from all processes together (Graph allows an app 4: "Outlook service limits").
+MS_GRAPH_MAILBOX_CONCURRENCY = envint("MS_GRAPH_MAILBOX_CONCURRENCY", 4, minimum=1)
 # How the apps appear under Enterprise applications, for the admins' manual path.
 MS_APP_DISPLAY_NAME = envstr("MS_APP_DISPLAY_NAME", "CRM E-Mail-Synchronisierung V3")
 MS_LEGACY_APP_DISPLAY_NAME = envstr("MS_LEGACY_APP_DISPLAY_NAME", "CRM E-Mail-Synchronisierung V2")

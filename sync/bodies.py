@@ -53,7 +53,7 @@ MESSAGES = {
 # Provider error codes (sync.errors.MailboxError, sync.microsoft.client.MicrosoftError) -> a MESSAGES key.
 _CODES = {
     "auth_failed": "reconnect", "ews_auth_failed": "reconnect", "ms_reconnect": "reconnect",
-    "unreachable": "unreachable", "ms_unreachable": "unreachable",
+    "unreachable": "unreachable", "ms_unreachable": "unreachable", "ms_mailbox_busy": "unreachable",
 }
 
 

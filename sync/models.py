@@ -191,3 +191,23 @@ class MessageBody(models.Model):
     # [{"name": str, "content_type": str, "size": int (bytes)}]
     attachments = models.JSONField(default=list, blank=True)
     fetched_at = models.DateTimeField(auto_now=True)
+
+
+class GraphSlot(models.Model):
+    """One of a mailbox's slots for concurrent Microsoft Graph requests (sync.microsoft.slots).
+
+    Rows are created per mailbox and slot number once and reused; holder is ""
+    when free. expires_at bounds how long a holder that died (a killed
+    process) keeps the slot.
+    """
+
+    mailbox = models.CharField(max_length=64)  # sha256 of the mailbox's key, hex
+    slot = models.PositiveSmallIntegerField()
+    holder = models.CharField(max_length=32, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["mailbox", "slot"], name="graph_slot_unique")]
+
+    def __str__(self):
+        return f"{self.mailbox[:12]}#{self.slot}"

@@ -293,14 +293,30 @@ def test_it_follows_a_message_moved_between_folders_without_importing_it_again(m
     assert not SkippedMessage.objects.exists()
 
 
-@pytest.mark.parametrize("status, code", [(410, "SyncStateNotFound"), (400, "syncStateNotFound"),
-                                          (400, "resyncRequired")])
-def test_it_reads_the_whole_folder_again_when_graph_forgot_its_delta_state(migrated, microsoft, status, code):
+# Every documented form of an expired delta token (tests/fakes/microsoft_graph.py, expire_delta_links).
+EXPIRED_DELTA_FORMS = [
+    pytest.param(dict(status=410, code="SyncStateNotFound"), id="410-SyncStateNotFound"),
+    pytest.param(dict(status=410, code="resyncRequired", location=True), id="410-resyncRequired-Location"),
+    pytest.param(dict(status=400, code="syncStateNotFound"), id="400-syncStateNotFound"),
+    pytest.param(dict(status=400, code="resyncRequired"), id="400-resyncRequired"),
+    pytest.param(dict(status=400, code="SyncStateInvalid"), id="400-SyncStateInvalid"),
+    pytest.param(dict(status=404, code="SyncStateNotFound"), id="404-SyncStateNotFound"),
+    pytest.param(dict(status=409, code="SyncStateNotFound"), id="409-SyncStateNotFound"),
+    pytest.param(dict(status=400, code="invalidRequest", inner="resyncRequired"), id="400-innerError-resyncRequired"),
+    pytest.param(dict(status=400, code="generalException", inner="syncStateNotFound"),
+                 id="400-innerError-syncStateNotFound"),
+    pytest.param(dict(status=400, code="badRequest", message="Unsupported or invalid query parameter value: "
+                                                             "$deltatoken"), id="400-badRequest-deltatoken"),
+]
+
+
+@pytest.mark.parametrize("form", EXPIRED_DELTA_FORMS)
+def test_it_reads_the_whole_folder_again_when_graph_forgot_its_delta_state(migrated, microsoft, form):
     address = migrated.address
     microsoft.deliver(address, subject="vorher")
     sync_account(migrated.pk)
     inbox = FolderState.objects.get(account=migrated, name="INBOX")
-    microsoft.expire_delta_links(status, code)
+    microsoft.expire_delta_links(**form)
     # Moved in while the link was dead, with an old date: a date window would miss it.
     archived = microsoft.deliver(address, subject="aus dem Archiv", folder="archive", received=OLD)
     microsoft.move_message(archived, microsoft.folder_of(microsoft.users[address], "inbox"))

@@ -113,23 +113,26 @@ def test_it_resumes_every_waiting_migration_of_the_tenant_after_admin_consent(
     admin, answer = _admin_goes_to_microsoft(microsoft, _admin_link(client, lena))
     assert query_of(answer)["admin_consent"] == "True"
     result = admin.get(local(answer))
-    assert result.status_code == 200 and "Zustimmung ist erteilt" in result.content.decode()
+    assert result.status_code == 200 and "Ihre Antwort ist eingegangen" in result.content.decode()
 
     for migration in (lena, otto):
         migration.refresh_from_db()
-        assert migration.status == "awaiting_user" and migration.detected["consent_granted"] is True
+        assert migration.status == "awaiting_user" and migration.detected["consent_reported"] is True
     assert Migration.objects.get(pk=nora.pk).status == "awaiting_admin_consent"  # another tenant
     tenant = TenantConsent.objects.get(tenant="fabrikam.de")
-    assert tenant.status == "granted" and tenant.tenant_id == FABRIKAM and tenant.granted_at
+    # The callback is no proof: reported, not granted, until a user's sign-in shows it.
+    assert tenant.status == "reported" and tenant.tenant_id == FABRIKAM and tenant.reported_at and not tenant.granted_at
     wait_for(lambda: len(mailoutbox) == 2)
     assert {m.to[0] for m in mailoutbox} == {user.email, other_user.email}
-    assert all(m.subject == "Zustimmung erteilt – jetzt anmelden" for m in mailoutbox)
+    assert all(m.subject == "Ihr Administrator hat geantwortet – jetzt anmelden" for m in mailoutbox)
     assert any(reverse("migration-detail", args=[lena.pk]) in m.body for m in mailoutbox)
 
     page = client.get(reverse("migration-detail", args=[lena.pk])).content.decode()
-    assert "Zustimmung erteilt – jetzt anmelden" in page and "data-auto-continue" in page
+    assert "Ihr Administrator hat geantwortet – jetzt anmelden" in page and "data-auto-continue" in page
     sign_in(client, microsoft, lena)  # one click (a page left open does it by itself)
     wait_for(lambda: Migration.objects.get(pk=lena.pk).status == "done")
+    tenant.refresh_from_db()
+    assert tenant.status == "granted" and tenant.granted_at and tenant.blocked_at is None  # Microsoft proved it
 
 
 @pytest.mark.django_db
@@ -213,16 +216,35 @@ def test_it_refuses_tampered_and_expired_admin_links(client, user, make_account,
 
 
 @pytest.mark.django_db
-def test_the_user_can_mail_the_link_to_the_admin(client, user, make_account, microsoft, mailoutbox):
+def test_the_user_can_mail_the_link_to_themselves_to_forward_it(client, user, make_account, microsoft, mailoutbox):
     migration = _needing_consent(client, user, make_account, microsoft)
     url = reverse("microsoft-send-admin-link", args=[migration.pk])
-    client.post(url, {"email": "it@fabrikam.de"})
-    client.post(url, {"email": "it@fabrikam.de"})  # a second one within the minute is refused
-    assert [m.to for m in mailoutbox] == [["it@fabrikam.de"]]
-    assert "/migration/microsoft/admin/" in mailoutbox[0].body
-    assert "lena@fabrikam.de" in mailoutbox[0].body
+    # Whatever address the request names, the link only goes to the user's own (the address of their login).
+    response = client.post(url, {"email": "victim@example.org"}, follow=True)
+    assert [m.to for m in mailoutbox] == [[user.email]]
+    assert "/migration/microsoft/admin/" in mailoutbox[0].body and "lena@fabrikam.de" in mailoutbox[0].body
+    assert f"an {user.email} gesendet" in response.content.decode()
     tenant = TenantConsent.objects.get(tenant="fabrikam.de")
-    assert tenant.admin_email == "it@fabrikam.de" and tenant.last_link_sent_at
+    assert tenant.admin_email == "" and tenant.last_link_sent_at
+
+
+@pytest.mark.django_db
+def test_admin_link_mails_are_limited_per_user_and_per_tenant(
+    client, user, other_user, make_account, microsoft, mailoutbox, monkeypatch
+):
+    lena = _needing_consent(client, user, make_account, microsoft)
+    for _ in range(consent.LINK_MAILS_PER_USER + 2):
+        client.post(reverse("microsoft-send-admin-link", args=[lena.pk]))
+    assert len(mailoutbox) == consent.LINK_MAILS_PER_USER
+    page = client.get(reverse("migration-detail", args=[lena.pk])).content.decode()
+    assert "schon mehrere Links erhalten" in page
+    # Another user of the tenant: their own budget, but the tenant's is shared.
+    monkeypatch.setattr(consent, "LINK_MAILS_PER_TENANT", consent.LINK_MAILS_PER_USER + 1)
+    other = Client()
+    otto = _needing_consent(other, other_user, make_account, microsoft, "otto@fabrikam.de")
+    for _ in range(3):
+        other.post(reverse("microsoft-send-admin-link", args=[otto.pk]))
+    assert [m.to for m in mailoutbox].count([other_user.email]) == 1
 
 
 @pytest.mark.django_db
@@ -358,13 +380,14 @@ def test_the_poll_resumes_migrations_after_consent_granted_in_entra(
 
     wait_for(lambda: Migration.objects.get(pk=lena.pk).status == "awaiting_user")
     lena.refresh_from_db()
-    assert lena.detected["consent_granted"] is True
-    assert TenantConsent.objects.get(tenant="fabrikam.de").status == "granted"
+    assert lena.detected["consent_reported"] is True
+    assert TenantConsent.objects.get(tenant="fabrikam.de").status == "reported"
     assert Migration.objects.get(pk=nora.pk).status == "awaiting_admin_consent"  # its admin did nothing
     wait_for(lambda: len(mailoutbox) == 1)
-    assert mailoutbox[0].to == [user.email] and mailoutbox[0].subject == "Zustimmung erteilt – jetzt anmelden"
+    assert mailoutbox[0].to == [user.email]
+    assert mailoutbox[0].subject == "Ihr Administrator hat geantwortet – jetzt anmelden"
     page = client.get(reverse("migration-detail", args=[lena.pk])).content.decode()
-    assert "Zustimmung erteilt – jetzt anmelden" in page and "data-auto-continue" in page
+    assert "Ihr Administrator hat geantwortet – jetzt anmelden" in page and "data-auto-continue" in page
     sign_in(client, microsoft, lena)
     wait_for(lambda: Migration.objects.get(pk=lena.pk).status == "done")
 

@@ -39,7 +39,7 @@ def test_it_offers_the_ways_to_an_admin_and_reconnects_after_consent(client, mig
     response = admin.post(local(link))
     answer = browser_get(microsoft, response["Location"])
     assert query_of(answer)["admin_consent"] == "True"
-    assert "Zustimmung ist erteilt" in admin.get(local(answer)).content.decode()
+    assert "Ihre Antwort ist eingegangen" in admin.get(local(answer)).content.decode()
 
     back = _reconnect(client, microsoft, migrated)
     assert back.status_code == 302 and back["Location"] == reverse("settings-mail")

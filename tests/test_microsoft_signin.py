@@ -244,6 +244,73 @@ def test_it_signs_in_a_personal_outlook_account(client, user, make_account, micr
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("address", ["max@outlook.com", "erika@hotmail.com"])
+def test_it_migrates_a_personal_account_whose_me_has_no_mail(client, user, make_account, microsoft, settings, address):
+    settings.MS_AUTHORITY = f"{microsoft.base}/common"
+    from tests.fakes.microsoft import CONSUMERS
+
+    microsoft.add_user(address, microsoft.tenants[CONSUMERS])  # a personal account: /me says mail: null
+    microsoft.deliver(address, subject="privat")
+    account = make_account(user, address, provider_kind="microsoft")
+    migration = _waiting(user, account)
+    client.force_login(user)
+    sign_in(client, microsoft, migration)
+    assert steps.run_migration(migration.pk) == "done"
+    me = [r for r in microsoft.requests if r["path"] == "/v1.0/me"]
+    assert me and microsoft.users[address].mail is None
+    assert sync_account(account.pk) == 1
+
+
+@pytest.mark.django_db
+def test_a_personal_account_named_like_a_work_address_is_not_the_work_mailbox(client, user, make_account, microsoft,
+                                                                              settings):
+    """A personal Microsoft account may have been made with a work address as its sign-in name; its mailbox
+    is an Outlook.com mailbox, not the one of contoso.com's directory."""
+    settings.MS_AUTHORITY = f"{microsoft.base}/common"
+    from tests.fakes.microsoft import CONSUMERS
+
+    microsoft.add_user("kai@contoso.com", microsoft.tenants[CONSUMERS])
+    migration = _waiting(user, make_account(user, "kai@contoso.com", provider_kind="microsoft"))
+    client.force_login(user)
+    sign_in(client, microsoft, migration)
+    assert steps.run_migration(migration.pk) == "failed"
+    assert Migration.objects.get(pk=migration.pk).error_code == "ms_wrong_account"
+
+
+FOREIGN = "3f2e1d0c-9b8a-4765-8432-10fedcba9876"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("claimed", [dict(mail="anna@contoso.com"), dict(aliases=["anna@contoso.com"])])
+def test_it_refuses_an_address_that_a_foreign_directory_gave_its_user(client, user, ms_account, microsoft, claimed):
+    """An admin of another directory can set any mail value on their user; only contoso.com's directory vouches."""
+    evil = microsoft.add_tenant(FOREIGN, {"evil.example"})
+    microsoft.add_user("mallory@evil.example", evil, upn="mallory@evil.example", **claimed)
+    migration = _waiting(user, ms_account)
+    client.force_login(user)
+    microsoft.sign_in_as = "mallory@evil.example"
+    sign_in(client, microsoft, migration)
+    assert steps.run_migration(migration.pk) == "failed"
+    migration.refresh_from_db()
+    assert migration.error_code == "ms_wrong_account" and migration.secret_encrypted == ""
+    ms_account.refresh_from_db()
+    assert ms_account.engine == "v2" and ms_account.token_cache_encrypted == ""
+
+
+@pytest.mark.django_db
+def test_it_waits_when_the_mail_domains_directory_cannot_be_looked_up(client, user, ms_account, microsoft):
+    migration = _waiting(user, ms_account)
+    client.force_login(user)
+    sign_in(client, microsoft, migration)
+    microsoft.identity_outage = {"status": 503, "retry_after": "30", "on": ("discovery",), "segments": {"contoso.com"}}
+    steps.run_migration(migration.pk)
+    migration.refresh_from_db()
+    assert migration.status == "verifying" and migration.error_code == "ms_unreachable" and migration.secret_encrypted
+    microsoft.identity_outage = None
+    assert steps.run_migration(migration.pk) == "done"
+
+
+@pytest.mark.django_db
 def test_it_tells_the_user_when_microsoft_is_not_configured(client, user, ms_account, microsoft, settings):
     settings.MS_CLIENT_ID = ""
     migration = _waiting(user, ms_account)

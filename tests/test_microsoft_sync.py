@@ -107,6 +107,19 @@ def test_reconnect_refuses_another_identity(client, migrated, microsoft):
     assert account.status == "reconnect" and account.token_cache_encrypted == before
 
 
+def test_reconnect_refuses_an_address_a_foreign_directory_gave_its_user(client, migrated, microsoft):
+    evil = microsoft.add_tenant("3f2e1d0c-9b8a-4765-8432-10fedcba9876", {"evil.example"})
+    microsoft.add_user("mallory@evil.example", evil, upn="mallory@evil.example", mail=migrated.address)
+    MailAccount.objects.filter(pk=migrated.pk).update(status="reconnect")
+    before = MailAccount.objects.get(pk=migrated.pk).token_cache_encrypted
+    microsoft.sign_in_as = "mallory@evil.example"
+    response = client.post(reverse("microsoft-reconnect", args=[migrated.pk]))
+    back = client.get(local(browser_get(microsoft, response["Location"])), follow=True)
+    assert "mit einem anderen Konto angemeldet" in back.content.decode()
+    account = MailAccount.objects.get(pk=migrated.pk)
+    assert account.status == "reconnect" and account.token_cache_encrypted == before
+
+
 def test_the_beat_syncs_microsoft_accounts_without_an_imap_host(migrated):
     assert migrated.imap_host == ""
     assert migrated in accounts_due_for_sync(v2_running=False)

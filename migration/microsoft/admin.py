@@ -9,12 +9,16 @@ from migration.models import TenantConsent
 
 @admin.register(TenantConsent)
 class TenantConsentAdmin(admin.ModelAdmin):
-    list_display = ("tenant", "status", "waiting", "admin_email", "requested_at", "granted_at", "last_link_sent_at")
+    list_display = ("tenant", "status", "waiting", "admin_email", "requested_at", "reported_at", "granted_at",
+                    "blocked_at", "last_link_sent_at")
     list_filter = ("status",)
     search_fields = ("tenant", "tenant_id", "admin_email")
-    # Status changes only through Microsoft's answer; staff may note the admin's address.
-    fields = ("tenant", "tenant_id", "status", "admin_email", "requested_at", "granted_at", "last_link_sent_at")
-    readonly_fields = ("tenant", "tenant_id", "status", "requested_at", "granted_at", "last_link_sent_at")
+    # Status changes only through Microsoft's answer ("Erteilt": a user of the tenant signed in; "Gemeldet": an
+    # admin-consent callback or the poll, unproven). Staff may note the admin's address: the resend goes there.
+    fields = ("tenant", "tenant_id", "status", "admin_email", "requested_at", "reported_at", "granted_at",
+              "blocked_at", "last_link_sent_at")
+    readonly_fields = ("tenant", "tenant_id", "status", "requested_at", "reported_at", "granted_at", "blocked_at",
+                       "last_link_sent_at")
     actions = ["resend_admin_link"]
 
     def has_add_permission(self, request):

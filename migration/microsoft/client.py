@@ -85,12 +85,21 @@ _ISSUER_TENANT = re.compile(r"/([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-
 DIRECTORY_CACHE_SECONDS = 24 * 3600
 
 
-def directory_id(tenant: str) -> str:
+# The directory of personal Microsoft accounts: the tid claim of their tokens ("ID token claims reference":
+# 9188040d-6c67-4c5b-b112-36a304b66dad), and the Microsoft-account tenant that v1 tokens name instead.
+PERSONAL_TENANTS = frozenset({"9188040d-6c67-4c5b-b112-36a304b66dad", "f8cdef31-a31e-4b4a-93e4-5f571e91255a"})
+
+
+def domain_directory(tenant: str) -> str:
     """The directory (tenant) id Microsoft publishes for a domain; "" if it knows none.
 
-    Read from the issuer of the public OpenID configuration, so it needs no
-    token and comes from Microsoft, not from a callback's parameters. One
-    directory may own several mail domains (contoso.com, contoso.de).
+    Read from the issuer of the public OpenID configuration
+    ({instance}/{domain}/v2.0/.well-known/openid-configuration), so it needs
+    no token and comes from Microsoft, not from a callback's parameters. One
+    directory may own several mail domains (contoso.com, contoso.de). Cached
+    for a day. Raises MicrosoftError("ms_unreachable", permanent=False) when
+    Microsoft is down, throttles or cannot be reached: that says nothing
+    about the domain.
     """
     key = f"ms:directory:{tenant.lower()}"
     cached = cache.get(key)
@@ -100,14 +109,22 @@ def directory_id(tenant: str) -> str:
     try:
         response = requests.get(url, timeout=settings.MS_TIMEOUT, verify=verify(), allow_redirects=False)
         if response.status_code == 429 or response.status_code >= 500:
-            return ""  # an outage or throttling says nothing about the tenant: ask again next time
+            raise MicrosoftError("ms_unreachable", permanent=False)
         issuer = str(response.json().get("issuer", "")) if response.status_code == 200 else ""
     except (requests.RequestException, ValueError, AttributeError):
-        return ""  # not known now; ask again next time
+        raise MicrosoftError("ms_unreachable", permanent=False) from None
     match = _ISSUER_TENANT.search(issuer)
     found = match[1].lower() if match else ""
     cache.set(key, found, DIRECTORY_CACHE_SECONDS)
     return found
+
+
+def directory_id(tenant: str) -> str:
+    """domain_directory, with "" (unknown for now) when Microsoft cannot be asked."""
+    try:
+        return domain_directory(tenant)
+    except MicrosoftError:
+        return ""
 
 
 def prove_admin_consent(tenant: str) -> bool:

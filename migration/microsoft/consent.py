@@ -1,11 +1,20 @@
 """Admin consent per Microsoft tenant: the waiting state, the links, the callback.
 
-Resume: a granted consent cannot revive the user's failed sign-in (Microsoft
+What counts as proof: only Microsoft itself. A user's successful sign-in
+(the token endpoint issued tokens and Graph answered) proves the consent and
+makes the tenant's record "granted"; the token endpoint's own consent error
+proves it missing. Everything that travels through a browser (a sign-in's
+error redirect, an admin-consent callback) can be forged by whoever holds
+the browser: it moves that user's own migration, and at most marks the
+tenant "reported" (an admin-consent callback whose tenant holds the app) or
+sets the "blocked" hint that shows the next users the admin path first.
+
+Resume: a reported consent cannot revive the user's failed sign-in (Microsoft
 issued no code), so every migration of the tenant that waits goes back to
-"awaiting_user" with consent_granted set. Its user gets an e-mail; a page
+"awaiting_user" with consent_reported set. Its user gets an e-mail; a page
 that is still open notices the change and continues to Microsoft by itself
-(one redirect that usually passes without a prompt); a page opened later
-shows "Zustimmung erteilt – jetzt anmelden".
+(one redirect that usually passes without a prompt), and that sign-in shows
+whether the consent is there; a page opened later says the admin answered.
 
 Admins who consent by hand in the Entra admin center send no callback: a
 periodic task (poll_admin_consents) tries the callback's proof for every
@@ -18,6 +27,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core import signing
+from django.core.cache import cache
 from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Q
@@ -38,9 +48,13 @@ logger = logging.getLogger(__name__)
 LINK_SALT = "migration.microsoft.admin-link"
 SESSION_KEY = "microsoft_admin_states"
 REQUEST_MAX_AGE = timedelta(hours=1)  # from the redirect to Microsoft until its callback
-# In Migration.detected once the "consent granted" e-mail is out: a redelivered
+# In Migration.detected once the "your admin answered" e-mail is out: a redelivered
 # task (acks_late) must not tell the user twice.
 MAIL_MARKER = "consent_mail_sent"
+# Admin links a user may have mailed to themselves (to forward), per user and per tenant, in one hour.
+LINK_MAILS_PER_USER = 3
+LINK_MAILS_PER_TENANT = 10
+LINK_MAIL_WINDOW = 3600  # seconds
 
 
 def tenant_of(migration: Migration) -> str:
@@ -53,21 +67,26 @@ def tenant_for_address(address: str) -> str:
     return address.rsplit("@", 1)[-1].lower()
 
 
-def require_admin_consent(*, migration: Migration, reason: str, actor: str) -> Migration:
+def require_admin_consent(*, migration: Migration, reason: str, actor: str, proven: bool = False) -> Migration:
     """Microsoft answered "Need admin approval": wait for an admin of the tenant.
 
+    proven: the answer came from Microsoft's token endpoint to the worker,
+    not through the user's browser. Only then may a consent recorded as
+    granted or reported go back to requested; an error redirect anyone can
+    forge moves this migration and sets the tenant's "blocked" hint, no more.
     A migration that already waits stays as it is: the user signed in again
     before an admin consented (the caller says that the consent is still missing).
     """
     if migration.status == Status.AWAITING_ADMIN_CONSENT:
         return migration
     tenant = tenant_of(migration)
-    consent, created = TenantConsent.objects.get_or_create(tenant=tenant)
-    if not created and consent.status != ConsentStatus.REQUESTED:
-        # Consent was given once and is missing again (revoked, or new permissions).
-        TenantConsent.objects.filter(pk=consent.pk).update(status=ConsentStatus.REQUESTED)
+    consent, _created = TenantConsent.objects.get_or_create(tenant=tenant)
+    changes = {"blocked_at": timezone.now()}
+    if proven and consent.status != ConsentStatus.REQUESTED:
+        changes["status"] = ConsentStatus.REQUESTED  # given once and missing again (revoked, new permissions)
+    TenantConsent.objects.filter(pk=consent.pk).update(**changes)
     detected = {**(migration.detected or {}), "tenant": tenant}
-    detected.pop("consent_granted", None)
+    detected.pop("consent_reported", None)
     detected.pop(MAIL_MARKER, None)  # the next consent is news again
     return services.transition(
         migration, to=Status.AWAITING_ADMIN_CONSENT, reason=f"admin consent required: {reason}"[:300],
@@ -77,8 +96,19 @@ def require_admin_consent(*, migration: Migration, reason: str, actor: str) -> M
 
 def tenant_blocked(tenant: str) -> bool:
     """A user of this tenant met Microsoft's "Need admin approval" (a consent code, or they said so)
-    and no admin has consented since: the tenant's consent record waits (requested)."""
-    return TenantConsent.objects.filter(tenant=tenant, status=ConsentStatus.REQUESTED).exists()
+    and no user of the tenant has signed in successfully since."""
+    return TenantConsent.objects.filter(tenant=tenant, blocked_at__isnull=False).exists()
+
+
+def record_sign_in(*, tenant: str) -> None:
+    """A user of the tenant signed in and Graph answered: Microsoft proved the consent.
+
+    The tenant's record becomes granted and its "blocked" hint goes (a user
+    who clicked "Microsoft hat ... angezeigt" by mistake no longer sends
+    everyone after them to the admin path first). No record is created.
+    """
+    TenantConsent.objects.filter(tenant=tenant).exclude(status=ConsentStatus.GRANTED, blocked_at=None).update(
+        status=ConsentStatus.GRANTED, granted_at=timezone.now(), blocked_at=None)
 
 
 def report_block(*, migration: Migration, actor: str) -> Migration:
@@ -138,6 +168,37 @@ def send_admin_link(*, consent: TenantConsent, to: str, migration: Migration | N
     return True
 
 
+def mail_admin_link_to_requester(*, migration: Migration, user) -> str:
+    """E-mail the admin link to the signed-in user themselves, who forwards it to their admin.
+
+    Only to the address of the user's own CRM login: the portal sends no
+    mail to an address someone typed in (it would be a mail cannon). At most
+    LINK_MAILS_PER_USER per user and LINK_MAILS_PER_TENANT per tenant an hour.
+    Returns "sent", "no_address", "user_limit" or "tenant_limit".
+    """
+    if not user.email:
+        return "no_address"
+    tenant = tenant_of(migration)
+    window = int(timezone.now().timestamp() // LINK_MAIL_WINDOW)
+    if _count(f"microsoft:admin-link:user:{user.pk}:{window}") > LINK_MAILS_PER_USER:
+        return "user_limit"
+    if _count(f"microsoft:admin-link:tenant:{tenant}:{window}") > LINK_MAILS_PER_TENANT:
+        return "tenant_limit"
+    tenant_consent, _created = TenantConsent.objects.get_or_create(tenant=tenant)
+    send_admin_link(consent=tenant_consent, to=user.email, migration=migration)
+    return "sent"
+
+
+def _count(key: str) -> int:
+    """One more in a fixed window of the shared cache; the count so far."""
+    cache.add(key, 0, timeout=LINK_MAIL_WINDOW * 2)
+    try:
+        return cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.set(key, 1, timeout=LINK_MAIL_WINDOW * 2)
+        return 1
+
+
 def resend_admin_links(*, consent: TenantConsent) -> int:
     """Support's "send again": to the admin if known, else to each waiting user. Returns the messages sent."""
     waiting = list(waiting_migrations(consent.tenant))
@@ -173,9 +234,12 @@ def begin_admin_consent(*, session, tenant: str, migration_id: int | None) -> st
 def complete_admin_consent(*, session, params) -> tuple[str, AdminConsentRequest | None]:
     """Check an admin-consent callback. Returns (outcome, the request it answered).
 
-    outcome: granted | declined | forged | unproven | unreachable. Only
-    "granted" changes anything, and only after a token for the tenant the
-    portal sent the admin to could be obtained.
+    outcome: reported | declined | forged | unproven | unreachable. Only
+    "reported" changes anything, and only after a token for the tenant the
+    portal sent the admin to could be obtained. Even then nobody is told that
+    consent was granted: the callback may be forged by whoever holds an admin
+    link, and the token only shows the app registered in the tenant. The
+    waiting users are asked to sign in again; their sign-in is the proof.
     """
     state = str(params.get("state", ""))
     known = [s for s in session.get(SESSION_KEY) or [] if constant_time_compare(s, state)]
@@ -201,33 +265,35 @@ def complete_admin_consent(*, session, params) -> tuple[str, AdminConsentRequest
         logger.warning("admin-consent callback for %s without a token to prove it", request.consent.tenant)
         return "unproven", request
     record_admin_consent(consent=request.consent)
-    return "granted", request
+    return "reported", request
 
 
 def record_admin_consent(*, consent: TenantConsent) -> list[int]:
-    """The tenant consented: every migration waiting for it goes back to the sign-in.
+    """An admin reported consent: every migration waiting for it goes back to the sign-in.
 
-    Consent is per directory, and a directory may own several mail domains:
-    waiting migrations of every domain with the same directory id resume too.
-    The id comes from Microsoft's OpenID configuration, never from the callback.
+    The record becomes "reported" (a granted one stays granted); the users'
+    sign-in proves or disproves it. Consent is per directory, and a directory
+    may own several mail domains: waiting migrations of every domain with the
+    same directory id resume too. The id comes from Microsoft's OpenID
+    configuration, never from the callback.
     """
     directory = client.directory_id(consent.tenant)
     domains = _same_directory(consent.tenant, directory)
     now = timezone.now()
     for domain in domains:
         sibling, _created = TenantConsent.objects.get_or_create(tenant=domain)
-        TenantConsent.objects.filter(pk=sibling.pk).update(
-            status=ConsentStatus.GRANTED, granted_at=now, tenant_id=directory or sibling.tenant_id
-        )
+        TenantConsent.objects.filter(pk=sibling.pk).update(reported_at=now, tenant_id=directory or sibling.tenant_id)
+        TenantConsent.objects.filter(pk=sibling.pk, status=ConsentStatus.REQUESTED).update(
+            status=ConsentStatus.REPORTED)
     resumed = []
     for migration in Migration.objects.filter(
         status=Status.AWAITING_ADMIN_CONSENT, provider_kind=ProviderKind.MICROSOFT, detected__tenant__in=domains
     ):
-        detected = {**(migration.detected or {}), "consent_granted": True}
+        detected = {**(migration.detected or {}), "consent_reported": True}
         detected.pop(MAIL_MARKER, None)
         try:
             with transaction.atomic():
-                services.transition(migration, to=Status.AWAITING_USER, reason="admin consent granted",
+                services.transition(migration, to=Status.AWAITING_USER, reason="admin consent reported",
                                     actor="microsoft", detected=detected)
                 # A broker outage loses only the e-mail (logged): an open page continues by itself.
                 queue.publish_on_commit(lambda pk=migration.pk: _notify(pk),
@@ -257,7 +323,11 @@ def _notify(migration_id: int) -> None:
 
 
 def send_consent_granted_mail(migration_id: int) -> bool:
-    """Tell the user once that the consent is there; False when nothing was sent."""
+    """Tell the user once that their admin answered and they should sign in; False when nothing was sent.
+
+    It does not say the consent is granted: nobody but Microsoft can know,
+    and the user's sign-in asks Microsoft.
+    """
     migration = Migration.objects.select_related("account", "user").filter(pk=migration_id).first()
     if migration is None or not migration.user.email:
         return False
@@ -267,15 +337,16 @@ def send_consent_granted_mail(migration_id: int) -> bool:
     with transaction.atomic():
         locked = Migration.objects.select_for_update().filter(pk=migration_id, status=Status.AWAITING_USER).first()
         detected = (locked.detected or {}) if locked else {}
-        if not detected.get("consent_granted") or detected.get(MAIL_MARKER):
+        if not detected.get("consent_reported") or detected.get(MAIL_MARKER):
             return False
         Migration.objects.filter(pk=migration_id).update(detected={**detected, MAIL_MARKER: True})
     link = settings.SITE_URL.rstrip("/") + reverse("migration-detail", args=[migration.pk])
     with translation.override(settings.LANGUAGE_CODE):
-        subject = _("Zustimmung erteilt – jetzt anmelden")
+        subject = _("Ihr Administrator hat geantwortet – jetzt anmelden")
         body = _(
-            "Guten Tag,\n\nIhr Administrator hat der E-Mail-Synchronisierung zugestimmt. Melden Sie sich jetzt "
-            "bei Microsoft an, um die Migration von %(address)s abzuschließen:\n%(link)s\n"
+            "Guten Tag,\n\nIhr Administrator hat gemeldet, dass er der E-Mail-Synchronisierung zugestimmt hat. "
+            "Melden Sie sich jetzt bei Microsoft an, um die Migration von %(address)s abzuschließen; Microsoft "
+            "prüft dabei, ob die Zustimmung gilt:\n%(link)s\n"
         ) % {"address": migration.account.address, "link": link}
     send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [migration.user.email])
     return True
@@ -318,9 +389,9 @@ def poll_admin_consents() -> list[int]:
         consent, _created = TenantConsent.objects.get_or_create(tenant=tenant)
         if not _claim_poll(consent):
             continue  # polled within this interval (a second beat by mistake): one token request is enough
-        if consent.granted_at is not None:
-            # Consented before, and Microsoft asked again (permissions removed,
-            # or new ones): the app's service principal is still there, so a
+        if consent.granted_at is not None or consent.reported_at is not None:
+            # Consented or reported before, and Microsoft asked again (permissions
+            # removed, or new ones): the app's service principal is still there, so a
             # token proves nothing and resuming would send the users round in
             # circles, one e-mail per run. The admin link's callback, or the
             # user's "Erneut anmelden" after a manual grant, go on instead.

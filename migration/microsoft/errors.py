@@ -25,6 +25,10 @@ MESSAGES = {
         "Microsoft hat den Zugriff auf das Postfach verweigert. Bitte prüfen Sie, ob zu diesem Konto ein "
         "Postfach gehört, und versuchen Sie es erneut."
     ),
+    "ms_mailbox_busy": _(
+        "Ihr Postfach wird gerade von mehreren Vorgängen gleichzeitig gelesen. Das Portal versucht es in einigen "
+        "Minuten von selbst erneut."
+    ),
     "ms_protocol": _("Microsoft hat unerwartet geantwortet. Bitte versuchen Sie es später erneut."),
     "ms_reconnect": _(
         "Die Verbindung zu Microsoft ist abgelaufen oder wurde widerrufen. Bitte verbinden Sie das Konto neu."

@@ -105,14 +105,42 @@ def submit_auth_response(*, migration: Migration, flow: dict, auth_response: dic
     return migration
 
 
-def identity_matches(address: str, *, claims: dict, me: dict) -> bool:
-    """The signed-in mailbox is the account's: by sign-in name, primary address or an alias."""
+def identity_matches(address: str, *, claims: dict, me: dict, home_account_id: str = "") -> bool:
+    """The signed-in mailbox is the account's, and Microsoft vouches for the address.
+
+    Work and school accounts: the address is the sign-in name, the primary
+    address or an alias (proxyAddresses) of the signed-in user, AND the mail
+    domain's directory (Microsoft's public OpenID configuration for the
+    domain) is the directory the user signed in to (the token's tid). An
+    admin of another directory can give a user any `mail` value; only the
+    directory that owns the domain can hand out its addresses.
+
+    Personal Microsoft accounts (Outlook.com, Hotmail; tid is the consumers
+    directory): /me has no mail (null) and no proxyAddresses; the sign-in
+    name, which Microsoft verified, is the address (userPrincipalName,
+    preferred_username). A domain that an organisation's directory owns is
+    not a personal mailbox, whatever name a personal account was made with.
+
+    claims: the id token's claims (tid, preferred_username, email, upn);
+    home_account_id: MSAL's "<oid>.<tid>", for the tid when the claims lack it.
+    Raises MicrosoftError("ms_unreachable", permanent=False) when the
+    domain's directory cannot be looked up now.
+    """
+    address = address.strip().lower()
+    signed_in_tenant = str(claims.get("tid") or home_account_id.rpartition(".")[2]).strip().lower()
+    if "@" not in address or not signed_in_tenant:
+        return False
+    directory = client.domain_directory(address.rpartition("@")[2])
+    if signed_in_tenant in client.PERSONAL_TENANTS:
+        names = {str(claims.get("preferred_username") or "").strip().lower(),
+                 str(me.get("userPrincipalName") or "").strip().lower()}
+        return address in names and (not directory or directory in client.PERSONAL_TENANTS)
     identities = client.signed_in_identities(claims)
     identities.update(str(me.get(k) or "").strip().lower() for k in ("mail", "userPrincipalName"))
     # "SMTP:primary@…", "smtp:alias@…"; other address types (X500:, SIP:) are not mail addresses.
     identities.update(str(proxy)[5:].strip().lower() for proxy in me.get("proxyAddresses") or []
                       if str(proxy).lower().startswith("smtp:"))
-    return address.strip().lower() in identities - {""}
+    return address in identities - {""} and directory == signed_in_tenant
 
 
 # --- the worker ---------------------------------------------------------------------
@@ -130,10 +158,11 @@ def verify(migration: Migration) -> None:
             if secret is None:
                 return
         token, _ = client.access_token(secret["cache"], home_account_id=secret["home_account_id"])
-        graph = Graph(token)
+        graph = Graph(token, mailbox=secret["home_account_id"] or migration.account.address)
         try:
             me = graph.me()
-            if not identity_matches(migration.account.address, claims=secret.get("claims", {}), me=me):
+            if not identity_matches(migration.account.address, claims=secret.get("claims", {}), me=me,
+                                    home_account_id=secret["home_account_id"]):
                 _wrong_account(migration)
                 return
             cursors = _cursors(graph)
@@ -141,7 +170,8 @@ def verify(migration: Migration) -> None:
             graph.close()
     except MicrosoftError as error:
         if error.code == "ms_admin_consent":
-            consent.require_admin_consent(migration=migration, reason=str(error), actor="worker")
+            # From the token endpoint to the worker: Microsoft's own word that the consent is missing.
+            consent.require_admin_consent(migration=migration, reason=str(error), actor="worker", proven=True)
             return
         if not error.permanent:
             # Microsoft down or throttling: the tokens stay, and the sweep tries again; no new sign-in.
@@ -152,6 +182,7 @@ def verify(migration: Migration) -> None:
         return
     services.transition(migration, to=Status.HANDING_OVER, reason=f"verified, {len(cursors)} folders", cursors=cursors,
                         error_code="")
+    consent.record_sign_in(tenant=consent.tenant_of(migration))
 
 
 def _redeem(migration: Migration, secret: dict) -> dict | None:
@@ -210,13 +241,14 @@ def complete_reconnect(*, account: MailAccount, flow: dict, auth_response: dict)
     the code to a worker, and it is one token request plus /me.
     """
     result, cache = client.redeem(flow, auth_response)
-    graph = Graph(result["access_token"])
+    accounts = list(cache.search(cache.CredentialType.ACCOUNT))
+    home_account_id = accounts[0]["home_account_id"] if accounts else ""
+    graph = Graph(result["access_token"], mailbox=home_account_id or account.address)
     try:
         me = graph.me()
     finally:
         graph.close()
-    if not identity_matches(account.address, claims=result.get("id_token_claims") or {}, me=me):
+    if not identity_matches(account.address, claims=result.get("id_token_claims") or {}, me=me,
+                            home_account_id=home_account_id):
         raise MicrosoftError("ms_wrong_account", permanent=True)
-    accounts = list(cache.search(cache.CredentialType.ACCOUNT))
-    sync_services.reconnect_microsoft(account_id=account.pk, cache=cache.serialize(),
-                                      home_account_id=accounts[0]["home_account_id"] if accounts else "")
+    sync_services.reconnect_microsoft(account_id=account.pk, cache=cache.serialize(), home_account_id=home_account_id)

@@ -9,7 +9,6 @@ browser that was sent to Microsoft).
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.cache import cache
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_http_methods, require_POST
@@ -17,7 +16,6 @@ from django.views.decorators.http import require_http_methods, require_POST
 from migration import errors, selectors, services
 from migration.microsoft import client, consent, flow
 from migration.microsoft.client import MicrosoftError
-from migration.microsoft.forms import AdminEmailForm
 from migration.models import Migration, Status, TenantConsent
 from sync.models import Engine, MailAccount, ProviderKind
 
@@ -25,8 +23,8 @@ WRONG_STATE = _("Die Migration ist in einem anderen Schritt; die Seite zeigt den
 STILL_NO_CONSENT = _("Microsoft verlangt weiterhin die Zustimmung eines Administrators; sie ist noch nicht erteilt. "
                      "Bitten Sie Ihren Administrator, wie unten beschrieben zuzustimmen.")
 ADMIN_OUTCOMES = {
-    "granted": _("Vielen Dank! Die Zustimmung ist erteilt und von Microsoft bestätigt. Wartende Migrationen laufen "
-                 "jetzt weiter; die Benutzer werden per E-Mail informiert."),
+    "reported": _("Vielen Dank, Ihre Antwort ist eingegangen. Die wartenden Benutzer werden per E-Mail gebeten, sich "
+                  "erneut bei Microsoft anzumelden; erst ihre erfolgreiche Anmeldung bestätigt die Zustimmung."),
     "declined": _("Die Zustimmung wurde nicht erteilt. Es wurde nichts geändert."),
     "forged": _("Diese Antwort ist ungültig, abgelaufen oder wurde schon verwendet. Es wurde nichts geändert."),
     "unproven": _("Microsoft hat die Zustimmung nicht bestätigt. Es wurde nichts geändert. Bitte versuchen Sie es "
@@ -50,14 +48,14 @@ def detail_context(migration: Migration, request=None) -> dict:
     if migration.provider_kind != ProviderKind.MICROSOFT:
         return {}
     detected = migration.detected or {}
-    context = {"consent_granted": bool(detected.get("consent_granted")), **_consent_steps(consent.tenant_of(migration))}
-    if migration.status == Status.AWAITING_USER and not context["consent_granted"]:
+    context = {"consent_reported": bool(detected.get("consent_reported")),
+               **_consent_steps(consent.tenant_of(migration))}
+    if migration.status == Status.AWAITING_USER and not context["consent_reported"]:
         # The cancel return of the blocking page (asked once), or another user of the tenant met the block.
         context["consent_question"] = bool(request and migration.pk in request.session.get(QUESTION_KEY, []))
         context["admin_first"] = context["consent_question"] or consent.tenant_blocked(context["tenant"])
     if migration.status == Status.AWAITING_ADMIN_CONSENT or context.get("admin_first"):
         context["admin_link"] = consent.make_admin_link(tenant=context["tenant"], migration_id=migration.pk)
-        context["email_form"] = AdminEmailForm()
     return {"microsoft": context}
 
 
@@ -171,24 +169,29 @@ def admin_consent(request, pk: int):
         return redirect("migration-detail", pk=pk)
 
 
+LINK_MAIL_OUTCOMES = {
+    "no_address": _("Zu Ihrem Benutzerkonto ist keine E-Mail-Adresse hinterlegt. Bitte kopieren Sie den Link."),
+    "user_limit": _("Sie haben in der letzten Stunde schon mehrere Links erhalten. Bitte kopieren Sie den Link oder "
+                    "versuchen Sie es später erneut."),
+    "tenant_limit": _("Für Ihre Organisation wurden in der letzten Stunde schon viele Links gesendet. Bitte kopieren "
+                      "Sie den Link oder versuchen Sie es später erneut."),
+}
+
+
 @login_required
 @require_POST
 def send_admin_link(request, pk: int):
-    migration = selectors.get_migration_for_user(request.user, pk)
-    form = AdminEmailForm(request.POST)
-    if form.is_valid():
-        migration = _to_admin_path(request, migration)
-    if migration.status != Status.AWAITING_ADMIN_CONSENT or not form.is_valid():
-        messages.error(request, _("Bitte geben Sie eine gültige E-Mail-Adresse ein."))
+    """"Link an mich senden": the admin link goes to the user's own address, to forward to their admin."""
+    migration = _to_admin_path(request, selectors.get_migration_for_user(request.user, pk))
+    if migration.status != Status.AWAITING_ADMIN_CONSENT or migration.provider_kind != ProviderKind.MICROSOFT:
+        messages.info(request, WRONG_STATE)
         return redirect("migration-detail", pk=pk)
-    # The portal must not become a mail cannon: one link per migration and minute.
-    if not cache.add(f"microsoft:admin-link:{migration.pk}", 1, 60):
-        messages.error(request, _("Es wurde gerade ein Link gesendet. Bitte warten Sie eine Minute."))
-        return redirect("migration-detail", pk=pk)
-    tenant_consent, _created = TenantConsent.objects.get_or_create(tenant=consent.tenant_of(migration))
-    TenantConsent.objects.filter(pk=tenant_consent.pk).update(admin_email=form.cleaned_data["email"])
-    consent.send_admin_link(consent=tenant_consent, to=form.cleaned_data["email"], migration=migration)
-    messages.success(request, _("Der Link wurde an %(email)s gesendet.") % {"email": form.cleaned_data["email"]})
+    outcome = consent.mail_admin_link_to_requester(migration=migration, user=request.user)
+    if outcome == "sent":
+        messages.success(request, _("Der Link wurde an %(email)s gesendet. Leiten Sie ihn an Ihren Administrator "
+                                    "weiter.") % {"email": request.user.email})
+    else:
+        messages.error(request, LINK_MAIL_OUTCOMES[outcome])
     return redirect("migration-detail", pk=pk)
 
 
@@ -218,9 +221,9 @@ def admin_callback(request):
     text = ADMIN_OUTCOMES[outcome]
     migration = consent_request.migration if consent_request else None
     if migration and request.user.is_authenticated and migration.user_id == request.user.pk:
-        (messages.success if outcome == "granted" else messages.error)(request, text)
+        (messages.success if outcome == "reported" else messages.error)(request, text)
         return redirect("migration-detail", pk=migration.pk)
-    return render(request, "migration/microsoft/admin_result.html", {"message": text, "ok": outcome == "granted"},
+    return render(request, "migration/microsoft/admin_result.html", {"message": text, "ok": outcome == "reported"},
                   status=400 if outcome == "forged" else 200)
 
 
@@ -253,6 +256,7 @@ def _reconnect_callback(request, account_id: int, ms_flow: dict):
             return _reconnect_needs_consent(request, account)
         messages.error(request, errors.message_for(error.code))
     else:
+        consent.record_sign_in(tenant=consent.tenant_for_address(account.address))
         messages.success(request, _("%(address)s ist wieder verbunden.") % {"address": account.address})
     return redirect("settings-mail")
 

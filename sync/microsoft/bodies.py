@@ -34,7 +34,8 @@ def fetch_content(account: MailAccount, message: SyncedMessage) -> Content:
 
 
 def _read(account: MailAccount, message: SyncedMessage, tokens: dict, *, force_refresh: bool) -> Content:
-    graph = Graph(_access_token(account, tokens, force_refresh=force_refresh))
+    graph = Graph(_access_token(account, tokens, force_refresh=force_refresh),
+                  mailbox=tokens.get("home_account_id") or account.address)
     try:
         path = f"/v1.0/me/messages/{quote(message.provider_id or _id_by_message_id(graph, message), safe='')}"
         item = graph.get(path, {"$select": "body,hasAttachments"})

@@ -65,7 +65,8 @@ def sync(account: MailAccount) -> int:
     try:
         # A 401 from Graph although MSAL thought the token valid: refresh once and go on.
         for force_refresh in (False, True):
-            graph = Graph(_access_token(account, tokens, force_refresh=force_refresh))
+            graph = Graph(_access_token(account, tokens, force_refresh=force_refresh),
+                          mailbox=tokens.get("home_account_id") or account.address)
             try:
                 for state in reconcile_folders(account, graph.folder_tree()):
                     added += _sync_folder(graph, account, state)

@@ -11,16 +11,21 @@ names, childFolderCount), "message: delta" and "Use delta query to track
 changes" (an initial round enumerates the whole folder; "Synchronization
 reset": an expired or invalid delta token is answered with a 40X error such as
 410 Gone / syncStateNotFound, and the client starts a full round again).
+
+Every request holds one of the mailbox's slots (sync.microsoft.slots) while
+it is on the wire: Graph allows an app only a few concurrent requests per
+mailbox and answers more with 429 ApplicationThrottled.
 """
 
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import requests
 from django.conf import settings
 
+from sync.microsoft import slots
 from sync.microsoft.client import MicrosoftError, verify
 
 PREFER = 'IdType="ImmutableId", odata.maxpagesize=100'
@@ -45,8 +50,17 @@ RETRY_STATUSES = (429, 503, 504)
 RETRIES = 2
 DEFAULT_RETRY_WAIT = 2.0
 MAX_RETRY_WAIT = 10.0
-# Error codes Graph answers a delta token it no longer knows with (besides any 410 Gone).
-EXPIRED_DELTA_CODES = {"syncstatenotfound", "syncstateinvalid", "resyncrequired", "invaliddeltatoken"}
+# An expired or unusable delta token ("Use delta query", Token duration and Synchronization reset: "a 40X-series
+# error with error codes such as syncStateNotFound", or 410 Gone with a Location header that starts over; "Microsoft
+# Graph error responses": resyncRequired, syncStateNotFound, and the detailed resync* codes, which may come nested in
+# innerError; apps should look at every code). Compared lower-case, wherever in the error they appear.
+EXPIRED_DELTA_CODES = {"syncstatenotfound", "syncstateinvalid", "resyncrequired", "invaliddeltatoken",
+                       "resyncapplydifferences", "resyncuploaddifferences"}
+# Other 40X answers to a request that carries a sync token ($deltatoken, $skiptoken) mean Graph does not accept the
+# token (e.g. 400 badRequest "Invalid $deltatoken"): the same request without a token starts over, and a real error
+# shows up there. 401 (token), 403 (permission), 404 (the folder is gone) and 429 keep their meaning.
+TOKEN_REFUSED_STATUSES = (400, 409, 412, 422)
+SYNC_TOKENS = {"deltatoken", "skiptoken"}
 
 
 class GraphUnauthorized(MicrosoftError):
@@ -100,11 +114,39 @@ def graph_time(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _error_code(response) -> str:
+def _error_codes(response) -> list[str]:
+    """Every error code of a Graph error body, lower-case: error.code, then innerError.code, nested further."""
     try:
-        return str(((response.json() or {}).get("error") or {}).get("code") or "").lower()
+        error = (response.json() or {}).get("error")
     except (ValueError, AttributeError):
-        return ""
+        return []
+    codes = []
+    for _ in range(8):  # innerError chains are short; a malicious body cannot make us loop
+        if not isinstance(error, dict):
+            break
+        if error.get("code"):
+            codes.append(str(error["code"]).lower())
+        error = error.get("innerError") or error.get("innererror")
+    return codes
+
+
+def _error_code(response) -> str:
+    codes = _error_codes(response)
+    return codes[0] if codes else ""
+
+
+def carries_sync_token(url: str, params: dict | None) -> bool:
+    """True for a delta or page link of a delta round ($deltatoken / $skiptoken, any case, encoded or not)."""
+    keys = [key for key, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)] + list(params or {})
+    return any(key.lstrip("$").lower() in SYNC_TOKENS for key in keys)
+
+
+def delta_token_refused(response, *, sync_token: bool) -> bool:
+    """Graph no longer accepts the delta round's token: the folder must start a new round (any documented form)."""
+    if response.status_code == 410 or (400 <= response.status_code < 500
+                                       and set(_error_codes(response)) & EXPIRED_DELTA_CODES):
+        return True
+    return sync_token and response.status_code in TOKEN_REFUSED_STATUSES
 
 
 def retry_wait(header: str | None) -> float:
@@ -116,8 +158,10 @@ def retry_wait(header: str | None) -> float:
 
 
 class Graph:
-    def __init__(self, access_token: str):
+    def __init__(self, access_token: str, *, mailbox: str):
+        """mailbox: what names the mailbox for its concurrency limit (the MSAL home account id, else the address)."""
         self.base = settings.MS_GRAPH_URL
+        self.mailbox = mailbox
         self.session = requests.Session()
         self.session.headers.update({"Authorization": f"Bearer {access_token}", "Prefer": PREFER,
                                      "Accept": "application/json"})
@@ -133,9 +177,11 @@ class Graph:
         waited = 0.0
         for attempt in range(RETRIES + 1):
             try:
-                # verify= per request: REQUESTS_CA_BUNDLE would override a session's.
-                response = self.session.get(url, params=params, timeout=settings.MS_TIMEOUT, verify=verify(),
-                                            allow_redirects=False)
+                # One of the mailbox's slots while on the wire, not while waiting out a Retry-After.
+                with slots.slot(self.mailbox):
+                    # verify= per request: REQUESTS_CA_BUNDLE would override a session's.
+                    response = self.session.get(url, params=params, timeout=settings.MS_TIMEOUT, verify=verify(),
+                                                allow_redirects=False)
             except requests.RequestException:
                 raise MicrosoftError("ms_unreachable", permanent=False) from None
             if response.status_code not in RETRY_STATUSES or attempt == RETRIES:
@@ -151,8 +197,7 @@ class Graph:
                 return response.json()
             except ValueError:
                 raise MicrosoftError("ms_protocol", permanent=False) from None
-        if response.status_code == 410 or (response.status_code == 400
-                                           and _error_code(response) in EXPIRED_DELTA_CODES):
+        if delta_token_refused(response, sync_token=carries_sync_token(url, params)):
             raise DeltaExpired()
         if response.status_code == 401:
             raise GraphUnauthorized()

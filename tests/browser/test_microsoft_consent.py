@@ -60,7 +60,7 @@ def test_the_admin_consents_through_the_link_and_the_migration_finishes(
         expect(admin.locator("main")).to_contain_text("Mail.Read")
         admin.get_by_role("button", name="Weiter zu Microsoft").click()
         result = admin.get_by_test_id("consent-result")
-        expect(result).to_contain_text("Zustimmung ist erteilt", timeout=TIMEOUT)
+        expect(result).to_contain_text("Ihre Antwort ist eingegangen", timeout=TIMEOUT)
         admin.screenshot(path=str(artifacts / "microsoft-2-admin-consented.png"), full_page=True)
     finally:
         admin_context.close()
@@ -75,7 +75,7 @@ def test_the_admin_consents_through_the_link_and_the_migration_finishes(
     statuses = list(migration.events.values_list("to_status", flat=True))
     assert statuses == ["pending", "detecting", "awaiting_user", "awaiting_admin_consent", "awaiting_user",
                         "verifying", "handing_over", "done"]
-    wait_for(lambda: [m.subject for m in mailoutbox] == ["Zustimmung erteilt – jetzt anmelden"])
+    wait_for(lambda: [m.subject for m in mailoutbox] == ["Ihr Administrator hat geantwortet – jetzt anmelden"])
     account.refresh_from_db()
     assert account.engine == "v3"
 

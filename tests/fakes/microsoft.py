@@ -92,6 +92,12 @@ class User:
     # answers, but every mail request gets 404 MailboxNotEnabledForRESTAPI ("Microsoft Graph in Exchange hybrid
     # deployments", learn.microsoft.com/graph/hybrid-rest-support; "Known issues with Microsoft Graph", mail).
     on_premises: bool = False
+    # A personal Microsoft account (Outlook.com, Hotmail): /me answers mail: null, a 16-hex-digit id and
+    # userPrincipalName = the sign-in address, and has no proxyAddresses (Microsoft Graph "user resource type":
+    # mail is set by Exchange Online for work accounts only; the Graph team in OfficeDev/outlook-dev-docs#196 and
+    # jasonjoh/node-tutorial#16: "for Microsoft accounts userPrincipalName should always be their SMTP address").
+    # None: personal when the user is in the consumers directory.
+    personal: bool | None = None
 
 
 @dataclass
@@ -164,6 +170,17 @@ class FakeMicrosoft(GraphMixin):
             # graph_always_throttled: every Graph request gets this entry (an outage that outlasts a run).
             self.graph_throttle: list[tuple[int, str | None]] = []
             self.graph_always_throttled: tuple[int, str | None] | None = None
+            # Concurrent requests per app and mailbox ("Microsoft Graph service-specific throttling limits", Outlook
+            # service limits, learn.microsoft.com/graph/throttling-limits#outlook-service-limits: 4 concurrent
+            # requests, 10,000 per 10 minutes): a request beyond mailbox_concurrency_limit in flight for one mailbox
+            # gets 429 {"error": {"code": "ApplicationThrottled", "message": "Application is over its
+            # MailboxConcurrency limit."}} with Retry-After. None: no limit. graph_delay (seconds) keeps every Graph
+            # request in flight that long, so that concurrency shows. The counts are per mailbox (user address).
+            self.mailbox_concurrency_limit: int | None = 4
+            self.graph_delay = 0.0
+            self.graph_in_flight: dict[str, int] = {}
+            self.graph_max_in_flight: dict[str, int] = {}
+            self.graph_concurrency_refused: dict[str, int] = {}
             self.add_tenant(CONSUMERS, {"outlook.com", "hotmail.com"})
 
     def add_tenant(self, tenant_id: str, domains, **options) -> Tenant:
@@ -173,7 +190,11 @@ class FakeMicrosoft(GraphMixin):
 
     def add_user(self, address: str, tenant: Tenant, **fields) -> User:
         user = User(address.lower(), tenant, **fields)
-        if user.mail is None and user.upn is None:
+        if user.personal is None:
+            user.personal = tenant.id == CONSUMERS
+        if user.personal:
+            user.mail, user.upn = None, user.upn or address
+        elif user.mail is None and user.upn is None:
             user.mail = user.upn = address
         for key, name in WELL_KNOWN:
             folder_id = f"AQMk{key}{user.oid[:8]}"
@@ -286,6 +307,13 @@ class FakeMicrosoft(GraphMixin):
         if self.graph_throttle:
             return self.graph_throttle.pop(0)
         return self.graph_always_throttled
+
+    def mailbox_of(self, headers) -> str | None:
+        """The mailbox (user address) a bearer token reads; None for an unknown, expired or app-only token."""
+        grant = self.access_tokens.get((headers.get("Authorization") or "").removeprefix("Bearer "))
+        if grant is None or grant["expires"] < time.time():
+            return None
+        return grant["user"]
 
     def graph_requests(self) -> list[dict]:
         return [r for r in self.requests if r["path"].startswith("/v1.0/")]
@@ -521,8 +549,34 @@ class _Handler(BaseHTTPRequestHandler):
             if path.startswith("/v1.0/"):
                 if throttled := self.fake.next_graph_throttle():
                     return self._graph_throttled(*throttled)
-                return self._json(*self.fake.graph(path, query, self.headers))
+                mailbox = self.fake.mailbox_of(self.headers)
+                if mailbox is None:
+                    return self._json(*self.fake.graph(path, query, self.headers))
+        if path.startswith("/v1.0/"):
+            return self._graph_in_flight(mailbox, path, query)
         self._json(404, {"error": "not_found"})
+
+    def _graph_in_flight(self, mailbox, path, query):
+        """A Graph request of one mailbox, counted while in flight (outside the fake's lock, so requests overlap)."""
+        fake = self.fake
+        with fake.lock:
+            in_flight = fake.graph_in_flight.get(mailbox, 0) + 1
+            if fake.mailbox_concurrency_limit is not None and in_flight > fake.mailbox_concurrency_limit:
+                fake.graph_concurrency_refused[mailbox] = fake.graph_concurrency_refused.get(mailbox, 0) + 1
+                return self._json(429, {"error": {"code": "ApplicationThrottled",
+                                                  "message": "Application is over its MailboxConcurrency limit."}},
+                                  headers={"Retry-After": "1"})
+            fake.graph_in_flight[mailbox] = in_flight
+            fake.graph_max_in_flight[mailbox] = max(fake.graph_max_in_flight.get(mailbox, 0), in_flight)
+        try:
+            if fake.graph_delay:
+                time.sleep(fake.graph_delay)
+            with fake.lock:
+                answer = fake.graph(path, query, self.headers)
+        finally:
+            with fake.lock:
+                fake.graph_in_flight[mailbox] -= 1
+        self._json(*answer)
 
     def do_POST(self):
         parts = urlsplit(self.path)

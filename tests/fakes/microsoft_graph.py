@@ -55,9 +55,14 @@ class GraphMixin:
             return 404, {"error": {"code": "MailboxNotEnabledForRESTAPI",
                                    "message": "The mailbox is either inactive, soft-deleted, or is hosted on-premise."}}
         if path == "/v1.0/me":
+            if user.personal:  # mail null, a short id, no other addresses (see User.personal)
+                me = {"id": user.oid[:16], "displayName": user.address, "mail": None, "userPrincipalName": user.upn}
+                if "proxyAddresses" in query.get("$select", ""):
+                    me["proxyAddresses"] = []
+                return 200, me
             me = {"id": user.oid, "displayName": user.address, "mail": user.mail, "userPrincipalName": user.upn}
             if "proxyAddresses" in query.get("$select", ""):  # like Graph: only when selected
-                me["proxyAddresses"] = [f"SMTP:{user.mail}"] + [f"smtp:{alias}" for alias in user.aliases]
+                me["proxyAddresses"] = [f"SMTP:{user.mail}"] * bool(user.mail) + [f"smtp:{a}" for a in user.aliases]
             return 200, me
         if path == "/v1.0/me/mailFolders":
             folders = [self._folder_json(f, user) for f in user.folders.values() if not f.parent]
@@ -101,9 +106,7 @@ class GraphMixin:
             cursor = {"folder": folder.id, "after": 0, "upto": self.seq, "offset": 0,
                       "since": since.isoformat() if since else None, "gen": self.delta_generation}
         if not cursor or cursor.get("folder") != folder.id or cursor.get("gen") != self.delta_generation:
-            status, code = self.expired_delta_answer
-            return status, {"error": {"code": code, "message": "The sync state generation is not found. The delta "
-                                                              "token is expired and data must be synchronized again."}}
+            return self._expired_delta(base)
         floor = datetime.fromisoformat(cursor["since"]) if cursor["since"] else None
         after = cursor["after"]
         changes = [(m.seq, m, False) for m in folder.messages if after < m.seq <= cursor["upto"]]
@@ -129,11 +132,30 @@ class GraphMixin:
             body["@odata.nextLink"] = f"{self.base}{path}?{urlencode({**rest, '$skip': skip + top})}"
         return 200, body
 
-    def expire_delta_links(self, status: int = 410, code: str = "SyncStateNotFound") -> None:
-        """Graph forgets every sync state; old delta and page links get a documented 40X answer."""
+    def expire_delta_links(self, status: int = 410, code: str = "SyncStateNotFound", *, inner: str | None = None,
+                           message: str = "", location: bool = False) -> None:
+        """Graph forgets every sync state; old delta and page links get a 40X answer of the given form.
+
+        The forms Microsoft documents: "Use delta query to track changes" (Token duration: "a 40X-series error
+        with error codes such as syncStateNotFound"; Synchronization reset: 410 Gone with a Location header holding
+        the initial request, location=True), "Microsoft Graph error responses" (syncStateNotFound, resyncRequired,
+        and detailed codes nested in innerError, inner=...), the 400 BadRequest syncStateNotFound of expired
+        directory delta links (Microsoft 365 Developer Blog, "Duration of change tracking tokens", 2020), and a
+        generic 400 badRequest about the token (code="badRequest", message=...).
+        """
         with self.lock:
             self.delta_generation += 1
-            self.expired_delta_answer = (status, code)
+            self.expired_delta_answer = (status, code, inner, message, location)
+
+    def _expired_delta(self, base):
+        status, code, inner, message, location = (tuple(self.expired_delta_answer) + (None, "", False))[:5]
+        error = {"code": code, "message": message or "The sync state generation is not found. The delta token is "
+                                                     "expired and data must be synchronized again."}
+        error["innerError"] = {"date": _utc(datetime.now(timezone.utc)), "request-id": "fake"}
+        if inner:
+            error["innerError"]["code"] = inner
+        headers = {"Location": f"{base}?$deltatoken="} if location else None
+        return (status, {"error": error}, headers) if headers else (status, {"error": error})
 
     def _change_json(self, message, folder, immutable, after, removed):
         if removed:
