@@ -9,12 +9,14 @@ from django.utils.translation import gettext_lazy as _
 from migration import errors, history, services
 from migration.models import Campaign, Migration
 from migration.selectors import invalidate_campaign
+from migration import campaign_admin  # noqa: F401 - registers the campaign list and dashboard
 from migration.microsoft import admin as microsoft_admin  # noqa: F401 - registers TenantConsent
 
 
 admin.site.site_header = _("V3-Migrationsportal – Verwaltung")
 admin.site.site_title = _("V3-Migrationsportal")
 admin.site.index_title = _("Verwaltung")
+admin.site.index_template = "admin/campaign_index.html"  # links the campaign dashboard
 
 
 @admin.register(Migration)
