@@ -7,7 +7,7 @@ from django.db import DatabaseError, transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from sync import crypto, identity, queue
+from sync import crypto, identity, notifications, queue
 from sync.identity import FetchedMessage
 from sync.imap.client import ImapSettings
 from sync.models import AccountStatus, MailAccount, SkippedMessage, SyncedMessage
@@ -153,9 +153,22 @@ def mark_reconnect(*, account_id: int, expected: str) -> None:
     Only for the grant this run used (expected ciphertext): a re-connect that
     happened during the run is not undone.
     """
-    MailAccount.objects.filter(pk=account_id, token_cache_encrypted=expected).exclude(
-        status=AccountStatus.STOPPED
-    ).update(status=AccountStatus.RECONNECT, last_sync_error="ms_reconnect")
+    _enter_reconnect(MailAccount.objects.filter(pk=account_id, token_cache_encrypted=expected), "ms_reconnect")
+
+
+def _enter_reconnect(accounts, error_code: str) -> None:
+    """Put the account into "Neu verbinden" (never a stopped one); the one caller that moves it there
+    (compare-and-swap on the status) queues the e-mail to its owner, so the user gets one mail, not one per run."""
+    entered = list(accounts.exclude(status__in=[AccountStatus.STOPPED, AccountStatus.RECONNECT]).values_list(
+        "pk", flat=True))
+    with transaction.atomic():
+        moved = accounts.filter(pk__in=entered).exclude(
+            status__in=[AccountStatus.STOPPED, AccountStatus.RECONNECT]).update(
+            status=AccountStatus.RECONNECT, last_sync_error=error_code)
+        if moved:
+            transaction.on_commit(lambda: [notifications.enqueue_reconnect_mail(pk) for pk in entered])
+    # Already waiting: only the reason is brought up to date.
+    accounts.filter(status=AccountStatus.RECONNECT).update(last_sync_error=error_code)
 
 
 def reconnect_microsoft(*, account_id: int, cache: str, home_account_id: str) -> None:
@@ -200,9 +213,7 @@ def record_v3_failure(*, account_id: int, error_code: str) -> None:
     logging in with it again every interval would lock the account (Active Directory lockout
     policies, providers' brute-force protection)."""
     if error_code in PASSWORD_REFUSED:
-        MailAccount.objects.filter(pk=account_id).exclude(status=AccountStatus.STOPPED).update(
-            status=AccountStatus.RECONNECT, last_sync_error=error_code
-        )
+        _enter_reconnect(MailAccount.objects.filter(pk=account_id), error_code)
         return
     record_sync_result(account_id=account_id, error_code=error_code)
 
