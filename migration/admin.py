@@ -1,23 +1,22 @@
 """Django admin for support staff: follow and act on every migration."""
 
 from django.contrib import admin, messages
+from django.utils import timezone
+from django.utils.formats import date_format
+from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
-from migration import errors, services
-from migration.models import Campaign, Migration, MigrationEvent
+from migration import errors, history, services
+from migration.models import Campaign, Migration
 from migration.selectors import invalidate_campaign
+from migration import campaign_admin  # noqa: F401 - registers the campaign list and dashboard
 from migration.microsoft import admin as microsoft_admin  # noqa: F401 - registers TenantConsent
 
 
-class MigrationEventInline(admin.TabularInline):
-    model = MigrationEvent
-    fields = ("at", "from_status", "to_status", "reason", "actor")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
+admin.site.site_header = _("V3-Migrationsportal – Verwaltung")
+admin.site.site_title = _("V3-Migrationsportal")
+admin.site.index_title = _("Verwaltung")
+admin.site.index_template = "admin/campaign_index.html"  # links the campaign dashboard
 
 
 @admin.register(Migration)
@@ -29,14 +28,46 @@ class MigrationAdmin(admin.ModelAdmin):
     # Everything is read-only: status changes only through the actions below,
     # which call the same services as the portal. No secret field is listed.
     fields = ("account", "user", "campaign", "status", "provider_kind", "error_code", "error_text",
-              "connection", "detected", "cursors", "attempts", "step_attempts", "retry_at", "created_at", "updated_at",
-              "finished_at")
+              "connection_display", "detected_display", "cursor_folders", "attempts_display", "step_attempts",
+              "retry_at", "created_at", "updated_at", "finished_at", "history")
     readonly_fields = fields
-    inlines = [MigrationEventInline]
     actions = ["retry", "cancel"]
 
     def has_add_permission(self, request):
         return False
+
+    def has_delete_permission(self, request, obj=None):
+        # A migration and its events are the audit trail: never deleted, also not by bulk delete
+        # (the action disappears) or by deleting the account in the admin (Django then refuses).
+        return False
+
+    @admin.display(description=_("Verlauf"))
+    def history(self, obj):
+        events = list(obj.events.all()) if obj.pk else []
+        emails = history.actor_emails(event.actor for event in events)
+        rows = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", (
+            (date_format(timezone.localtime(e.at), "d.m.Y H:i:s"), e.get_from_status_display() or "–",
+             e.get_to_status_display(), history.reason_text(e.reason), history.actor_text(e.actor, emails))
+            for e in events))
+        return format_html('<table class="migration-history"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th>'
+                           "<th>{}</th></tr></thead><tbody>{}</tbody></table>", _("Zeit"), _("Von"), _("Nach"),
+                           _("Grund"), _("Auslöser"), rows)
+
+    @admin.display(description=_("Verbindung"))
+    def connection_display(self, obj):
+        return _settings_list(obj.connection)
+
+    @admin.display(description=_("Erkannte Einstellungen"))
+    def detected_display(self, obj):
+        return _settings_list(obj.detected)
+
+    @admin.display(description=_("Ordner mit V3-Stand"))
+    def cursor_folders(self, obj):
+        return ", ".join(sorted(obj.cursors or {})) or "–"
+
+    @admin.display(description=_("Erneute Versuche"))
+    def attempts_display(self, obj):
+        return obj.attempts
 
     @admin.display(description=_("Konto"), ordering="account__address")
     def account_address(self, obj):
@@ -75,3 +106,11 @@ class CampaignAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
         invalidate_campaign()  # the banner caches the dates
+
+
+def _settings_list(values: dict):
+    """A JSON field of settings (no secrets are ever stored in them) as "key: value" lines."""
+    if not values:
+        return "–"
+    return format_html("<ul>{}</ul>", format_html_join("", "<li>{}: {}</li>", sorted(
+        (key, value) for key, value in values.items() if key != "tls_ca_pem")))

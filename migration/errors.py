@@ -53,6 +53,10 @@ MESSAGES = {
     ),
     "not_supported": _("Diese Anbieterart kann hier noch nicht migriert werden. Bitte wenden Sie sich an den Support."),
     "secret_unreadable": _("Die gespeicherten Zugangsdaten sind nicht mehr lesbar. Bitte melden Sie sich erneut an."),
+    "server_changed": _(
+        "Der Support hat die Serverdaten dieses Kontos geändert; das gespeicherte Passwort wurde deshalb gelöscht. "
+        "Bitte verbinden Sie das Konto neu."
+    ),
     "cancelled_by_staff": _("Die Migration wurde vom Support abgebrochen."),
     **MICROSOFT_MESSAGES,
 }

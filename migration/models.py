@@ -164,3 +164,39 @@ class AdminConsentRequest(models.Model):
     migration = models.ForeignKey(Migration, models.SET_NULL, null=True, blank=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     used_at = models.DateTimeField(null=True, blank=True)
+
+
+class CampaignAccount(MailAccount):
+    """Every mail account as the campaign sees it: the support lists, CSV export and bulk actions
+    (migration.campaign_admin). A proxy: no table of its own; sync/ keeps owning MailAccount."""
+
+    class Meta:
+        proxy = True
+        verbose_name = _("Konto in der Kampagne")
+        verbose_name_plural = _("Konten in der Kampagne")
+
+
+class Reminder(models.Model):
+    """One reminder e-mail to a user about their accounts still on V2 (who sent it, when, why)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="+", verbose_name=_("Benutzer"))
+    campaign = models.ForeignKey(Campaign, models.PROTECT, related_name="reminders", verbose_name=_("Kampagne"))
+    # "manual" (support staff's bulk action) or a cadence step of the campaign.
+    kind = models.CharField(_("Anlass"), max_length=20)
+    # Addresses the mail named, for support's answer to "which accounts was I reminded about?".
+    addresses = models.TextField(_("Konten"), blank=True)
+    sent_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+",
+                                verbose_name=_("Gesendet von"))
+    created_at = models.DateTimeField(_("Erstellt"), auto_now_add=True)
+    # Set by the worker once the mail left through the e-mail backend; empty while queued or after an error.
+    sent_at = models.DateTimeField(_("Gesendet"), null=True, blank=True)
+    error = models.CharField(_("Fehler"), max_length=200, blank=True)
+
+    class Meta:
+        verbose_name = _("Erinnerung")
+        verbose_name_plural = _("Erinnerungen")
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["user", "-created_at"], name="reminder_user_newest")]
+
+    def __str__(self):
+        return f"{self.kind} ({self.created_at:%d.%m.%Y})"

@@ -14,3 +14,10 @@ def run_migration(migration_id: int) -> str:
 @shared_task(name="migration.tasks.sweep_stuck_migrations")
 def sweep_stuck_migrations() -> int:
     return len(services.sweep_stuck_migrations())
+
+
+@shared_task(name="migration.tasks.send_reminder", acks_late=True)
+def send_reminder(reminder_id: int) -> bool:
+    from migration import reminders
+
+    return reminders.send(reminder_id)

@@ -1,9 +1,9 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
 from sync.models import FolderState, MailAccount, SkippedMessage, SyncedMessage
-from sync.services import invalidate_banner
+from sync.services import invalidate_banner, save_account_settings
 
 
 class FolderStateInline(admin.TabularInline):
@@ -35,7 +35,16 @@ class MailAccountAdmin(admin.ModelAdmin):
     inlines = [FolderStateInline]
 
     def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
+        if not change:
+            super().save_model(request, obj, form, change)
+        else:
+            # A changed server, user name or certificate deletes the stored password and token (the service
+            # decides, so every path that edits an account gets the same rule).
+            changed = save_account_settings(account=obj, actor=f"staff:{request.user.pk}")
+            if changed:
+                self.message_user(request, _(
+                    "Die Verbindungsdaten wurden geändert: Das gespeicherte Passwort bzw. die Microsoft-Anmeldung "
+                    "wurde gelöscht. Der Benutzer muss das Konto neu verbinden."), messages.WARNING)
         # Staff may give the account to someone else: both owners' banners change.
         for owner_id in {form.initial.get("owner"), obj.owner_id} - {None}:
             invalidate_banner(owner_id)

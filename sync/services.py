@@ -1,14 +1,18 @@
 """Writes of the mail side: storing messages, credentials and sync results."""
 
+import logging
+
 from django.core.cache import cache
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from sync import crypto, identity, queue
+from sync import crypto, identity, notifications, queue
 from sync.identity import FetchedMessage
 from sync.imap.client import ImapSettings
 from sync.models import AccountStatus, MailAccount, SkippedMessage, SyncedMessage
+
+logger = logging.getLogger(__name__)
 
 
 def banner_cache_key(user_id: int) -> str:
@@ -149,9 +153,22 @@ def mark_reconnect(*, account_id: int, expected: str) -> None:
     Only for the grant this run used (expected ciphertext): a re-connect that
     happened during the run is not undone.
     """
-    MailAccount.objects.filter(pk=account_id, token_cache_encrypted=expected).exclude(
-        status=AccountStatus.STOPPED
-    ).update(status=AccountStatus.RECONNECT, last_sync_error="ms_reconnect")
+    _enter_reconnect(MailAccount.objects.filter(pk=account_id, token_cache_encrypted=expected), "ms_reconnect")
+
+
+def _enter_reconnect(accounts, error_code: str) -> None:
+    """Put the account into "Neu verbinden" (never a stopped one); the one caller that moves it there
+    (compare-and-swap on the status) queues the e-mail to its owner, so the user gets one mail, not one per run."""
+    entered = list(accounts.exclude(status__in=[AccountStatus.STOPPED, AccountStatus.RECONNECT]).values_list(
+        "pk", flat=True))
+    with transaction.atomic():
+        moved = accounts.filter(pk__in=entered).exclude(
+            status__in=[AccountStatus.STOPPED, AccountStatus.RECONNECT]).update(
+            status=AccountStatus.RECONNECT, last_sync_error=error_code)
+        if moved:
+            transaction.on_commit(lambda: [notifications.enqueue_reconnect_mail(pk) for pk in entered])
+    # Already waiting: only the reason is brought up to date.
+    accounts.filter(status=AccountStatus.RECONNECT).update(last_sync_error=error_code)
 
 
 def reconnect_microsoft(*, account_id: int, cache: str, home_account_id: str) -> None:
@@ -196,11 +213,48 @@ def record_v3_failure(*, account_id: int, error_code: str) -> None:
     logging in with it again every interval would lock the account (Active Directory lockout
     policies, providers' brute-force protection)."""
     if error_code in PASSWORD_REFUSED:
-        MailAccount.objects.filter(pk=account_id).exclude(status=AccountStatus.STOPPED).update(
-            status=AccountStatus.RECONNECT, last_sync_error=error_code
-        )
+        _enter_reconnect(MailAccount.objects.filter(pk=account_id), error_code)
         return
     record_sync_result(account_id=account_id, error_code=error_code)
+
+
+# What decides where the stored secret is sent: the mailbox's address (the default user name),
+# the protocol, the server and how the client trusts it.
+CONNECTION_FIELDS = ("address", "provider_kind", "imap_host", "imap_port", "imap_security", "username",
+                     "ews_url", "ews_auth_type", "tls_ca_pem")
+
+
+def save_account_settings(*, account: MailAccount, actor: str) -> list[str]:
+    """Save settings someone edited on an existing account (support staff in the admin, a tool).
+
+    If any of CONNECTION_FIELDS differs from the stored row, the stored
+    password and Microsoft token cache are deleted in the same UPDATE, so no
+    later sync or message fetch can send the old secret to a new host; a V3
+    account then waits in "Neu verbinden" for its owner (last_sync_error
+    "server_changed"), a V2 account records the same error until it is
+    migrated. Returns the names of the changed connection fields ([] if none).
+    The caller must not save the account itself afterwards.
+    """
+    with transaction.atomic():
+        stored = MailAccount.objects.select_for_update().get(pk=account.pk)
+        changed = [name for name in CONNECTION_FIELDS if getattr(stored, name) != getattr(account, name)]
+        # The secrets are never form fields: the stored ones are authoritative (a stale instance must not
+        # bring back a secret the user replaced or that was just cleared).
+        account.secret_encrypted = stored.secret_encrypted
+        account.token_cache_encrypted = stored.token_cache_encrypted
+        if changed and (stored.secret_encrypted or stored.token_cache_encrypted):
+            account.secret_encrypted = ""
+            account.token_cache_encrypted = ""
+            if account.status != AccountStatus.STOPPED:
+                account.status = AccountStatus.RECONNECT if account.engine == "v3" else AccountStatus.ERROR
+            account.last_sync_error = SERVER_CHANGED
+            logger.warning("account %s: %s changed connection settings (%s); stored credentials deleted",
+                           account.pk, actor, ", ".join(changed))
+        account.save()
+    return changed
+
+
+SERVER_CHANGED = "server_changed"
 
 
 @sensitive_variables("password")

@@ -21,3 +21,10 @@ def sync_account(account_id: int, queued_at: str = "") -> int:
     anything else (a migration's handoff, a new password, a re-connect).
     """
     return runs.sync_account(account_id, queued_at=datetime.fromisoformat(queued_at) if queued_at else None)
+
+
+@shared_task(name="sync.tasks.send_reconnect_mail", acks_late=True)
+def send_reconnect_mail(account_id: int) -> bool:
+    from sync import notifications
+
+    return notifications.send_reconnect_mail(account_id)

@@ -24,6 +24,10 @@ class TenantConsentAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        # A tenant's consent record is evidence of what its admin granted: kept, like migrations.
+        return False
+
     @admin.display(description=_("Wartende Migrationen"))
     def waiting(self, obj):
         return consent.waiting_migrations(obj.tenant).count()
