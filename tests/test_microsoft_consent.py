@@ -24,7 +24,10 @@ from tests.fakes.microsoft_fixtures import (  # noqa: F401 - fixtures
 
 def _waiting(user, account) -> Migration:
     migration = services.start_migration(user=user, account=account)
-    assert steps.run_migration(migration.pk) == "awaiting_user"
+    # With a live worker (celery_worker_thread) the published task may claim the step first: then this direct
+    # run finds it taken, and the worker's run brings it to the same state.
+    steps.run_migration(migration.pk)
+    wait_for(lambda: Migration.objects.get(pk=migration.pk).status == "awaiting_user")
     return Migration.objects.get(pk=migration.pk)
 
 

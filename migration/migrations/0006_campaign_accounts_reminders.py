@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('migration', '0003_microsoft'),
+        ('migration', '0005_consent_proof'),
         ('sync', '0005_lookup_indexes'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
