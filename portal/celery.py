@@ -4,10 +4,14 @@ import os
 
 from celery import Celery
 
+from portal.heartbeats import WorkerHeartbeat
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
 app = Celery("portal")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+# Every worker records a heartbeat for GET /health/ (beat does through CELERY_BEAT_SCHEDULER).
+app.steps["consumer"].add(WorkerHeartbeat)
 
 
 @app.on_after_configure.connect
