@@ -11,6 +11,7 @@ Nothing here runs in production: there, docker-compose restarts services.
 """
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -43,12 +44,14 @@ class Supervisor:
         while not self._stopping:
             started = time.monotonic()
             try:
-                self._child = subprocess.Popen(self.argv)
+                # Its own process group: what it leaves behind can be found and stopped (below).
+                self._child = subprocess.Popen(self.argv, process_group=0)
             except OSError as error:  # the command itself is missing: keep trying, it may be installed meanwhile
                 self.log(f"{self.name} could not be started: {error.strerror}")
                 code = None
             else:
                 code = self._wait_for_child()
+                self._stop_leftovers(self._child.pid)
             if self._stopping:
                 break
             if time.monotonic() - started >= self.stable_after:
@@ -84,6 +87,26 @@ class Supervisor:
             elif time.monotonic() - terminated_at > self.stop_timeout:
                 self.log(f"{self.name} did not stop within {self.stop_timeout:g} s: killing it")
                 child.kill()
+
+    def _stop_leftovers(self, group: int) -> None:
+        """Stop what a child that died left in its process group (SIGTERM, SIGKILL after stop_timeout).
+
+        A worker killed with -B leaves its embedded beat running: restarted, there would be two beats.
+        """
+        deadline, sig = time.monotonic() + self.stop_timeout, signal.SIGTERM
+        while True:
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:
+                return  # nothing left
+            if sig == signal.SIGKILL:
+                return
+            if sig == signal.SIGTERM:
+                self.log(f"{self.name} left processes behind: stopping them")
+                sig = 0  # from now on only: is anything left?
+            time.sleep(POLL_SECONDS)
+            if time.monotonic() > deadline:
+                sig = signal.SIGKILL
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds

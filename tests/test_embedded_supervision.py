@@ -110,6 +110,34 @@ def test_it_starts_the_back_off_over_after_a_child_that_ran_long_enough():
     assert [line.rsplit(" in ", 1)[1] for line in lines] == ["0.01 s", "0.01 s", "0.01 s"]
 
 
+def test_it_stops_what_a_dead_child_left_behind_before_starting_it_again(tmp_path):
+    # Like a worker killed with -B: its embedded beat would live on next to the new worker's.
+    pid_file = tmp_path / "grandchild.pid"
+    child = (f"import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+             f"open({str(pid_file)!r}, 'w').write(str(p.pid)); raise SystemExit(1)")
+    lines, grandchildren = [], []
+
+    def log(line):
+        lines.append(line)
+        if "restart" in line:
+            grandchildren.append(int(pid_file.read_text()))
+            supervisor.stop()
+
+    supervisor = Supervisor([sys.executable, "-c", child], name="worker", initial_delay=0.01, stop_timeout=10,
+                            log=log)
+    supervisor.run()
+    assert lines == ["worker left processes behind: stopping them", "worker exited with code 1; restart 1 in 0.01 s"]
+    assert not _running(grandchildren[0])
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie has stopped; only its parent's wait() is missing
+
+
 def test_it_keeps_trying_when_the_command_cannot_be_started():
     lines = []
 
