@@ -102,7 +102,8 @@ class Supervisor:
             if sig == signal.SIGKILL:
                 return
             if sig == signal.SIGTERM:
-                self.log(f"{self.name} left processes behind: stopping them")
+                if not self._stopping:  # on a stop, the child's own children may just be finishing
+                    self.log(f"{self.name} left processes behind: stopping them")
                 sig = 0  # from now on only: is anything left?
             time.sleep(POLL_SECONDS)
             if time.monotonic() > deadline:
