@@ -32,6 +32,8 @@ def _configure_embedded_broker(sender, **kwargs) -> None:
         "data_folder_in": str(queue_dir),
         "data_folder_out": str(queue_dir),
         "processed_folder": str(done_dir),
+        # Exchange tables (remote control, ping): kombu's default is ./control in the working directory.
+        "control_folder": str(settings.CELERY_BROKER_DIR / "control"),
         "store_processed": False,
         "polling_interval": 0.2,
     }

@@ -170,3 +170,15 @@ def test_run_refuses_a_data_folder_it_cannot_write_in_one_line_naming_the_settin
     assert result.stdout == ""  # stopped before installing or starting anything
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(f"PORTAL_DATA_DIR={data_dir} is not a writable folder")
+
+
+def test_the_embedded_broker_keeps_all_its_files_in_the_data_folder(tmp_path):
+    data, elsewhere = tmp_path / "data", tmp_path / "cwd"
+    elsewhere.mkdir()
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import django; django.setup(); "
+              "from portal.celery import app; app.control.ping(timeout=0.1)")  # remote control: an exchange table
+    env = {**os.environ, "PORTAL_DATA_DIR": str(data), "CELERY_BROKER_URL": "filesystem://",
+           "DATABASE_URL": f"sqlite:///{data / 'portal.sqlite3'}"}
+    subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env, check=True, timeout=60)
+    assert list(elsewhere.iterdir()) == []  # nothing in the working directory (kombu's default ./control)
+    assert [path.suffix for path in (data / "broker" / "control").iterdir()] == [".exchange"]
