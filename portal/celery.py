@@ -4,10 +4,14 @@ import os
 
 from celery import Celery
 
+from portal.heartbeats import WorkerHeartbeat
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
 app = Celery("portal")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+# Every worker records a heartbeat for GET /health/ (beat does through CELERY_BEAT_SCHEDULER).
+app.steps["consumer"].add(WorkerHeartbeat)
 
 
 @app.on_after_configure.connect
@@ -28,6 +32,8 @@ def _configure_embedded_broker(sender, **kwargs) -> None:
         "data_folder_in": str(queue_dir),
         "data_folder_out": str(queue_dir),
         "processed_folder": str(done_dir),
+        # Exchange tables (remote control, ping): kombu's default is ./control in the working directory.
+        "control_folder": str(settings.CELERY_BROKER_DIR / "control"),
         "store_processed": False,
         "polling_interval": 0.2,
     }

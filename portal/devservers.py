@@ -226,9 +226,12 @@ service imap-login {{
 
 
 class Redis:
-    def __init__(self):
+    """A real Redis; appendonly=True keeps its data across kill() and start() like production's."""
+
+    def __init__(self, *, appendonly: bool = False):
         self.base = _workdir("redis-")
         self.port = free_port()
+        self.appendonly = appendonly
         self.process = None
 
     @property
@@ -236,13 +239,21 @@ class Redis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> "Redis":
+        """Start (or start again after kill(): same port, same data folder)."""
         self.process = subprocess.Popen(
             [shutil.which("redis-server") or "/usr/bin/redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
-             "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", str(self.base)],
+             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+             "--daemonize", "no", "--dir", str(self.base)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         wait_for_port(self.port)
         return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would: no chance to say goodbye to clients."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -84,7 +84,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = envstr("REDIS_URL", "")
 CACHES = {
     "default": (
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        # Seconds: an unreachable Redis fails a request (and GET /health/) quickly instead of
+        # holding it until the operating system gives up on the connection.
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+         "OPTIONS": {"socket_connect_timeout": 3, "socket_timeout": 3}}
         if REDIS_URL
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
     )
@@ -143,6 +146,8 @@ CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Beat's scheduler also records its last tick (portal.heartbeats, GET /health/).
+CELERY_BEAT_SCHEDULER = "portal.heartbeats:RecordingScheduler"
 CELERY_BEAT_SYNC_SECONDS = envint("SYNC_INTERVAL_SECONDS", 120, minimum=5)
 CELERY_SWEEP_SECONDS = envint("MIGRATION_SWEEP_SECONDS", 60, minimum=5)
 # One sync run per account at a time (sync.leases). A run renews its lease
@@ -156,6 +161,18 @@ SYNC_RUN_MAX_SECONDS = envint("SYNC_RUN_MAX_SECONDS", 3600, minimum=10)
 SYNC_QUEUED_TIMEOUT_SECONDS = envint("SYNC_QUEUED_TIMEOUT_SECONDS", 600, minimum=1)
 # Accounts queued per fan-out (every SYNC_INTERVAL_SECONDS): at most what the workers take in one interval.
 SYNC_FANOUT_BATCH = envint("SYNC_FANOUT_BATCH", 500, minimum=1)
+
+# --- Health (GET /health/, portal.health) -------------------------------------
+# The worker and beat record a heartbeat this often; GET /health/ calls one older
+# than HEARTBEAT_STALE_SECONDS "stale" (the portal is then "degraded", not down).
+HEARTBEAT_SECONDS = envint("HEARTBEAT_SECONDS", 30, minimum=1)
+HEARTBEAT_STALE_SECONDS = envint("HEARTBEAT_STALE_SECONDS", 180, minimum=2)
+if HEARTBEAT_STALE_SECONDS <= HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured("HEARTBEAT_STALE_SECONDS must be longer than HEARTBEAT_SECONDS")
+# Files the worker / beat also touch at each heartbeat (empty: none), for container
+# health checks that look at a file's age (docker-compose.yml).
+WORKER_HEARTBEAT_FILE = envstr("WORKER_HEARTBEAT_FILE", "")
+BEAT_TICK_FILE = envstr("BEAT_TICK_FILE", "")
 
 # --- Mail sync --------------------------------------------------------------
 # MultiFernet keys, newest first. Empty: a local key file is created in DATA_DIR.

@@ -1,8 +1,9 @@
 from django.contrib.auth.decorators import login_required
-from django.db import connection
 from django.http import JsonResponse
 from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
 
+from portal import health as portal_health
 from sync.selectors import accounts_for_user, messages_for_user
 
 
@@ -22,11 +23,11 @@ def settings_index(request):
     return redirect("settings-mail")
 
 
+@never_cache
 def health(request):
-    """For load balancers and compose: the app answers and the database too."""
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-    except Exception:  # noqa: BLE001 - any database failure means unhealthy
-        return JsonResponse({"status": "error", "database": "unreachable"}, status=503)
-    return JsonResponse({"status": "ok"})
+    """For load balancers and compose, without a login: each dependency as JSON, 503 when a required one is down.
+
+    See portal.health for the body and which dependencies are required.
+    """
+    status, body = portal_health.report()
+    return JsonResponse(body, status=status)

@@ -3,6 +3,8 @@
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,48 @@ def test_it_passes_docker_compose_config():
     result = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "-q"], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+LONG_RUNNING = ("web", "worker", "beat", "db", "redis")
+
+
+@pytest.mark.parametrize("name", LONG_RUNNING)
+def test_it_restarts_every_long_running_service_and_checks_its_health(name):
+    service = yaml.safe_load(COMPOSE.read_text())["services"][name]
+    assert service["restart"] in {"unless-stopped", "on-failure", "always"}
+    check = service["healthcheck"]
+    assert check["test"][0] in {"CMD", "CMD-SHELL"} and len(check["test"]) > 1
+    assert check.get("disable") is not True
+
+
+def test_it_checks_each_service_by_what_shows_it_works():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    command = {name: " ".join(service["healthcheck"]["test"][1:]) for name, service in services.items()}
+    assert "/health/" in command["web"]
+    assert "WORKER_HEARTBEAT_FILE" in command["worker"] and services["worker"]["environment"]["WORKER_HEARTBEAT_FILE"]
+    assert "BEAT_TICK_FILE" in command["beat"] and services["beat"]["environment"]["BEAT_TICK_FILE"]
+    assert command["db"].startswith("pg_isready")
+    assert command["redis"] == "redis-cli ping"
+    # The app waits for healthy dependencies instead of crashing into a starting database.
+    for name in ("web", "worker", "beat"):
+        assert {dependency: condition["condition"] for dependency, condition in services[name]["depends_on"].items()} \
+            == {"db": "service_healthy", "redis": "service_healthy"}
+
+
+@pytest.mark.parametrize("name, variable", [("worker", "WORKER_HEARTBEAT_FILE"), ("beat", "BEAT_TICK_FILE")])
+def test_its_heartbeat_checks_pass_on_a_fresh_file_and_fail_on_an_old_or_missing_one(name, variable, tmp_path):
+    test = yaml.safe_load(COMPOSE.read_text())["services"][name]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "python"]
+    heartbeat = tmp_path / "heartbeat"
+
+    def check() -> int:
+        # The exact command compose runs in the container, with its variable pointing here.
+        return subprocess.run([sys.executable, *test[2:]], env={**os.environ, variable: str(heartbeat)},
+                              timeout=30).returncode
+
+    assert check() != 0  # never written: the process never got going
+    heartbeat.touch()
+    assert check() == 0
+    old = time.time() - 600
+    os.utime(heartbeat, (old, old))  # ten minutes without a heartbeat
+    assert check() != 0

@@ -1,0 +1,106 @@
+"""What GET /health/ reports: each dependency of the portal, without secrets or host names.
+
+Required (any of them down: HTTP 503, "status": "error"): the database, the
+cache (Redis in production; every page reads the banner from it) and the
+Celery broker (starting a migration queues a task). Reported but not required
+(stale or missing: HTTP 200, "status": "degraded"): the worker's heartbeat and
+beat's last tick. Web processes keep serving pages without them, and a load
+balancer or compose restarting the web server would not bring them back; the
+worker and beat have their own container health checks (docker-compose.yml).
+"""
+
+import logging
+import os
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connection
+from django.utils import timezone
+from django.utils.crypto import get_random_string
+
+from portal.heartbeats import BEAT, WORKER
+
+logger = logging.getLogger(__name__)
+
+REQUIRED = ("database", "cache", "broker")
+# A dependency that does not answer within this many seconds counts as down.
+TIMEOUT_SECONDS = 3
+
+
+def report() -> tuple[int, dict]:
+    """(HTTP status, body) for GET /health/.
+
+    body: {"status": "ok" | "degraded" | "error",
+           "checks": {"database": "ok" | "down", "cache": ..., "broker": ...,
+                      "worker": {"status": "ok" | "stale" | "missing" | "unknown", "age_seconds": int | None},
+                      "beat": {...}}}
+    Ages are whole seconds since the last heartbeat; "unknown" when the database is down.
+    """
+    checks = {
+        "database": _state(_database_answers, "database"),
+        "cache": _state(_cache_answers, "cache"),
+        "broker": _state(_broker_answers, "broker"),
+    }
+    checks.update(_heartbeats(database_up=checks["database"] == "ok"))
+    if any(checks[name] != "ok" for name in REQUIRED):
+        status = "error"
+    elif any(checks[name]["status"] != "ok" for name in (WORKER, BEAT)):
+        status = "degraded"
+    else:
+        status = "ok"
+    return (503 if status == "error" else 200), {"status": status, "checks": checks}
+
+
+def _state(check, name: str) -> str:
+    try:
+        check()
+    except Exception as error:  # noqa: BLE001 - whatever fails, the dependency is down for the portal
+        # The class name only: messages of broker and database errors can name hosts and users.
+        logger.warning("health: %s is down (%s)", name, type(error).__name__)
+        return "down"
+    return "ok"
+
+
+def _database_answers() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def _cache_answers() -> None:
+    # A write and a read back: a Redis that answers reads but refuses writes
+    # (a full disk with stop-writes-on-bgsave-error) breaks pages too.
+    key, token = "health:probe", get_random_string(12)
+    cache.set(key, token, timeout=30)
+    if cache.get(key) != token:
+        raise RuntimeError("the cache did not return what was stored")
+
+
+def _broker_answers() -> None:
+    from portal.celery import app
+
+    with app.connection_for_write() as broker:
+        if broker.transport_cls == "filesystem":
+            # The embedded broker is a folder that web and worker share: it must be writable.
+            folder = app.conf.broker_transport_options.get("data_folder_in", "")
+            if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+                raise RuntimeError("the broker folder is missing or read-only")
+            return
+        # Connecting a Redis channel sends PING; no retries: down now means down.
+        broker.ensure_connection(max_retries=0, timeout=TIMEOUT_SECONDS)
+
+
+def _heartbeats(*, database_up: bool) -> dict:
+    from portal.models import Heartbeat
+
+    if not database_up:
+        return {name: {"status": "unknown", "age_seconds": None} for name in (WORKER, BEAT)}
+    seen = dict(Heartbeat.objects.filter(name__in=(WORKER, BEAT)).values_list("name", "seen_at"))
+    now = timezone.now()
+    result = {}
+    for name in (WORKER, BEAT):
+        if name not in seen:
+            result[name] = {"status": "missing", "age_seconds": None}
+            continue
+        age = max(0, int((now - seen[name]).total_seconds()))
+        result[name] = {"status": "ok" if age <= settings.HEARTBEAT_STALE_SECONDS else "stale", "age_seconds": age}
+    return result
