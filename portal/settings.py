@@ -182,7 +182,7 @@ SESSION_COOKIE_HTTPONLY = True
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
-# django-csp. Templates and static files hold no inline script or style (tests/test_csp.py
+# django-csp. Templates and static files hold no inline script or style (tests/browser/test_csp.py
 # checks), so no 'unsafe-inline' and no nonce. form-action also gets the Microsoft sign-in
 # origin per request (portal.security): the sign-in buttons post here and are redirected there.
 CONTENT_SECURITY_POLICY = {
@@ -202,9 +202,10 @@ CONTENT_SECURITY_POLICY = {
 # django-permissions-policy: no page of the portal needs these browser features.
 PERMISSIONS_POLICY = {
     feature: []
-    for feature in ("accelerometer", "ambient-light-sensor", "autoplay", "camera", "display-capture",
-                    "encrypted-media", "fullscreen", "geolocation", "gyroscope", "magnetometer", "microphone",
-                    "midi", "payment", "browsing-topics", "publickey-credentials-get", "screen-wake-lock", "usb", "xr-spatial-tracking")
+    for feature in ("accelerometer", "ambient-light-sensor", "autoplay", "browsing-topics", "camera",
+                    "display-capture", "encrypted-media", "fullscreen", "geolocation", "gyroscope", "magnetometer",
+                    "microphone", "midi", "payment", "publickey-credentials-get", "screen-wake-lock", "usb",
+                    "xr-spatial-tracking")
 }
 
 EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
