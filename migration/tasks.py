@@ -3,6 +3,7 @@
 from celery import shared_task
 
 from migration import services, steps
+from migration.microsoft import consent
 from migration.microsoft import tasks as microsoft_tasks  # noqa: F401 - the worker registers them
 
 
@@ -13,6 +14,7 @@ def run_migration(migration_id: int) -> str:
 
 @shared_task(name="migration.tasks.sweep_stuck_migrations")
 def sweep_stuck_migrations() -> int:
+    consent.purge_admin_consent_requests()  # housekeeping that rides on the same beat
     return len(services.sweep_stuck_migrations())
 
 

@@ -7,8 +7,11 @@ the README. A bad value stops start-up and names the variable.
 
 import ipaddress
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
+from cryptography.fernet import Fernet
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
@@ -19,9 +22,12 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(envstr("PORTAL_DATA_DIR", str(BASE_DIR / "var")))
 
 DEBUG = envbool("DEBUG", False)
+# Production (docker-compose) sets this: every secret must come from the
+# environment, nothing is made up or written to DATA_DIR.
+PORTAL_REQUIRE_SECRETS = envbool("PORTAL_REQUIRE_SECRETS", False)
 SECRET_KEY = envstr("SECRET_KEY", "")
 if not SECRET_KEY:
-    if not DEBUG and envbool("PORTAL_REQUIRE_SECRETS", False):
+    if not DEBUG and PORTAL_REQUIRE_SECRETS:
         raise ImproperlyConfigured("SECRET_KEY must be set in production")
     SECRET_KEY = "embedded-default-not-for-production"
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
@@ -35,8 +41,10 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "allauth",
     "allauth.account",
+    "csp",
     "portal",
     "sync",
     "migration",
@@ -44,6 +52,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "django_permissions_policy.PermissionsPolicyMiddleware",
+    "portal.security.PortalCSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
@@ -53,6 +63,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    # Last: turns a locked-out login into portal.login_limits.lockout_response.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -94,6 +106,8 @@ CACHES = {
 }
 
 AUTHENTICATION_BACKENDS = [
+    # First: refuses every login (admin and allauth alike) of a locked account or address.
+    "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
     "allauth.account.auth_backends.AuthenticationBackend",
 ]
@@ -111,6 +125,27 @@ ACCOUNT_ALLOW_SIGNUP = envbool("ACCOUNT_ALLOW_SIGNUP", False)
 LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "dashboard"
 
+# --- Login limits (portal.login_limits: django-axes guards every login form) -----
+# LOGIN_FAILURE_LIMIT failed logins for one account, or from one client address,
+# lock that account or address for LOGIN_LOCKOUT_MINUTES after the last counted failure.
+AXES_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 10, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=envint("LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_USERNAME_CALLABLE = "portal.login_limits.login_name"
+AXES_CLIENT_IP_CALLABLE = "portal.login_limits.client_ip"
+AXES_LOCKOUT_CALLABLE = "portal.login_limits.lockout_response"
+# Attempts during a lock are refused but not recorded: rows stay bounded (LOGIN_FAILURE_LIMIT
+# per account and address), and a lock ends LOGIN_LOCKOUT_MINUTES after it began.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# A success does not wipe the failures: an attacker who owns one account could otherwise
+# reset the address's count between guesses.
+AXES_RESET_ON_SUCCESS = False
+# Failures only; no row per successful login.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_SENSITIVE_PARAMETERS = ["username", "login", "ip_address"]
+# allauth's own login limits would be a second set of numbers: axes is the one guard.
+ACCOUNT_RATE_LIMITS = {"login": False, "login_failed": False}
+
 LANGUAGE_CODE = "de"
 LANGUAGES = [("de", _("Deutsch")), ("en", _("Englisch"))]
 LOCALE_PATHS = [BASE_DIR / "locale"]
@@ -127,10 +162,54 @@ WHITENOISE_AUTOREFRESH = DEBUG
 # Without collectstatic STATIC_ROOT does not exist; the finders serve instead.
 warnings.filterwarnings("ignore", message="No directory at")
 
-SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", False)
-CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# --- HTTPS and response headers -------------------------------------------------
+# Production (docker-compose) runs behind one reverse proxy that terminates TLS and
+# sets X-Forwarded-Proto and X-Forwarded-For (README "Deploying"). The embedded
+# default serves plain http on 127.0.0.1 and sets none of this.
+BEHIND_TLS_PROXY = envbool("BEHIND_TLS_PROXY", False)
+# Trusted only because gunicorn is reachable through the proxy alone (compose binds it to 127.0.0.1).
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if BEHIND_TLS_PROXY else None
+# The client's address is the N-th X-Forwarded-For entry from the right (each proxy appends
+# the address it saw; entries further left are whatever the client sent). Login limits
+# (portal.login_limits) and allauth's rate limits read it through allauth's adapter.
+ALLAUTH_TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 1 if BEHIND_TLS_PROXY else 0, minimum=0)
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", BEHIND_TLS_PROXY)
+# The container health check asks gunicorn directly over http.
+SECURE_REDIRECT_EXEMPT = [r"^health/$"]
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if BEHIND_TLS_PROXY else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", True)
+SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", BEHIND_TLS_PROXY)
+CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", SESSION_COOKIE_SECURE)
 SESSION_COOKIE_HTTPONLY = True
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if envbool("BEHIND_TLS_PROXY", False) else None
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+# django-csp. Templates and static files hold no inline script or style (tests/browser/test_csp.py
+# checks), so no 'unsafe-inline' and no nonce. form-action also gets the Microsoft sign-in
+# origin per request (portal.security): the sign-in buttons post here and are redirected there.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "frame-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+# django-permissions-policy: no page of the portal needs these browser features.
+PERMISSIONS_POLICY = {
+    feature: []
+    for feature in ("accelerometer", "ambient-light-sensor", "autoplay", "browsing-topics", "camera",
+                    "display-capture", "encrypted-media", "fullscreen", "geolocation", "gyroscope", "magnetometer",
+                    "microphone", "midi", "payment", "publickey-credentials-get", "screen-wake-lock", "usb",
+                    "xr-spatial-tracking")
+}
 
 EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "crm@localhost")
@@ -175,8 +254,20 @@ WORKER_HEARTBEAT_FILE = envstr("WORKER_HEARTBEAT_FILE", "")
 BEAT_TICK_FILE = envstr("BEAT_TICK_FILE", "")
 
 # --- Mail sync --------------------------------------------------------------
-# MultiFernet keys, newest first. Empty: a local key file is created in DATA_DIR.
+# MultiFernet keys, newest first. Empty: a local key file is created in DATA_DIR
+# (the embedded default only). Checked here, so a bad key stops start-up instead
+# of the first submit; the message never echoes a key.
 ENCRYPTION_KEYS = envlist("ENCRYPTION_KEYS", [])
+for _number, _key in enumerate(ENCRYPTION_KEYS, 1):
+    try:
+        Fernet(_key.encode())
+    except (ValueError, TypeError):
+        raise ImproperlyConfigured(
+            f"ENCRYPTION_KEYS: key {_number} of {len(ENCRYPTION_KEYS)} is not a Fernet key (32 url-safe "
+            "base64-encoded bytes, as Fernet.generate_key() makes them)"
+        ) from None
+if PORTAL_REQUIRE_SECRETS and not ENCRYPTION_KEYS:
+    raise ImproperlyConfigured("ENCRYPTION_KEYS must be set when PORTAL_REQUIRE_SECRETS is true (no key file is made)")
 ENCRYPTION_KEY_FILE = DATA_DIR / "encryption.key"
 # Networks that connections to user-supplied hosts may reach although they are
 # not public (development, tests, on-premises deployments). Default: none.

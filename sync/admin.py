@@ -1,7 +1,9 @@
+from django import forms
 from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
+from sync.certificates import NotCertificates, certificates_only
 from sync.models import FolderState, MailAccount, SkippedMessage, SyncedMessage
 from sync.services import invalidate_banner, save_account_settings
 
@@ -15,8 +17,25 @@ class FolderStateInline(admin.TabularInline):
     can_delete = False
 
 
+class MailAccountForm(forms.ModelForm):
+    class Meta:
+        model = MailAccount
+        fields = "__all__"
+
+    def clean_tls_ca_pem(self):
+        """Certificates only, re-encoded: a private key is refused and never stored (sync.certificates)."""
+        try:
+            return certificates_only(self.cleaned_data["tls_ca_pem"])
+        except NotCertificates as refused:
+            if refused.reason == "private_key":
+                self.data = self.data.copy()  # the form comes back: without the key
+                self.data[self.add_prefix("tls_ca_pem")] = ""
+            raise forms.ValidationError(refused.message) from None
+
+
 @admin.register(MailAccount)
 class MailAccountAdmin(admin.ModelAdmin):
+    form = MailAccountForm
     list_display = ("address", "owner", "provider_kind", "engine", "status", "last_sync_at", "last_sync_error")
     list_filter = ("engine", "status", "provider_kind", "provider_name")
     search_fields = ("address", "owner__email")

@@ -21,6 +21,9 @@ class SecretUnreadable(Exception):
 
 
 def _load_key_file() -> list[str]:
+    if settings.PORTAL_REQUIRE_SECRETS:
+        # Production: settings stop start-up without keys; never make one up here either.
+        raise ImproperlyConfigured("ENCRYPTION_KEYS must be set when PORTAL_REQUIRE_SECRETS is true")
     path = settings.ENCRYPTION_KEY_FILE
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

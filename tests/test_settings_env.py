@@ -45,6 +45,14 @@ def _start(**env):
     ("MS_CA_FILE", "/nonexistent/ca.pem"),
     ("MS_TIMEOUT", "0"),
     ("MS_ADMIN_LINK_DAYS", "bald"),
+    # production hardening
+    ("ENCRYPTION_KEYS", "z"),
+    ("ENCRYPTION_KEYS", "dGhpcyBpcyBub3QgYSBrZXk="),
+    ("BEHIND_TLS_PROXY", "ja"),
+    ("TRUSTED_PROXY_COUNT", "-1"),
+    ("SECURE_HSTS_SECONDS", "ein Jahr"),
+    ("LOGIN_FAILURE_LIMIT", "0"),
+    ("LOGIN_LOCKOUT_MINUTES", "bald"),
 ])
 def test_it_names_the_bad_variable(name, value, tmp_path):
     result = _start(**{name: value, "PORTAL_DATA_DIR": str(tmp_path)})
@@ -70,3 +78,27 @@ def test_it_starts_on_embedded_defaults(tmp_path):
 def test_it_requires_secrets_in_production(tmp_path):
     result = _start(PORTAL_REQUIRE_SECRETS="true", PORTAL_DATA_DIR=str(tmp_path))
     assert result.returncode != 0 and "SECRET_KEY" in result.stderr
+
+
+def test_it_refuses_a_bad_encryption_key_among_good_ones_without_echoing_it(tmp_path):
+    from cryptography.fernet import Fernet
+
+    good, bad = Fernet.generate_key().decode(), "Sehr-Geheim-aber-kein-Schluessel"
+    result = _start(ENCRYPTION_KEYS=f"{good},{bad}", PORTAL_DATA_DIR=str(tmp_path))
+    assert result.returncode != 0 and "ENCRYPTION_KEYS: key 2 of 2" in result.stderr
+    assert bad not in result.stderr and good not in result.stderr
+
+
+def test_it_requires_encryption_keys_in_production_and_makes_no_key_file(tmp_path):
+    result = _start(PORTAL_REQUIRE_SECRETS="true", SECRET_KEY="x" * 50, PORTAL_DATA_DIR=str(tmp_path))
+    assert result.returncode != 0 and "ENCRYPTION_KEYS" in result.stderr
+    assert not (tmp_path / "encryption.key").exists()
+
+
+def test_the_worker_stops_on_a_bad_encryption_key_too(tmp_path):
+    # The worker reads the same settings: it must not start and fail on its first task.
+    clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL")}
+    clean.update(ENCRYPTION_KEYS="kaputt", PORTAL_DATA_DIR=str(tmp_path))
+    result = subprocess.run([sys.executable, "-m", "celery", "-A", "portal", "report"], cwd=ROOT,
+                            env=clean, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "ENCRYPTION_KEYS" in result.stderr

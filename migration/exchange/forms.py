@@ -1,13 +1,11 @@
-from cryptography import x509
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from migration.exchange.flow import AUTO
 from migration.forms import MailboxForm
 from sync import egress
+from sync.certificates import MAX_PEM_CHARS, NotCertificates, certificates_only
 from sync.exchange import client as ews
-
-MAX_CA_PEM = 64 * 1024  # a few certificates; more is not a CA bundle a server needs
 
 
 class ExchangeCredentialsForm(MailboxForm):
@@ -23,7 +21,7 @@ class ExchangeCredentialsForm(MailboxForm):
         (AUTO, _("Automatisch")), ("ntlm", "NTLM"), ("basic", "Basic"),
     ])
     ca_pem = forms.CharField(
-        label=_("Eigenes CA-Zertifikat (PEM, optional)"), required=False, max_length=MAX_CA_PEM,
+        label=_("Eigenes CA-Zertifikat (PEM, optional)"), required=False, max_length=MAX_PEM_CHARS,
         widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
         help_text=_("Nur nötig, wenn der Server ein Zertifikat Ihrer eigenen Zertifizierungsstelle hat: "
                     "den Inhalt der .pem- oder .crt-Datei einfügen. Die Prüfung des Zertifikats wird nie abgeschaltet."),
@@ -42,17 +40,15 @@ class ExchangeCredentialsForm(MailboxForm):
         return self.cleaned_data["username"].strip()
 
     def clean_ca_pem(self):
-        pem = self.cleaned_data["ca_pem"].strip()
-        if not pem:
-            return ""
+        """The certificates only, re-encoded; a private key is refused (and not shown back)."""
         try:
-            certificates = x509.load_pem_x509_certificates(pem.encode())
-        except ValueError:
-            certificates = []
-        if not certificates:
-            raise forms.ValidationError(
-                _("Das ist kein Zertifikat im PEM-Format (-----BEGIN CERTIFICATE----- …)."))
-        return pem + "\n"
+            return certificates_only(self.cleaned_data["ca_pem"])
+        except NotCertificates as refused:
+            if refused.reason == "private_key":
+                # The page comes back with the error: it must not carry the key back either.
+                self.data = self.data.copy()
+                self.data[self.add_prefix("ca_pem")] = ""
+            raise forms.ValidationError(refused.message) from None
 
     def target_host(self) -> str:
         try:

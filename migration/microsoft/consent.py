@@ -48,6 +48,10 @@ logger = logging.getLogger(__name__)
 LINK_SALT = "migration.microsoft.admin-link"
 SESSION_KEY = "microsoft_admin_states"
 REQUEST_MAX_AGE = timedelta(hours=1)  # from the redirect to Microsoft until its callback
+# Anyone holding an admin link may post it, without a login: each post makes one request
+# row. Per tenant only the newest are kept (an older redirect's callback then counts as
+# expired), and the sweeper deletes expired ones, so the rows stay bounded.
+MAX_OPEN_REQUESTS = 20
 # In Migration.detected once the "your admin answered" e-mail is out: a redelivered
 # task (acks_late) must not tell the user twice.
 MAIL_MARKER = "consent_mail_sent"
@@ -227,8 +231,17 @@ def begin_admin_consent(*, session, tenant: str, migration_id: int | None) -> st
     state = secrets.token_urlsafe(32)
     migration = Migration.objects.filter(pk=migration_id).first() if migration_id else None
     AdminConsentRequest.objects.create(state=state, consent=consent, migration=migration)
+    newest = consent.requests.order_by("-created_at", "-pk").values_list("pk", flat=True)[:MAX_OPEN_REQUESTS]
+    consent.requests.exclude(pk__in=list(newest)).delete()
     session[SESSION_KEY] = (list(session.get(SESSION_KEY) or []) + [state])[-5:]
     return client.admin_consent_url(tenant=consent.tenant, state=state)
+
+
+def purge_admin_consent_requests() -> int:
+    """Delete the requests whose callback is no longer accepted (older than REQUEST_MAX_AGE),
+    used or not; the stuck-migration sweeper calls it. Returns how many were deleted."""
+    deleted, _by_model = AdminConsentRequest.objects.filter(created_at__lt=timezone.now() - REQUEST_MAX_AGE).delete()
+    return deleted
 
 
 def complete_admin_consent(*, session, params) -> tuple[str, AdminConsentRequest | None]:

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -202,12 +203,18 @@ def admin_link(request, token: str):
     if data is None:
         return render(request, "migration/microsoft/admin_link.html", {"invalid": True}, status=410)
     if request.method == "POST":
+        # An admin without a CRM login gets no session (a database row per post): the
+        # browser's states live in a signed cookie instead.
+        states = request.session if request.user.is_authenticated else _cookie_states(request)
         try:
-            return redirect(consent.begin_admin_consent(session=request.session, tenant=data["t"],
-                                                        migration_id=data.get("m")))
+            response = redirect(consent.begin_admin_consent(session=states, tenant=data["t"],
+                                                            migration_id=data.get("m")))
         except MicrosoftError as error:
             return render(request, "migration/microsoft/admin_result.html",
                           {"message": errors.message_for(error.code), "ok": False}, status=503)
+        if states is not request.session:
+            _keep_cookie_states(response, states)
+        return response
     requester = Migration.objects.select_related("account").filter(pk=data.get("m")).first() if data.get("m") else None
     return render(request, "migration/microsoft/admin_link.html", {
         "tenant": data["t"], "requester": requester.account.address if requester else "",
@@ -217,7 +224,16 @@ def admin_link(request, token: str):
 
 def admin_callback(request):
     """Microsoft sends the admin back here; untrusted until a token proves the consent."""
-    outcome, consent_request = consent.complete_admin_consent(session=request.session, params=request.GET)
+    cookie = _cookie_states(request)
+    states = cookie if str(request.GET.get("state", "")) in cookie[consent.SESSION_KEY] else request.session
+    outcome, consent_request = consent.complete_admin_consent(session=states, params=request.GET)
+    response = _admin_callback_answer(request, outcome, consent_request)
+    if states is cookie:
+        _keep_cookie_states(response, cookie)
+    return response
+
+
+def _admin_callback_answer(request, outcome: str, consent_request):
     text = ADMIN_OUTCOMES[outcome]
     migration = consent_request.migration if consent_request else None
     if migration and request.user.is_authenticated and migration.user_id == request.user.pk:
@@ -225,6 +241,30 @@ def admin_callback(request):
         return redirect("migration-detail", pk=migration.pk)
     return render(request, "migration/microsoft/admin_result.html", {"message": text, "ok": outcome == "reported"},
                   status=400 if outcome == "forged" else 200)
+
+
+# The admin-consent states of a browser without a CRM login (admin_link, admin_callback).
+STATE_COOKIE = "ms_admin_consent"
+STATE_COOKIE_SALT = "migration.microsoft.admin-consent-states"
+
+
+def _cookie_states(request) -> dict:
+    """{consent.SESSION_KEY: [state, ...]} from the signed cookie; shaped like the session's entry."""
+    raw = request.get_signed_cookie(STATE_COOKIE, default="", salt=STATE_COOKIE_SALT,
+                                    max_age=consent.REQUEST_MAX_AGE.total_seconds())
+    return {consent.SESSION_KEY: [state for state in raw.split(",") if state]}
+
+
+def _keep_cookie_states(response, states: dict) -> None:
+    values = states.get(consent.SESSION_KEY) or []
+    path = reverse("microsoft-admin-callback").rsplit("/", 2)[0] + "/"  # /migration/microsoft/
+    if not values:
+        response.delete_cookie(STATE_COOKIE, path=path, samesite="Lax")
+        return
+    # Lax: Microsoft's redirect back is a top-level GET, which carries it.
+    response.set_signed_cookie(STATE_COOKIE, ",".join(values), salt=STATE_COOKIE_SALT, path=path,
+                               max_age=int(consent.REQUEST_MAX_AGE.total_seconds()), httponly=True,
+                               secure=settings.SESSION_COOKIE_SECURE, samesite="Lax")
 
 
 @login_required

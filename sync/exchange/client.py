@@ -40,6 +40,7 @@ from exchangelib.services.sync_folder_hierarchy import SyncFolder
 from exchangelib.util import MNS
 
 from sync import egress
+from sync.certificates import certificates_only
 from sync.egress import EgressError, PinnedAdapter, resolve_checked
 from sync.errors import MailboxError
 from sync.exchange.folders import mail_folders
@@ -450,6 +451,7 @@ def apply_to_account(account, *, server: EwsSettings, password: str) -> None:
 
     account.ews_url = server.url
     account.ews_auth_type = server.auth_type
-    account.tls_ca_pem = server.ca_pem
+    # The forms already refused keys; stored is only what parses as certificates, whoever called.
+    account.tls_ca_pem = certificates_only(server.ca_pem)
     account.username = server.username
     account.secret_encrypted = crypto.encrypt_json({"password": password})

@@ -25,9 +25,17 @@ from django.core.management.base import BaseCommand, CommandError
 
 from migration.exchange import flow as exchange_flow
 from migration.imap import flow as imap_flow
+from sync.certificates import NotCertificates, certificates_only
 from sync.exchange import client as ews
 from sync.egress import EgressRefused, RateLimited, check_rate, resolve_checked, split_url
 from sync.imap.client import ImapSettings, MailboxError
+
+# Operators read English; the file is never stored, but a key in it is a mistake worth saying.
+_CA_FILE_REFUSED = {
+    "private_key": "holds a private key; give the CA certificate only (-----BEGIN CERTIFICATE-----)",
+    "no_certificate": "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+    "too_long": "is too long for a CA bundle (64 KB at most)",
+}
 
 
 class Command(BaseCommand):
@@ -85,8 +93,11 @@ class Command(BaseCommand):
             raise CommandError("--address is needed: the mailbox's e-mail address (the login is DOMAIN\\user)")
         ca_pem = ""
         if options["ca_file"]:
-            with open(options["ca_file"], encoding="ascii") as handle:
-                ca_pem = handle.read()
+            with open(options["ca_file"], encoding="ascii", errors="replace") as handle:
+                try:
+                    ca_pem = certificates_only(handle.read())
+                except NotCertificates as refused:
+                    raise CommandError(f"--ca-file {options['ca_file']}: {_CA_FILE_REFUSED[refused.reason]}") from None
         connection = {"ews_url": url, "username": options["username"], "auth_type": options["auth"],
                       "ca_pem": ca_pem}
         _scheme, host, port = split_url(url)
