@@ -33,7 +33,7 @@ def drop_private_keys(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("migration", "0003_microsoft"),
+        ("migration", "0006_campaign_accounts_reminders"),
     ]
 
     operations = [

@@ -32,7 +32,7 @@ def drop_private_keys(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("sync", "0005_lookup_indexes"),
+        ("sync", "0007_graph_slots"),
     ]
 
     operations = [
