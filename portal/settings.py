@@ -82,11 +82,16 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = envstr("REDIS_URL", "")
+# One cache shared by every process (web, worker, management commands): the worker that finishes a
+# migration, or an import run from the shell, drops the banner entry the web process reads. Without Redis
+# the embedded default is a folder of files, not per-process memory (which each process would only clear
+# for itself); reading it costs no database query, so the warm banner stays query-free.
 CACHES = {
     "default": (
         {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
         if REDIS_URL
-        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+        else {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(DATA_DIR / "cache"),
+              "OPTIONS": {"MAX_ENTRIES": 20_000}}
     )
 }
 
