@@ -80,6 +80,8 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Several processes (web, worker) share the file: wait for locks instead of failing.
     DATABASES["default"]["OPTIONS"] = {"timeout": 20}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Short date formats per language (portal/formats/<lang>/formats.py): German 18.07.2025, English 18 Jul 2025.
+FORMAT_MODULE_PATH = ["portal.formats"]
 
 REDIS_URL = envstr("REDIS_URL", "")
 # One cache shared by every process (web, worker, management commands): the worker that finishes a

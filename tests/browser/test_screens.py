@@ -67,6 +67,7 @@ def screens(live_server, user, make_account, settings):
         "settings-mail": "/einstellungen/email-synchronisierung/",
         "imap-form": f"/migration/{form.pk}/",
         "ionos-choice": f"/migration/{choice.pk}/",
+        "cancel": f"/migration/{form.pk}/abbrechen/",
         "picker": f"/migration/{form.pk}/anbieter/",
         "all-providers": f"/migration/{form.pk}/anbieter/alle/",
         "exchange-form": f"/migration/{ews.pk}/",
