@@ -126,3 +126,23 @@ def test_the_microsoft_step_says_so_instead_of_promising_a_redirect(signed_in, u
     assert "Sie werden zu Microsoft weitergeleitet" not in html
     assert "noch nicht eingerichtet" in html
     assert reverse("microsoft-sign-in", args=[migration.pk]) not in html
+
+
+# --- allauth's pages speak to users formally, in the portal's style ----------------------------------------
+
+
+def test_the_password_reset_speaks_formally(client, user, mailoutbox):
+    page = html_of(client.get(reverse("account_reset_password")))
+    assert "<h1>Passwort zurücksetzen</h1>" in page and 'class="button primary">Link senden</button>' in page
+    assert "Geben Sie die E-Mail-Adresse Ihres CRM-Zugangs ein" in page
+    assert " du " not in page and "Gib " not in page and "deine" not in page
+
+    done = html_of(client.post(reverse("account_reset_password"), {"email": user.email}, follow=True))
+    assert "Bitte prüfen Sie Ihr Postfach" in done
+    assert len(mailoutbox) == 1
+
+
+def test_a_used_reset_link_says_what_to_do(client, user):
+    page = html_of(client.get(reverse("account_reset_password_from_key", kwargs={"uidb36": "zz", "key": "x-y"})))
+    assert "Der Link ist nicht mehr gültig" in page
+    assert f'href="{reverse("account_reset_password")}">Fordern Sie einen neuen Link an.</a>' in page
