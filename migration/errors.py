@@ -10,8 +10,9 @@ MESSAGES = {
         "(bei aktiver Zwei-Faktor-Anmeldung ein App-Passwort)."
     ),
     "unreachable": _(
-        "Der E-Mail-Server war nicht erreichbar (unbekannter Server, Port geschlossen, nicht erlaubt "
-        "oder Zeitüberschreitung). Bitte prüfen Sie Server und Port."
+        "Der E-Mail-Server war nicht erreichbar: Der Servername ist unbekannt, der Server antwortete nicht "
+        "rechtzeitig (Zeitüberschreitung), oder das Portal darf diese Adresse nicht erreichen (etwa eine Adresse im internen Firmennetz). Bitte prüfen "
+        "Sie die Servereinstellungen."
     ),
     "tls_failed": _(
         "Es konnte keine sichere Verbindung (TLS) aufgebaut werden. Bitte prüfen Sie Server, Port "

@@ -15,12 +15,20 @@ class MailboxForm(forms.Form):
     address = forms.EmailField(label=_("E-Mail-Adresse"))
     password = forms.CharField(label=_("Passwort"), widget=forms.PasswordInput(render_value=False), max_length=1024)
     confirm_host = forms.BooleanField(label=_("Ich vertraue diesem Server"), required=False)
+    fill_order: list[str] = []  # the order the template shows the fields in, when it differs from field_order
 
     def __init__(self, *args, account, stranger: str = "", **kwargs):
         super().__init__(*args, **kwargs)
         self.account = account
         # The detected server outside the user's domain, if the step proposed one.
         self.stranger = stranger
+        if not self.is_bound:
+            # The cursor starts where there is something to type (usually the password; the rest is prefilled).
+            # A form sent back with errors is focused on its first invalid field by static/js/forms.js instead.
+            empty = [name for name in self.fill_order or self.fields
+                     if self.fields[name].required and not self.initial.get(name, self.fields[name].initial)]
+            if empty:
+                self.fields[empty[0]].widget.attrs["autofocus"] = True
 
     def clean_address(self):
         address = self.cleaned_data["address"].strip()

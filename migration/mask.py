@@ -15,8 +15,9 @@ from django.shortcuts import redirect, render
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
-from migration import proposal, selectors, services
+from migration import errors, proposal, selectors, services
 from migration.models import Migration, MigrationEvent, Status
+from sync.microsoft import client as microsoft_client
 from sync.models import ProviderKind
 from sync.providers import IMAP_PROVIDERS
 
@@ -41,6 +42,13 @@ CHOOSABLE = [Status.AWAITING_USER, Status.AWAITING_ADMIN_CONSENT]
 
 class ChoiceRefused(Exception):
     pass
+
+
+def unavailable() -> dict:
+    """{choice key: why it cannot be used here}: said on the button, before anyone is sent to the provider."""
+    if microsoft_client.configured():
+        return {}
+    return {"microsoft365": errors.message_for("ms_not_configured")}
 
 
 def choose_provider(*, migration: Migration, key: str, actor: str) -> Migration:
@@ -75,7 +83,8 @@ def picker(request, pk: int):
     migration = selectors.get_migration_for_user(request.user, pk)
     if migration.status not in CHOOSABLE:
         return redirect("migration-detail", pk=pk)  # a finished or running migration has no login step
-    return render(request, "migration/mask/picker.html", {"migration": migration, "nav": "settings"})
+    return render(request, "migration/mask/picker.html",
+                  {"migration": migration, "nav": "settings", "unavailable": unavailable()})
 
 
 @login_required
@@ -84,7 +93,7 @@ def all_providers(request, pk: int):
     if migration.status not in CHOOSABLE:
         return redirect("migration-detail", pk=pk)
     return render(request, "migration/mask/all_providers.html",
-                  {"migration": migration, "choices": CHOICES, "nav": "settings"})
+                  {"migration": migration, "choices": CHOICES, "nav": "settings", "unavailable": unavailable()})
 
 
 @login_required

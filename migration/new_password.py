@@ -20,7 +20,8 @@ from sync.models import AccountStatus, Engine, MailAccount, ProviderKind
 
 
 class NewPasswordForm(forms.Form):
-    password = forms.CharField(label=_("Neues Passwort"), widget=forms.PasswordInput(render_value=False),
+    password = forms.CharField(label=_("Neues Passwort"),
+                               widget=forms.PasswordInput(render_value=False, attrs={"autofocus": True}),
                                max_length=1024)
 
 

@@ -5,12 +5,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_post_parameters
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from migration import errors, selectors, services
 from migration.exchange.forms import ExchangeCredentialsForm
 from migration.forms import ImapCredentialsForm
-from migration.mask import CHOICES_BY_KEY
+from migration.mask import CHOICES_BY_KEY, unavailable
 from migration.microsoft import views as microsoft_views
 from migration.models import Status
 from sync import egress
@@ -22,6 +22,27 @@ USER_ERRORS = {
     "already_running": _("Für dieses Konto läuft bereits eine Migration."),
     "wrong_state": _("Die Migration ist in einem anderen Schritt; die Seite zeigt den aktuellen Stand."),
 }
+
+# What users read about a migration's step, where the status name alone says too little ("Wartet" on what?).
+STATUS_TEXT = {
+    Status.PENDING: _("Wird gestartet"),
+}
+# The settings page's status column for an account with a migration under way: what is happening, and who
+# has to act (the user, the administrator, or nobody).
+ROW_TEXT = {
+    Status.PENDING: _("Migration wird gestartet"),
+    Status.DETECTING: _("Migration läuft: Anbieter wird erkannt"),
+    Status.AWAITING_USER: _("Migration wartet auf Ihre Anmeldung"),
+    Status.AWAITING_ADMIN_CONSENT: _("Migration wartet auf die Zustimmung Ihres Administrators"),
+    Status.VERIFYING: _("Migration läuft: Verbindung wird geprüft"),
+    Status.HANDING_OVER: _("Migration läuft: Synchronisierung wird übergeben"),
+}
+
+
+def status_text(status: str) -> str:
+    """The user-facing name of a migration status (str), in the active language."""
+    return str(STATUS_TEXT.get(status) or Status(status).label) if status in Status.values else status
+
 
 FORMS = {ProviderKind.IMAP: ImapCredentialsForm, ProviderKind.EXCHANGE: ExchangeCredentialsForm}
 FORM_TEMPLATES = {ProviderKind.IMAP: "migration/_imap_form.html", ProviderKind.EXCHANGE: "migration/_exchange_form.html"}
@@ -40,11 +61,16 @@ def settings_page(request):
     accounts = list(accounts_for_user(request.user))
     active = selectors.active_migrations_by_account(request.user)
     latest = selectors.latest_migrations_by_account(request.user)
-    rows = [
-        {"account": a, "active": active.get(a.pk), "latest": latest.get(a.pk),
-         "sync_error": errors.message_for(a.last_sync_error) if a.last_sync_error else ""}
-        for a in accounts
-    ]
+    rows = []
+    for a in accounts:
+        running, last = active.get(a.pk), latest.get(a.pk)
+        rows.append({
+            "account": a, "active": running, "latest": last,
+            "sync_error": errors.message_for(a.last_sync_error) if a.last_sync_error else "",
+            "migration_text": ROW_TEXT.get(running.status, "") if running else "",
+            "failure": errors.message_for(last.error_code) if last and last.status == Status.FAILED and last.error_code
+            else "",
+        })
     return render(request, "migration/settings_mail.html", {"rows": rows, "nav": "settings"})
 
 
@@ -108,7 +134,9 @@ def _render_detail(request, migration, form, status=200):
         # Stored as German source texts: each reader gets them in the page's language.
         "hints": [gettext(hint) for hint in detected.get("hints") or []],
         "candidates": _candidates(migration) if migration.status == Status.AWAITING_USER else [],
-        "events": migration.events.all(),
+        "unavailable": unavailable(),
+        "events": [(event, status_text(event.to_status)) for event in migration.events.all()],
+        "status_label": status_text(migration.status),
         "error_message": errors.message_for(migration.error_code) if migration.error_code else "",
         "nav": "settings",
         **microsoft_views.detail_context(migration, request),
@@ -154,7 +182,7 @@ def credentials(request, pk: int):
 @login_required
 def status(request, pk: int):
     migration = selectors.get_migration_for_user(request.user, pk)
-    return JsonResponse({"status": migration.status, "label": migration.get_status_display()})
+    return JsonResponse({"status": migration.status, "label": status_text(migration.status)})
 
 
 @login_required
@@ -169,11 +197,19 @@ def retry(request, pk: int):
 
 
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def cancel(request, pk: int):
+    """GET asks (what cancelling means, with a way back); POST cancels and says so."""
     migration = selectors.get_migration_for_user(request.user, pk)
+    if request.method == "GET":
+        if not migration.is_active or migration.status == Status.HANDING_OVER:
+            return redirect("migration-detail", pk=pk)  # nothing left to cancel
+        return render(request, "migration/cancel.html", {"migration": migration, "nav": "settings"})
     try:
         services.cancel_migration(migration=migration, actor=_actor(request), reason="cancelled by user")
     except (services.MigrationError, services.TransitionConflict):
         messages.error(request, _user_error("wrong_state"))
+    else:
+        messages.success(request, _("Die Migration von %(address)s wurde abgebrochen. Das Konto synchronisiert "
+                                    "unverändert weiter über V2.") % {"address": migration.account.address})
     return redirect("settings-mail")

@@ -92,8 +92,14 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Several processes (web, worker) share the file: wait for locks instead of failing.
     DATABASES["default"]["OPTIONS"] = {"timeout": 20}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Short date formats per language (portal/formats/<lang>/formats.py): German 18.07.2025, English 18 Jul 2025.
+FORMAT_MODULE_PATH = ["portal.formats"]
 
 REDIS_URL = envstr("REDIS_URL", "")
+# One cache shared by every process (web, worker, management commands): the worker that finishes a
+# migration, or an import run from the shell, drops the banner entry the web process reads. Without Redis
+# the embedded default is a folder of files, not per-process memory (which each process would only clear
+# for itself); reading it costs no database query, so the warm banner stays query-free.
 CACHES = {
     "default": (
         # Seconds: an unreachable Redis fails a request (and GET /health/) quickly instead of
@@ -101,7 +107,8 @@ CACHES = {
         {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
          "OPTIONS": {"socket_connect_timeout": 3, "socket_timeout": 3}}
         if REDIS_URL
-        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+        else {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(DATA_DIR / "cache"),
+              "OPTIONS": {"MAX_ENTRIES": 20_000}}
     )
 }
 

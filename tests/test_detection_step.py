@@ -22,7 +22,9 @@ def _page(client, migration, **headers) -> str:
     return client.get(reverse("migration-detail", args=[migration.pk]), **headers).content.decode()
 
 
-def test_an_ionos_address_gets_a_choice_and_no_form_until_the_user_picks(signed_in, user, make_account, fake_dns):
+def test_an_ionos_address_gets_a_choice_and_no_form_until_the_user_picks(signed_in, user, make_account, fake_dns,
+                                                                        settings):
+    settings.MS_CLIENT_ID, settings.MS_CLIENT_SECRET = "client-id", "client-secret"  # a registered Microsoft app
     fake_dns.add("kanzlei.test", MX=["10 mx00.ionos.de.", "10 mx01.ionos.de."])
     migration = _detected(user, make_account(user, "info@kanzlei.test"))
     assert migration.detected["candidates"] == ["ionos", "microsoft365"] and "chosen" not in migration.detected

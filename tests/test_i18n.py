@@ -90,9 +90,10 @@ def test_it_speaks_english_after_the_language_switch(signed_in, make_account, us
     assert "Personal email sync" in html
     assert 'class="button danger">Migrate to V3</button>' in html
     assert "Einstellungen" not in html and "Zu V3 migrieren" not in html
-    # The banner is English too, and keeps the dd.mm.yyyy dates.
-    deadline = current_campaign().migrate_by.strftime("%d.%m.%Y")
-    assert f"Please migrate your email sync to V3 by {deadline}." in html
+    # The banner is English too, with dates English readers cannot misread (18 Jul 2025, not 18.07.2025).
+    migrate_by = current_campaign().migrate_by
+    assert f"Please migrate your email sync to V3 by {migrate_by.day} {migrate_by:%b %Y}." in html
+    assert f"{migrate_by:%d.%m.%Y}" not in html
 
 
 @pytest.mark.django_db

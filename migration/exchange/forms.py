@@ -27,6 +27,7 @@ class ExchangeCredentialsForm(MailboxForm):
                     "den Inhalt der .pem- oder .crt-Datei einfügen. Die Prüfung des Zertifikats wird nie abgeschaltet."),
     )
     host_field = "server"
+    fill_order = ["address", "server", "username", "password"]
     field_order = ["address", "password", "server", "username", "auth_type", "ca_pem", "confirm_host"]
 
     def clean_server(self):

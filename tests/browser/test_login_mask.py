@@ -23,8 +23,10 @@ def _migrate(page, live_server, account):
 
 
 def test_ionos_offers_imap_or_microsoft_and_leads_back_to_microsoft(
-    page, live_server, user, make_account, celery_worker_thread, artifacts
+    page, live_server, user, make_account, celery_worker_thread, artifacts, settings
 ):
+    # A portal with its Microsoft app registered (without one, "Weiter mit Microsoft" is disabled and says so).
+    settings.MS_CLIENT_ID, settings.MS_CLIENT_SECRET = "client-id", "client-secret"
     account = make_account(user, "info@ionos.de")
     _migrate(page, live_server, account)
 
