@@ -1,8 +1,13 @@
 """An admin that cannot do harm: no deleting history, no redirecting a stored password, words instead of keys."""
 
 import socket
+from datetime import datetime, timedelta, timezone
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from django.urls import reverse
 from django.utils import translation
 
@@ -110,10 +115,21 @@ def _connected(server) -> bool:
     return True
 
 
+def _ca_certificate() -> str:
+    """A real self-signed certificate: the CA field keeps certificates only (sync.certificates)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Firmen-CA")])
+    now = datetime.now(timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now)
+                   .not_valid_after(now + timedelta(days=30)).sign(key, hashes.SHA256()))
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize("field, value", [
     ("imap_host", "127.0.0.1"), ("imap_port", "1"), ("imap_security", "starttls"), ("username", "anna@firma.de"),
-    ("address", "anna@andere-firma.de"), ("tls_ca_pem", "-----BEGIN CERTIFICATE-----"),
+    ("address", "anna@andere-firma.de"), ("tls_ca_pem", _ca_certificate()),
 ])
 def test_it_deletes_the_password_when_staff_change_the_server(admin_client, admin_user, v3_imap, field, value):
     response = admin_client.post(reverse("admin:sync_mailaccount_change", args=[v3_imap.pk]),

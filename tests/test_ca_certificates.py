@@ -176,8 +176,8 @@ def test_keys_stored_before_are_removed(user, make_account, pem):
     migration = Migration.objects.create(account=with_key, user=user, provider_kind="exchange",
                                          campaign=current_campaign(),
                                          connection={"ews_url": "https://x.test/EWS/", "ca_pem": pem["enc"] + pem["cert"]})
-    importlib.import_module("sync.migrations.0006_i10web_ca_certificates_only").drop_private_keys(apps, None)
-    importlib.import_module("migration.migrations.0004_i10web_ca_certificates_only").drop_private_keys(apps, None)
+    importlib.import_module("sync.migrations.0008_ca_certificates_only").drop_private_keys(apps, None)
+    importlib.import_module("migration.migrations.0007_ca_certificates_only").drop_private_keys(apps, None)
     assert MailAccount.objects.get(pk=with_key.pk).tls_ca_pem == pem["cert"]
     assert MailAccount.objects.get(pk=clean.pk).tls_ca_pem == pem["other"]
     assert MailAccount.objects.get(pk=only_key.pk).tls_ca_pem == ""

@@ -60,8 +60,8 @@ def test_the_admin_without_a_login_still_consents_after_a_flood(link, microsoft)
     assert response.cookies["ms_admin_consent"]["httponly"] and response.cookies["ms_admin_consent"]["samesite"] == "Lax"
     answer = browser_get(microsoft, response["Location"])
     result = admin.get(local(answer))
-    assert result.status_code == 200 and "Zustimmung ist erteilt" in result.content.decode()
-    assert TenantConsent.objects.get(tenant="fabrikam.de").status == "granted"
+    assert result.status_code == 200 and "Ihre Antwort ist eingegangen" in result.content.decode()
+    assert TenantConsent.objects.get(tenant="fabrikam.de").status == "reported"
     assert Session.objects.count() == sessions
 
 
