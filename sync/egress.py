@@ -20,10 +20,9 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 from django.conf import settings
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from sync import http_caps
+from sync.http_caps import WatchedAdapter
 from sync.providers import PROVIDER_HOSTS
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -71,6 +70,18 @@ class TlsFailed(EgressError):
 
 class ProtocolFailed(EgressError):
     code = "protocol"
+
+
+class TooLarge(ProtocolFailed):
+    """The answer was bigger than max_bytes (counted after decompression)."""
+
+    code = "too_large"
+
+
+class TooSlow(Unreachable):
+    """The whole request (every hop) took longer than max_seconds, however steadily bytes trickled in."""
+
+    code = "too_slow"
 
 
 class RateLimited(EgressError):
@@ -228,42 +239,7 @@ def _count(key: str, window: int) -> int:
 # --- HTTP ---------------------------------------------------------------------------------------------------------
 
 
-def _watch(connection) -> None:
-    """Let the current sync run shut this connection's socket down when it overruns (sync.leases)."""
-    from sync import leases  # not at import: the guard is also used before Django's apps are ready
-
-    def shut_down():
-        sock = getattr(connection, "sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # closed already
-
-    leases.on_overrun(shut_down)
-
-
-class _WatchedHTTPConnection(HTTPConnection):
-    def connect(self):
-        super().connect()
-        _watch(self)
-
-
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def connect(self):
-        super().connect()
-        _watch(self)
-
-
-class _WatchedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
-
-
-class _WatchedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
-
-
-class PinnedAdapter(HTTPAdapter):
+class PinnedAdapter(WatchedAdapter):
     """A requests adapter that connects to one checked address for one host name.
 
     urllib3 connects to host_params["host"]; we put the checked address there
@@ -278,11 +254,6 @@ class PinnedAdapter(HTTPAdapter):
         self.pinned_address = address
         self.ca_pem = ca_pem
         super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args, **kwargs):
-        super().init_poolmanager(*args, **kwargs)
-        # Connections that a sync run's SYNC_RUN_MAX_SECONDS can shut down (sync.leases).
-        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
     def build_connection_pool_key_attributes(self, request, verify, cert=None):
         host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
@@ -349,31 +320,41 @@ def destination(*, url: str = "", host: str = "", port: int | None = None) -> tu
 
 
 def guarded_get(url: str, *, timeout: float, max_redirects: int = 3, headers: dict | None = None,
-                ca_pem: str = "", max_bytes: int = DEFAULT_MAX_BYTES) -> requests.Response:
+                ca_pem: str = "", max_bytes: int = DEFAULT_MAX_BYTES, max_seconds: float | None = None) -> requests.Response:
     return guarded_request("GET", url, timeout=timeout, max_redirects=max_redirects, headers=headers,
-                           ca_pem=ca_pem, max_bytes=max_bytes)
+                           ca_pem=ca_pem, max_bytes=max_bytes, max_seconds=max_seconds)
 
 
 def guarded_request(method: str, url: str, *, timeout: float, max_redirects: int = 3, headers: dict | None = None,
-                    data: bytes | None = None, ca_pem: str = "",
-                    max_bytes: int = DEFAULT_MAX_BYTES) -> requests.Response:
+                    data: bytes | None = None, ca_pem: str = "", max_bytes: int = DEFAULT_MAX_BYTES,
+                    max_seconds: float | None = None) -> requests.Response:
     """One HTTP request to a user-influenced URL; redirects are followed by hand.
 
     Each hop is resolved and checked before anything is sent to it. The body
-    is read completely (up to max_bytes) and the connection closed. Raises
-    EgressRefused, Unreachable, TlsFailed or ProtocolFailed.
+    is read completely and the connection closed. Caps: max_bytes per answer,
+    counted after decompression (TooLarge; a gzip bomb is never inflated
+    whole); max_seconds (default EGRESS_HTTP_MAX_SECONDS) for the whole
+    request with every hop (TooSlow; `timeout` only bounds each wait for
+    bytes). Raises EgressRefused, Unreachable, TlsFailed, ProtocolFailed or
+    those two.
     """
-    for _hop in range(max_redirects + 1):
-        _scheme, host, port = split_url(url)
-        address = resolve_checked(host, port)
-        response = _send(method, url, host=host, address=address, timeout=timeout, headers=headers, data=data,
-                         ca_pem=ca_pem, max_bytes=max_bytes)
-        location = response.headers.get("Location")
-        if response.status_code not in REDIRECT_CODES or not location:
-            return response
-        url = urljoin(url, location)
-        if response.status_code == 303:
-            method, data = "GET", None
+    limit = settings.EGRESS_HTTP_MAX_SECONDS if max_seconds is None else max_seconds
+    host = ""
+    try:
+        with http_caps.deadline(limit):
+            for _hop in range(max_redirects + 1):
+                _scheme, host, port = split_url(url)
+                address = resolve_checked(host, port)
+                response = _send(method, url, host=host, address=address, timeout=timeout, headers=headers,
+                                 data=data, ca_pem=ca_pem, max_bytes=max_bytes)
+                location = response.headers.get("Location")
+                if response.status_code not in REDIRECT_CODES or not location:
+                    return response
+                url = urljoin(url, location)
+                if response.status_code == 303:
+                    method, data = "GET", None
+    except http_caps.TooSlow:
+        raise TooSlow(host) from None
     raise ProtocolFailed("too many redirects")
 
 
@@ -382,13 +363,10 @@ def _send(method, url, *, host, address, timeout, headers, data, ca_pem, max_byt
     try:
         response = session.request(method, url, headers=headers, data=data, timeout=timeout,
                                    allow_redirects=False, stream=True)
-        body = bytearray()
-        for chunk in response.iter_content(16384):
-            body += chunk
-            if len(body) > max_bytes:
-                raise ProtocolFailed("response too large")
-        response._content = bytes(body)  # requests' documented way to keep a read body
+        http_caps.read_body(response, max_bytes=max_bytes)
         return response
+    except http_caps.TooLarge:
+        raise TooLarge(host) from None
     except requests.exceptions.SSLError:
         raise TlsFailed(host) from None
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout):

@@ -15,8 +15,8 @@ from django.core.cache import cache
 from django.urls import reverse
 
 from sync.microsoft.client import (  # noqa: F401 - re-exported for the migration's modules
-    CONSENT_CODES, GRAPH_RESOURCE, HTTP_CACHE, SCOPES, UNAVAILABLE, MicrosoftError, aadsts_codes, access_token,
-    build_app, configured, error_from, instance, load_cache, needs_admin_consent, verify,
+    CONSENT_CODES, GRAPH_RESOURCE, HTTP_CACHE, SCOPES, UNAVAILABLE, HttpClient, MicrosoftError, SignInUnavailable,
+    aadsts_codes, access_token, build_app, configured, error_from, instance, load_cache, needs_admin_consent, verify,
 )
 
 # What the sign-in asks for: SCOPES plus the ones msal adds by itself (msal.oauth2cli
@@ -97,13 +97,16 @@ def directory_id(tenant: str) -> str:
     if cached is not None:
         return cached
     url = f"{instance()}/{quote(tenant, safe='')}/v2.0/.well-known/openid-configuration"
+    session = HttpClient()  # MSAL's client: our timeout, CA file and caps (MS_MAX_RESPONSE_BYTES/SECONDS)
     try:
-        response = requests.get(url, timeout=settings.MS_TIMEOUT, verify=verify(), allow_redirects=False)
-        if response.status_code == 429 or response.status_code >= 500:
-            return ""  # an outage or throttling says nothing about the tenant: ask again next time
+        response = session.get(url, allow_redirects=False)
         issuer = str(response.json().get("issuer", "")) if response.status_code == 200 else ""
-    except (requests.RequestException, ValueError, AttributeError):
-        return ""  # not known now; ask again next time
+    except SignInUnavailable:
+        return ""  # an outage or throttling says nothing about the tenant: ask again next time
+    except (requests.RequestException, MicrosoftError, ValueError, AttributeError):
+        return ""  # not known now (unreachable, over a cap, not JSON); ask again next time
+    finally:
+        session.close()
     match = _ISSUER_TENANT.search(issuer)
     found = match[1].lower() if match else ""
     cache.set(key, found, DIRECTORY_CACHE_SECONDS)
