@@ -8,6 +8,7 @@ that they share one budget.
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -202,6 +203,13 @@ def test_processes_without_redis_share_one_budget():
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True,
                    timeout=300)
     go = Path(data_dir) / "go"
+    try:
+        _count_in_processes(env, go)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _count_in_processes(env: dict, go: Path) -> None:
     workers = [
         subprocess.Popen([sys.executable, "manage.py", "shell", "-c", _ATTEMPTS], cwd=ROOT, stdout=subprocess.PIPE,
                          env={**env, "GO_FILE": str(go), "WORKER": str(n), "SPELLINGS": json.dumps(PROCESS_SPELLINGS),
@@ -211,8 +219,8 @@ def test_processes_without_redis_share_one_budget():
     go.touch()  # all four start counting at about the same moment
     results = [json.loads(worker.communicate(timeout=300)[0].decode().strip().splitlines()[-1]) for worker in workers]
     assert all(worker.returncode == 0 for worker in workers)
-    # What the embedded default runs on: a per-process memory cache, SQLite.
-    assert {r["cache"] for r in results} == {"django.core.cache.backends.locmem.LocMemCache"}
+    # What the embedded default runs on: no Redis (today a per-process memory cache), SQLite.
+    assert not any("redis" in r["cache"].lower() for r in results)
     assert {r["db"] for r in results} == {"django.db.backends.sqlite3"}
     assert sum(r["allowed"] for r in results) == 6
     assert sum(r["refused"] for r in results) == 4 * 5 - 6
