@@ -36,6 +36,16 @@ MESSAGES = {
         "erneut; Ihre Angaben bleiben erhalten."
     ),
     "protocol": _("Der E-Mail-Server hat unerwartet geantwortet. Bitte versuchen Sie es später erneut."),
+    # Caps on what a server may make the portal read or wait for (IMAP_MAX_MESSAGE_BYTES, IMAP_COMMAND_MAX_SECONDS,
+    # the egress guard's HTTP caps).
+    "too_large": _(
+        "Der E-Mail-Server hat eine Antwort geschickt, die größer ist als erlaubt. Sie wurde nicht gelesen. Bitte "
+        "versuchen Sie es später erneut; bleibt es dabei, wenden Sie sich an den Support."
+    ),
+    "too_slow": _(
+        "Der E-Mail-Server hat zu langsam geantwortet; die Verbindung wurde beendet. Bitte versuchen Sie es später "
+        "erneut."
+    ),
     "sync_internal": _(
         "Die Synchronisierung wurde durch einen unerwarteten Fehler unterbrochen. Der Fehler ist für den Support "
         "vermerkt; die nächste Synchronisierung versucht es automatisch erneut."

@@ -291,6 +291,16 @@ EGRESS_RATE_PER_DESTINATION = envint("EGRESS_RATE_PER_DESTINATION", 100, minimum
 # An extra CA bundle trusted for IMAP TLS besides the system store (own CAs).
 MAIL_TLS_CA_FILE = envstr("MAIL_TLS_CA_FILE", "")
 MAIL_CONNECT_TIMEOUT = envint("MAIL_CONNECT_TIMEOUT", 15, minimum=1)
+# Caps on what an IMAP server can make a worker hold or wait for (sync.imap.client): the largest literal
+# (a message, a header block) and the most bytes of one command's whole answer; and the longest one command's
+# answer may take however steadily it trickles in (MAIL_CONNECT_TIMEOUT only bounds each wait for bytes).
+# A message over the byte cap is skipped and recorded; anything else over a cap fails the attempt
+# (too_large / too_slow).
+IMAP_MAX_MESSAGE_BYTES = envint("IMAP_MAX_MESSAGE_BYTES", 25 * 1024 * 1024, minimum=1024 * 1024)
+IMAP_COMMAND_MAX_SECONDS = envint("IMAP_COMMAND_MAX_SECONDS", 300, minimum=1)
+# The longest one HTTP request through the egress guard may take with every redirect (autoconfig, ISPDB,
+# Autodiscover, EWS sign-in probe); bodies there are capped at 512 KB after decompression.
+EGRESS_HTTP_MAX_SECONDS = envint("EGRESS_HTTP_MAX_SECONDS", 30, minimum=1)
 # Exchange (EWS) throttling: ErrorServerBusy's back-off is honoured up to EWS_RETRY_MAX_WAIT seconds each and
 # EWS_RETRY_BUDGET seconds in all per connection, then the run fails as transient and the next one tries again.
 # EWS_RETRY_WAIT: the first wait when the server names none (doubling per retry).
@@ -341,6 +351,10 @@ if MS_CA_FILE and not Path(MS_CA_FILE).is_file():
 MS_TIMEOUT = envint("MS_TIMEOUT", 15, minimum=1)
 # Concurrent Graph requests per mailbox from all processes together (Graph allows an app 4: "Outlook service limits").
 MS_GRAPH_MAILBOX_CONCURRENCY = envint("MS_GRAPH_MAILBOX_CONCURRENCY", 4, minimum=1)
+# Caps on one answer from Microsoft (Graph, sign-in, discovery): bytes after decompression, and seconds for the
+# whole request (MS_TIMEOUT only bounds each wait for bytes). Over them: ms_too_large / ms_too_slow.
+MS_MAX_RESPONSE_BYTES = envint("MS_MAX_RESPONSE_BYTES", 20 * 1024 * 1024, minimum=64 * 1024)
+MS_MAX_RESPONSE_SECONDS = envint("MS_MAX_RESPONSE_SECONDS", 120, minimum=1)
 # How the apps appear under Enterprise applications, for the admins' manual path.
 MS_APP_DISPLAY_NAME = envstr("MS_APP_DISPLAY_NAME", "CRM E-Mail-Synchronisierung V3")
 MS_LEGACY_APP_DISPLAY_NAME = envstr("MS_LEGACY_APP_DISPLAY_NAME", "CRM E-Mail-Synchronisierung V2")

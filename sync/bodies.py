@@ -49,11 +49,13 @@ MESSAGES = {
     "unreachable": _("Das Postfach ist gerade nicht erreichbar. Bitte versuchen Sie es in einigen Minuten erneut."),
     "not_connected": _("Der Inhalt kann nicht geladen werden, weil für dieses Konto keine Anmeldedaten gespeichert sind."),
     "failed": _("Der Inhalt dieser Nachricht konnte nicht geladen werden. Bitte versuchen Sie es später erneut."),
+    "too_large": _("Diese Nachricht ist zu groß, um sie hier anzuzeigen. Sie können sie in Ihrem Postfach öffnen."),
 }
 # Provider error codes (sync.errors.MailboxError, sync.microsoft.client.MicrosoftError) -> a MESSAGES key.
 _CODES = {
     "auth_failed": "reconnect", "ews_auth_failed": "reconnect", "ms_reconnect": "reconnect",
     "unreachable": "unreachable", "ms_unreachable": "unreachable", "ms_mailbox_busy": "unreachable",
+    "too_slow": "unreachable", "ms_too_slow": "unreachable", "too_large": "too_large", "ms_too_large": "too_large",
 }
 
 

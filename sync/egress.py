@@ -13,7 +13,6 @@ check_rate limits connection attempts per user and per destination, so the
 login form is neither a port scanner nor a password-spraying relay.
 """
 
-import hashlib
 import ipaddress
 import socket
 import time
@@ -21,11 +20,9 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 from django.conf import settings
-from django.core.cache import cache
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from sync import http_caps
+from sync.http_caps import WatchedAdapter
 from sync.providers import PROVIDER_HOSTS
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -73,6 +70,18 @@ class TlsFailed(EgressError):
 
 class ProtocolFailed(EgressError):
     code = "protocol"
+
+
+class TooLarge(ProtocolFailed):
+    """The answer was bigger than max_bytes (counted after decompression)."""
+
+    code = "too_large"
+
+
+class TooSlow(Unreachable):
+    """The whole request (every hop) took longer than max_seconds, however steadily bytes trickled in."""
+
+    code = "too_slow"
 
 
 class RateLimited(EgressError):
@@ -140,28 +149,70 @@ def ascii_host(host: str) -> str:
 def check_rate(user_id: int | None, host: str, port: int) -> None:
     """Count one connection attempt; raise RateLimited when a limit is used up.
 
-    Fixed ten-minute windows in the shared cache (so every worker counts
-    together). The user's limit is checked first so a user who is over it
-    does not also use up the destination's budget for everybody else. The big
-    providers of the built-in table have no shared budget: near the deadline
-    thousands of users log in there, and a few bad ones must not lock out the
-    rest (the providers protect themselves; the per-user limit still holds).
+    Two budgets per fixed window of RATE_WINDOW_SECONDS: the user's
+    (EGRESS_RATE_PER_USER) and the destination's over all users
+    (EGRESS_RATE_PER_DESTINATION). The user's is checked first, so a user who
+    is over it does not also use up the destination's budget for everybody else.
+
+    The destination is what would really be contacted: every address the host
+    name resolves to now (sync.egress.resolve_checked connects to one of them),
+    normalised (an IPv4-mapped, NAT64 or 6to4 IPv6 address is its IPv4 address;
+    an IPv6 address stands for its /64, which one machine can hold whole). Other
+    names, the IP literal in any spelling and IPv6 forms of an address all
+    share one budget. Ports share it too: the budget protects a host from being
+    password-sprayed or port-scanned through us, and a sweep over its ports is
+    exactly such a scan. A name that does not resolve reaches nobody; its
+    attempts count against the name itself.
+
+    The big providers of the built-in table have no shared budget: near the
+    deadline thousands of users log in there, and a few bad ones must not lock
+    out the rest (the providers protect themselves; the per-user limit still
+    holds). Their names are not even resolved here.
+
+    Counted in the database (sync.models.AttemptBudget), so every web and
+    worker process of every deployment shares the budgets, the embedded
+    default (SQLite, no Redis) included.
     """
     window = int(time.time() // RATE_WINDOW_SECONDS)
-    canonical = _canonical_host(host)
     checks = []
     if user_id is not None:
-        checks.append((f"egress:rate:user:{user_id}:{window}", settings.EGRESS_RATE_PER_USER))
+        checks.append(([f"user:{user_id}"], settings.EGRESS_RATE_PER_USER))
+    canonical = _canonical_host(host)
     if canonical not in PROVIDER_HOSTS:
-        destination = hashlib.sha256(f"{canonical}:{port}".encode()).hexdigest()[:32]
-        checks.append((f"egress:rate:dest:{destination}:{window}", settings.EGRESS_RATE_PER_DESTINATION))
-    for key, limit in checks:
-        if _count(key) > limit:
-            raise RateLimited(f"too many connection attempts ({key.split(':')[2]})")
+        checks.append(([f"dest:{key}" for key in destination_keys(canonical, port)], settings.EGRESS_RATE_PER_DESTINATION))
+    for keys, limit in checks:
+        for key in keys:
+            if _count(key, window) > limit:
+                raise RateLimited(f"too many connection attempts ({key.split(':')[0]})")
+
+
+def destination_keys(host: str, port: int) -> list[str]:
+    """The budget keys of everything `host` resolves to ("203.0.113.7", "2001:db8:1:2::/64"), sorted.
+
+    port is only passed to the resolver (the budget is per address). A name
+    that does not resolve: ["name:<its canonical spelling>"].
+    """
+    canonical = _canonical_host(host)
+    try:
+        infos = socket.getaddrinfo(canonical, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError, ValueError):
+        return [f"name:{canonical}"[:200]]
+    keys = {_address_key(info[4][0]) for info in infos}
+    return sorted(keys) or [f"name:{canonical}"[:200]]
+
+
+def _address_key(address: str) -> str:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # the zone of fe80::1%eth0 names our interface, not theirs
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = _embedded_ipv4(ip)
+        if inner is not None:
+            return str(inner)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def _canonical_host(host: str) -> str:
-    """One spelling per destination: "Mail.Example.com.", "bücher.de"/"xn--bcher-kva.de", "0x7f000001"/"127.1"."""
+    """One spelling per name: "Mail.Example.com.", "bücher.de"/"xn--bcher-kva.de", "0x7f000001"/"127.1"."""
     host = host.strip().strip("[]")
     try:
         return str(ipaddress.ip_address(host))
@@ -178,54 +229,17 @@ def _canonical_host(host: str) -> str:
         return host.lower().rstrip(".")
 
 
-def _count(key: str) -> int:
-    cache.add(key, 0, timeout=RATE_WINDOW_SECONDS * 2)
-    try:
-        return cache.incr(key)
-    except ValueError:  # expired between add and incr
-        cache.set(key, 1, timeout=RATE_WINDOW_SECONDS * 2)
-        return 1
+def _count(key: str, window: int) -> int:
+    """Add one attempt to `key` in `window`; the attempts counted so far, this one included."""
+    from sync.models import AttemptBudget  # not at import: the guard is also used before Django's apps are ready
+
+    return AttemptBudget.count(key=key, window=window)
 
 
 # --- HTTP ---------------------------------------------------------------------------------------------------------
 
 
-def _watch(connection) -> None:
-    """Let the current sync run shut this connection's socket down when it overruns (sync.leases)."""
-    from sync import leases  # not at import: the guard is also used before Django's apps are ready
-
-    def shut_down():
-        sock = getattr(connection, "sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # closed already
-
-    leases.on_overrun(shut_down)
-
-
-class _WatchedHTTPConnection(HTTPConnection):
-    def connect(self):
-        super().connect()
-        _watch(self)
-
-
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def connect(self):
-        super().connect()
-        _watch(self)
-
-
-class _WatchedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
-
-
-class _WatchedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
-
-
-class PinnedAdapter(HTTPAdapter):
+class PinnedAdapter(WatchedAdapter):
     """A requests adapter that connects to one checked address for one host name.
 
     urllib3 connects to host_params["host"]; we put the checked address there
@@ -240,11 +254,6 @@ class PinnedAdapter(HTTPAdapter):
         self.pinned_address = address
         self.ca_pem = ca_pem
         super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args, **kwargs):
-        super().init_poolmanager(*args, **kwargs)
-        # Connections that a sync run's SYNC_RUN_MAX_SECONDS can shut down (sync.leases).
-        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
     def build_connection_pool_key_attributes(self, request, verify, cert=None):
         host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
@@ -311,31 +320,41 @@ def destination(*, url: str = "", host: str = "", port: int | None = None) -> tu
 
 
 def guarded_get(url: str, *, timeout: float, max_redirects: int = 3, headers: dict | None = None,
-                ca_pem: str = "", max_bytes: int = DEFAULT_MAX_BYTES) -> requests.Response:
+                ca_pem: str = "", max_bytes: int = DEFAULT_MAX_BYTES, max_seconds: float | None = None) -> requests.Response:
     return guarded_request("GET", url, timeout=timeout, max_redirects=max_redirects, headers=headers,
-                           ca_pem=ca_pem, max_bytes=max_bytes)
+                           ca_pem=ca_pem, max_bytes=max_bytes, max_seconds=max_seconds)
 
 
 def guarded_request(method: str, url: str, *, timeout: float, max_redirects: int = 3, headers: dict | None = None,
-                    data: bytes | None = None, ca_pem: str = "",
-                    max_bytes: int = DEFAULT_MAX_BYTES) -> requests.Response:
+                    data: bytes | None = None, ca_pem: str = "", max_bytes: int = DEFAULT_MAX_BYTES,
+                    max_seconds: float | None = None) -> requests.Response:
     """One HTTP request to a user-influenced URL; redirects are followed by hand.
 
     Each hop is resolved and checked before anything is sent to it. The body
-    is read completely (up to max_bytes) and the connection closed. Raises
-    EgressRefused, Unreachable, TlsFailed or ProtocolFailed.
+    is read completely and the connection closed. Caps: max_bytes per answer,
+    counted after decompression (TooLarge; a gzip bomb is never inflated
+    whole); max_seconds (default EGRESS_HTTP_MAX_SECONDS) for the whole
+    request with every hop (TooSlow; `timeout` only bounds each wait for
+    bytes). Raises EgressRefused, Unreachable, TlsFailed, ProtocolFailed or
+    those two.
     """
-    for _hop in range(max_redirects + 1):
-        _scheme, host, port = split_url(url)
-        address = resolve_checked(host, port)
-        response = _send(method, url, host=host, address=address, timeout=timeout, headers=headers, data=data,
-                         ca_pem=ca_pem, max_bytes=max_bytes)
-        location = response.headers.get("Location")
-        if response.status_code not in REDIRECT_CODES or not location:
-            return response
-        url = urljoin(url, location)
-        if response.status_code == 303:
-            method, data = "GET", None
+    limit = settings.EGRESS_HTTP_MAX_SECONDS if max_seconds is None else max_seconds
+    host = ""
+    try:
+        with http_caps.deadline(limit):
+            for _hop in range(max_redirects + 1):
+                _scheme, host, port = split_url(url)
+                address = resolve_checked(host, port)
+                response = _send(method, url, host=host, address=address, timeout=timeout, headers=headers,
+                                 data=data, ca_pem=ca_pem, max_bytes=max_bytes)
+                location = response.headers.get("Location")
+                if response.status_code not in REDIRECT_CODES or not location:
+                    return response
+                url = urljoin(url, location)
+                if response.status_code == 303:
+                    method, data = "GET", None
+    except http_caps.TooSlow:
+        raise TooSlow(host) from None
     raise ProtocolFailed("too many redirects")
 
 
@@ -344,13 +363,10 @@ def _send(method, url, *, host, address, timeout, headers, data, ca_pem, max_byt
     try:
         response = session.request(method, url, headers=headers, data=data, timeout=timeout,
                                    allow_redirects=False, stream=True)
-        body = bytearray()
-        for chunk in response.iter_content(16384):
-            body += chunk
-            if len(body) > max_bytes:
-                raise ProtocolFailed("response too large")
-        response._content = bytes(body)  # requests' documented way to keep a read body
+        http_caps.read_body(response, max_bytes=max_bytes)
         return response
+    except http_caps.TooLarge:
+        raise TooLarge(host) from None
     except requests.exceptions.SSLError:
         raise TlsFailed(host) from None
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout):

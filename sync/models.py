@@ -1,5 +1,5 @@
 from django.conf import settings
-from django.db import models
+from django.db import connection, models
 from django.utils.translation import gettext_lazy as _
 
 
@@ -156,6 +156,8 @@ class SkipReason(models.TextChoices):
     GONE = "gone", _("Beim Abruf nicht mehr vorhanden")
     FOLDER_UNREADABLE = "folder_unreadable", _("Ordner nicht lesbar")
     FOLDER_NAME_TOO_LONG = "folder_name_too_long", _("Ordnername zu lang")
+    # Bigger than IMAP_MAX_MESSAGE_BYTES (or announced so): never read into memory.
+    TOO_LARGE = "too_large", _("Zu groß")
 
 
 class SkippedMessage(models.Model):
@@ -211,3 +213,47 @@ class GraphSlot(models.Model):
 
     def __str__(self):
         return f"{self.mailbox[:12]}#{self.slot}"
+
+
+class AttemptBudget(models.Model):
+    """Connection attempts counted for one key in one fixed window (sync.egress.check_rate).
+
+    key: "user:<id>", "dest:<address>" (an IPv4 address or an IPv6 /64) or
+    "dest:name:<host>"; window: Unix time // RATE_WINDOW_SECONDS. In the
+    database so that every process of every deployment counts together (the
+    embedded default has no shared cache); rows of past windows are deleted as
+    new windows start.
+    """
+
+    key = models.CharField(max_length=255)
+    window = models.BigIntegerField()
+    attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["key", "window"], name="attempt_budget_unique")]
+
+    def __str__(self):
+        return f"{self.key} @{self.window}: {self.attempts}"
+
+    @classmethod
+    def count(cls, *, key: str, window: int) -> int:
+        """Add one attempt and return the window's attempts so far, this one included.
+
+        One INSERT ... ON CONFLICT DO UPDATE ... RETURNING (PostgreSQL, and
+        SQLite >= 3.35): atomic, so concurrent attempts from any number of
+        processes are counted exactly. The first attempt of a window deletes
+        the rows of windows before the previous one.
+        """
+        table, quote = cls._meta.db_table, connection.ops.quote_name
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {quote(table)} ({quote('key')}, {quote('window')}, {quote('attempts')}) "
+                f"VALUES (%s, %s, 1) ON CONFLICT ({quote('key')}, {quote('window')}) "
+                f"DO UPDATE SET {quote('attempts')} = {quote(table)}.{quote('attempts')} + 1 "
+                f"RETURNING {quote('attempts')}",
+                [key, window],
+            )
+            attempts = cursor.fetchone()[0]
+        if attempts == 1:
+            cls.objects.filter(window__lt=window - 1).delete()
+        return attempts

@@ -39,8 +39,9 @@ def poll(account: MailAccount) -> int:
             uids = session.client.search("ALL")
         skipped = []
         messages = [m for batch in session.fetch_batches(V2_FOLDER, uids, skipped=skipped) for m in batch]
-    except (MailboxError, OSError, imap.IMAPClientError):
-        record_sync_result(account_id=account.pk, error_code="protocol")
+    except (MailboxError, OSError, imap.IMAPClientError) as error:
+        code = error.code if isinstance(error, MailboxError) else imap.error_code(error)
+        record_sync_result(account_id=account.pk, error_code=code)
         return 0
     finally:
         session.close()

@@ -5,14 +5,13 @@ inside no_connections(), which fails on any connect() at all.
 """
 
 import socket
-import threading
 
 import pytest
 
 from portal.devservers import free_port
 from sync import egress
 from sync.exchange import client as ews
-from sync.egress import EgressRefused, RateLimited, TlsFailed, check_rate, guarded_get, is_allowed
+from sync.egress import EgressRefused, TlsFailed, guarded_get, is_allowed
 from sync.imap.client import ImapSettings, MailboxError, open_mailbox
 from tests.fakes.fixtures import hosts, no_connections, record_connections, web  # noqa: F401
 
@@ -219,77 +218,3 @@ def test_it_reports_refused_closed_and_silent_targets_alike(case, settings, clos
             guarded_get(f"http://{host}:{port}/", timeout=1)
     assert len(connections) == (0 if case == "refused" else 3)
     assert imap_error.value.code == ews_error.value.code == http_error.value.code == "unreachable"
-
-
-# --- rate limits -------------------------------------------------------------------------------------------------
-
-
-def test_it_limits_attempts_per_user(settings):
-    settings.EGRESS_RATE_PER_USER, settings.EGRESS_RATE_PER_DESTINATION = 3, 100
-    for port in (993, 994, 995):
-        check_rate(7, "imap.example.com", port)
-    with pytest.raises(RateLimited) as error:
-        check_rate(7, "mail.other.example", 993)
-    assert error.value.code == "rate_limited"
-    check_rate(8, "imap.example.com", 993)  # another user is not affected
-
-
-def test_it_limits_attempts_per_destination_over_all_users(settings):
-    settings.EGRESS_RATE_PER_USER, settings.EGRESS_RATE_PER_DESTINATION = 100, 4
-    for user_id in range(4):
-        check_rate(user_id, "Mail.Example.com.", 993)
-    with pytest.raises(RateLimited):
-        check_rate(99, "mail.example.com", 993)  # the same destination in another spelling
-    check_rate(99, "mail.example.com", 143)  # another port is another destination
-    check_rate(None, "other.example.com", 993)
-
-
-def test_it_does_not_charge_the_destination_for_a_user_over_the_limit(settings):
-    settings.EGRESS_RATE_PER_USER, settings.EGRESS_RATE_PER_DESTINATION = 1, 2
-    check_rate(1, "mail.example.com", 993)
-    for _ in range(5):
-        with pytest.raises(RateLimited):
-            check_rate(1, "mail.example.com", 993)
-    check_rate(2, "mail.example.com", 993)  # the spraying user did not use up everyone's budget
-
-
-def test_it_counts_attempts_from_many_threads_exactly(settings):
-    settings.EGRESS_RATE_PER_USER, settings.EGRESS_RATE_PER_DESTINATION = 1000, 25
-    refused = []
-
-    def attempt():
-        try:
-            check_rate(None, "mail.example.com", 993)
-        except RateLimited:
-            refused.append(1)
-
-    threads = [threading.Thread(target=attempt) for _ in range(40)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(refused) == 15
-
-
-def test_one_address_in_any_spelling_shares_one_budget(settings):
-    settings.EGRESS_RATE_PER_USER, settings.EGRESS_RATE_PER_DESTINATION = 100, 3
-    for user_id, spelling in enumerate(["203.0.113.7", "0xcb007107", "[203.0.113.7]"]):
-        check_rate(user_id, spelling, 993)
-    with pytest.raises(RateLimited):
-        check_rate(50, "3405803783", 993)  # the same address as one number
-
-
-def test_the_big_providers_have_no_shared_budget(settings):
-    settings.EGRESS_RATE_PER_USER, settings.EGRESS_RATE_PER_DESTINATION = 100, 2
-    for user_id in range(10):
-        check_rate(user_id, "imap.gmx.net", 993)  # a deadline rush at GMX locks nobody out
-    settings.EGRESS_RATE_PER_USER = 1
-    with pytest.raises(RateLimited):
-        check_rate(1, "imap.gmx.net", 993)  # the per-user limit still holds
-
-
-def test_an_international_name_shares_its_budget_with_its_ascii_form(settings):
-    settings.EGRESS_RATE_PER_USER, settings.EGRESS_RATE_PER_DESTINATION = 100, 1
-    check_rate(1, "mail.bücher.de", 993)
-    with pytest.raises(RateLimited):
-        check_rate(2, "mail.xn--bcher-kva.de", 993)

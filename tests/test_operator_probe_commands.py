@@ -16,6 +16,8 @@ from tests.fakes.fixtures import (  # noqa: F401
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# probe_mailbox counts its attempts in the database (sync.models.AttemptBudget).
+pytestmark = pytest.mark.django_db
 
 
 def _run(*args, **kwargs):

@@ -36,6 +36,13 @@ def _start(**env):
     ("DETECTION_HTTP_LOOKUPS", "vielleicht"),
     ("DETECTION_HTTP_TIMEOUT", "kurz"),
     ("DETECTION_CACHE_SECONDS", "-1"),
+    ("EGRESS_HTTP_MAX_SECONDS", "0"),
+    # byte and time caps
+    ("IMAP_MAX_MESSAGE_BYTES", "1000"),
+    ("IMAP_MAX_MESSAGE_BYTES", "25MB"),
+    ("IMAP_COMMAND_MAX_SECONDS", "0"),
+    ("MS_MAX_RESPONSE_BYTES", "100"),
+    ("MS_MAX_RESPONSE_SECONDS", "lang"),
     ("ISPDB_URL", "file:///etc/ispdb/"),
     # Microsoft
     ("MS_AUTHORITY", "http://login.microsoftonline.com/organizations"),

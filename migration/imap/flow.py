@@ -30,7 +30,7 @@ def verify(server: ImapSettings, password: str, *, heartbeat=None) -> dict:
             if heartbeat is not None:
                 heartbeat()
         return cursors
-    except (OSError, imap.IMAPClientError):
-        raise imap.MailboxError("protocol", permanent=False) from None
+    except (OSError, imap.IMAPClientError) as error:
+        raise imap.MailboxError(imap.error_code(error), permanent=False) from None
     finally:
         imap.close(client)

@@ -15,8 +15,8 @@ from django.core.cache import cache
 from django.urls import reverse
 
 from sync.microsoft.client import (  # noqa: F401 - re-exported for the migration's modules
-    CONSENT_CODES, GRAPH_RESOURCE, HTTP_CACHE, SCOPES, UNAVAILABLE, MicrosoftError, aadsts_codes, access_token,
-    build_app, configured, error_from, instance, load_cache, needs_admin_consent, verify,
+    CONSENT_CODES, GRAPH_RESOURCE, HTTP_CACHE, SCOPES, UNAVAILABLE, HttpClient, MicrosoftError, SignInUnavailable,
+    aadsts_codes, access_token, build_app, configured, error_from, instance, load_cache, needs_admin_consent, verify,
 )
 
 # What the sign-in asks for: SCOPES plus the ones msal adds by itself (msal.oauth2cli
@@ -106,13 +106,19 @@ def domain_directory(tenant: str) -> str:
     if cached is not None:
         return cached
     url = f"{instance()}/{quote(tenant, safe='')}/v2.0/.well-known/openid-configuration"
+    session = HttpClient()  # MSAL's client: our timeout, CA file and caps (MS_MAX_RESPONSE_BYTES/SECONDS)
     try:
-        response = requests.get(url, timeout=settings.MS_TIMEOUT, verify=verify(), allow_redirects=False)
+        response = session.get(url, allow_redirects=False)
         if response.status_code == 429 or response.status_code >= 500:
             raise MicrosoftError("ms_unreachable", permanent=False)
         issuer = str(response.json().get("issuer", "")) if response.status_code == 200 else ""
+    except MicrosoftError:
+        raise  # over a cap (ms_too_large / ms_too_slow), or the outage above
     except (requests.RequestException, ValueError, AttributeError):
+        # unreachable, throttled (SignInUnavailable), not JSON: an outage says nothing about the tenant
         raise MicrosoftError("ms_unreachable", permanent=False) from None
+    finally:
+        session.close()
     match = _ISSUER_TENANT.search(issuer)
     found = match[1].lower() if match else ""
     cache.set(key, found, DIRECTORY_CACHE_SECONDS)

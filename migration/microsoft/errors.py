@@ -30,6 +30,14 @@ MESSAGES = {
         "Minuten von selbst erneut."
     ),
     "ms_protocol": _("Microsoft hat unerwartet geantwortet. Bitte versuchen Sie es später erneut."),
+    # MS_MAX_RESPONSE_BYTES / MS_MAX_RESPONSE_SECONDS (sync.microsoft.client.capped).
+    "ms_too_large": _(
+        "Microsoft hat eine Antwort geschickt, die größer ist als erlaubt. Sie wurde nicht gelesen. Bitte versuchen "
+        "Sie es später erneut."
+    ),
+    "ms_too_slow": _(
+        "Microsoft hat zu langsam geantwortet; die Verbindung wurde beendet. Bitte versuchen Sie es später erneut."
+    ),
     "ms_reconnect": _(
         "Die Verbindung zu Microsoft ist abgelaufen oder wurde widerrufen. Bitte verbinden Sie das Konto neu."
     ),

@@ -52,8 +52,8 @@ def fetch_content(account: MailAccount, message: SyncedMessage) -> mime.Content:
     client = imap.open_mailbox(imap_settings_of(account), password_of(account))
     try:
         return _find(client, message)
-    except (OSError, imap.IMAPClientError):
-        raise MailboxError("protocol", permanent=False) from None
+    except (OSError, imap.IMAPClientError) as error:
+        raise MailboxError(imap.error_code(error), permanent=False) from None
     finally:
         imap.close(client)
 

@@ -2,11 +2,25 @@
 
 Errors are mapped to MailboxError codes that the UI translates; the original
 exception text (which may echo server output) is never shown to users.
+
+Caps on what a server can make a worker hold or wait for (settings
+IMAP_MAX_MESSAGE_BYTES, IMAP_COMMAND_MAX_SECONDS): a literal (RFC 3501
+section 4.3, "{size}" then size octets) bigger than the byte cap is refused
+as soon as it is announced, before anything is allocated for it (imaplib
+would allocate the announced size at once: "{2000000000}" asks for 2 GB);
+all lines and literals of one command's answer together may not pass it
+either (a server could otherwise send endless small untagged lines). Over
+it: TooLarge, and the connection is shut down, since the rest of that
+literal is still on the wire. One command's answer has at most
+IMAP_COMMAND_MAX_SECONDS, however steadily it trickles in: TooSlow. Both are
+OSError, so every caller that survives a broken connection survives them;
+error_code() names them for the user.
 """
 
 import imaplib
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone as dt_timezone
 
@@ -23,18 +37,103 @@ FETCH_ITEMS = ["INTERNALDATE", "RFC822.SIZE", "BODY.PEEK[HEADER.FIELDS (MESSAGE-
 FETCH_BATCH = 500
 
 
+class TooLarge(OSError):
+    """A literal, or one command's whole answer, over IMAP_MAX_MESSAGE_BYTES; the connection was shut down."""
+
+
+class TooSlow(TimeoutError):
+    """One command's answer took longer than IMAP_COMMAND_MAX_SECONDS; the connection was shut down."""
+
+
+def error_code(error: Exception) -> str:
+    """The MailboxError code for an exception that ended an IMAP session: too_large, too_slow or protocol."""
+    if isinstance(error, TooLarge):
+        return "too_large"
+    if isinstance(error, TooSlow):
+        return "too_slow"
+    return "protocol"
+
+
 class _PinnedIMAP4(imaplib.IMAP4):
-    """imaplib connection to an address checked by the egress guard.
+    """imaplib connection to an address checked by the egress guard, with byte and time caps.
 
     self.host keeps the name the user gave, so TLS (implicit or STARTTLS)
     verifies the certificate against that name, not against the address.
+    imaplib reads every line through readline() and every literal through
+    read(size); both count against the current command's caps, which start
+    again with each send() (a command, or the continuation of one).
     """
 
     def __init__(self, host, port, *, address, ssl_context, implicit_tls, timeout):
         self._address = address
         self._ssl_context = ssl_context
         self._implicit_tls = implicit_tls
+        self._io_timeout = timeout
+        self._max_bytes = settings.IMAP_MAX_MESSAGE_BYTES
+        self._max_seconds = settings.IMAP_COMMAND_MAX_SECONDS
+        self._start_answer()  # the greeting is an answer too
         super().__init__(host, port, timeout)
+
+    def _start_answer(self) -> None:
+        self._deadline = time.monotonic() + self._max_seconds
+        self._answer_bytes = 0
+
+    def send(self, data):
+        self._start_answer()
+        super().send(data)
+
+    def _give_up(self, error: OSError):
+        # The rest of the answer is still on the wire: this connection can never be used again.
+        _shutdown_socket(self.sock)
+        raise error
+
+    def _too_slow(self):
+        self._give_up(TooSlow(f"no complete answer within {self._max_seconds} s"))
+
+    def _recv(self, read):
+        """read() (at most one recv()), its wait bounded by the deadline; TooSlow once that has passed."""
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            self._too_slow()
+        self.sock.settimeout(min(remaining, self._io_timeout) if self._io_timeout else remaining)
+        try:
+            return read()
+        except TimeoutError:
+            if time.monotonic() >= self._deadline:
+                self._too_slow()
+            raise  # MAIL_CONNECT_TIMEOUT without a byte: a plain timeout, as before
+
+    def _count(self, size: int, what: str) -> None:
+        self._answer_bytes += size
+        if size > self._max_bytes or self._answer_bytes > self._max_bytes:
+            self._give_up(TooLarge(f"{what} of {size} octets (IMAP_MAX_MESSAGE_BYTES {self._max_bytes})"))
+
+    def read(self, size):
+        """A literal of `size` octets, refused before anything is read when it is over the cap."""
+        self._count(size, "literal")
+        data = bytearray()
+        while len(data) < size:
+            chunk = self._recv(lambda: self.file.read1(min(size - len(data), 65536)))  # at most one recv()
+            if not chunk:
+                break  # the server closed: imaplib fails on the missing rest
+            data += chunk
+        return bytes(data)
+
+    def readline(self):
+        """One line, at most imaplib's _MAXLINE octets, read recv() by recv() against the deadline."""
+        line = bytearray()
+        while True:
+            buffered = self._recv(lambda: self.file.peek(1))  # what is buffered, or one recv() when nothing is
+            if not buffered:
+                break
+            end = buffered.find(b"\n")
+            line += self.file.read(len(buffered) if end < 0 else end + 1)  # from the buffer only
+            if end >= 0:
+                break
+            if len(line) > imaplib._MAXLINE:
+                raise self.error(f"got more than {imaplib._MAXLINE} bytes")
+        self._count(len(line), "answer")
+        return bytes(line)
 
     def _create_socket(self, timeout=None):
         sock = socket.create_connection((self._address, self.port), timeout)
@@ -103,6 +202,9 @@ def open_mailbox(server: ImapSettings, password: str) -> IMAPClient:
     except LoginError:
         _close_quietly(client)
         raise MailboxError("auth_failed", permanent=True) from None
+    except (TooLarge, TooSlow) as error:
+        _close_quietly(client)
+        raise MailboxError(error_code(error), permanent=False) from None
     except (ssl.SSLError, ssl.CertificateError):
         _close_quietly(client)
         raise MailboxError("tls_failed", permanent=True) from None

@@ -31,8 +31,10 @@ def sync(account: MailAccount) -> int:
     ends the run. A folder the server refuses to open, a folder name too long
     to keep, and a message the server cannot deliver are recorded
     (SkippedMessage, admin) and the rest of the mailbox syncs; a connection
-    that breaks for good ends the run with "protocol", folders finished
-    before it keep their new cursors.
+    that breaks for good ends the run with "protocol" ("too_large" /
+    "too_slow" when an answer passed a cap of sync.imap.client), folders
+    finished before it keep their new cursors. A message over
+    IMAP_MAX_MESSAGE_BYTES is recorded as skipped (too_large).
     """
     try:
         connection = Session(imap_settings_of(account), password_of(account))
@@ -44,8 +46,10 @@ def sync(account: MailAccount) -> int:
         cursors = _cursors(connection.client, account)
         for state in reconcile_folders(account, cursors):
             added += _sync_folder_isolated(connection, account, state, cursors[state.name])
-    except (OSError, imap.IMAPClientError, MailboxError):
-        record_sync_result(account_id=account.pk, error_code="protocol")
+    except (OSError, imap.IMAPClientError, MailboxError) as error:
+        # An answer over a cap that no message can be blamed for (LIST, STATUS, SEARCH): too_large / too_slow.
+        code = error.code if isinstance(error, MailboxError) else imap.error_code(error)
+        record_sync_result(account_id=account.pk, error_code=code)
         return added
     finally:
         connection.close()

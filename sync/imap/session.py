@@ -1,8 +1,9 @@
 """One IMAP session of a sync run that survives a message the server cannot deliver.
 
 A corrupt message file (a full disk, a broken restore) makes Dovecot answer
-the whole FETCH with an error and drop the connection. One such message must
-not stop a mailbox: the batch is fetched again message by message on a new
+the whole FETCH with an error and drop the connection; a message over
+IMAP_MAX_MESSAGE_BYTES makes the client drop it (sync.imap.client.TooLarge).
+One such message must not stop a mailbox: the batch is fetched again message by message on a new
 connection, the bad ones are noted for the caller to record, and the rest is
 stored. Used by the V3 engine and the legacy V2 poll.
 """
@@ -43,6 +44,8 @@ class Session:
             batch = uids[start : start + imap.FETCH_BATCH]
             try:
                 yield from list(imap.fetch_batches(self.client, batch, skipped=skipped))
+            except imap.TooSlow:
+                raise  # the server is slow, not one message: asking message by message would only be slower
             except (OSError, imap.IMAPClientError):
                 yield self._one_by_one(folder, batch, skipped)
 
@@ -52,10 +55,16 @@ class Session:
         for uid in uids:
             try:
                 messages.extend(imap.fetch_messages(client, [uid], skipped=skipped))
+            except imap.TooSlow:
+                raise
             except (OSError, imap.IMAPClientError) as error:
                 bad += 1
                 if bad > MAX_BAD_MESSAGES:
                     raise
-                skipped.append((uid, "unreadable", type(error).__name__))
+                if isinstance(error, imap.TooLarge):
+                    # Bigger than IMAP_MAX_MESSAGE_BYTES (or announced so): never read, recorded for support.
+                    skipped.append((uid, "too_large", str(error)[:300]))
+                else:
+                    skipped.append((uid, "unreadable", type(error).__name__))
                 client = self.reopen(folder)
         return messages

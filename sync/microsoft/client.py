@@ -9,6 +9,7 @@ whether trying again can help. The sign-in and admin-consent flows of the
 migration live in migration/microsoft/ and build on this module.
 """
 
+import contextlib
 import re
 
 import msal
@@ -16,6 +17,8 @@ import requests
 from django.conf import settings
 from msal.exceptions import MsalServiceError
 from urllib3.util.retry import Retry
+
+from sync import http_caps
 
 # The resource all delegated scopes belong to. Not MS_GRAPH_URL: that is where
 # requests go (a fake in tests), this is the name of the API at Microsoft.
@@ -81,13 +84,19 @@ class SignInUnavailable(requests.RequestException):
 
 
 class HttpClient(requests.Session):
-    """msal's HTTP client: our timeout and CA file on every request, 429/5xx raised as SignInUnavailable."""
+    """msal's HTTP client: our timeout and CA file on every request, 429/5xx raised as SignInUnavailable.
+
+    Every answer is read under the caps MS_MAX_RESPONSE_BYTES (after
+    decompression) and MS_MAX_RESPONSE_SECONDS (the whole request), see
+    sync.http_caps; over them MicrosoftError ms_too_large / ms_too_slow, which
+    msal lets through (it is no RequestException).
+    """
 
     def __init__(self):
         super().__init__()
         # One retry of a failed connection, as msal's own client does, but no waiting out a Retry-After
         # here (urllib3 would sleep for it inside a request, up to an hour): the caller decides.
-        adapter = requests.adapters.HTTPAdapter(
+        adapter = http_caps.WatchedAdapter(
             max_retries=Retry(total=1, read=False, status=0, respect_retry_after_header=False))
         self.mount("https://", adapter)
         self.mount("http://", adapter)
@@ -96,11 +105,26 @@ class HttpClient(requests.Session):
         kwargs.setdefault("timeout", settings.MS_TIMEOUT)
         # verify= per request: REQUESTS_CA_BUNDLE would override a session's.
         kwargs["verify"] = verify()
-        response = super().request(method, url, **kwargs)
-        if response.status_code == 429 or response.status_code >= 500:
-            response.close()
-            raise SignInUnavailable(response.status_code, response.headers.get("Retry-After", ""))
+        kwargs["stream"] = True  # read below, under the byte cap
+        with capped():
+            response = super().request(method, url, **kwargs)
+            if response.status_code == 429 or response.status_code >= 500:
+                response.close()
+                raise SignInUnavailable(response.status_code, response.headers.get("Retry-After", ""))
+            http_caps.read_body(response, max_bytes=settings.MS_MAX_RESPONSE_BYTES)
         return response
+
+
+@contextlib.contextmanager
+def capped():
+    """MS_MAX_RESPONSE_SECONDS for the requests in the block; the caps' errors as MicrosoftError."""
+    try:
+        with http_caps.deadline(settings.MS_MAX_RESPONSE_SECONDS):
+            yield
+    except http_caps.TooLarge:
+        raise MicrosoftError("ms_too_large", permanent=False) from None
+    except http_caps.TooSlow:
+        raise MicrosoftError("ms_too_slow", permanent=False) from None
 
 
 # What an outage of the sign-in service looks like to a caller of msal: a

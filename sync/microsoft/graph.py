@@ -25,8 +25,9 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import requests
 from django.conf import settings
 
+from sync import http_caps
 from sync.microsoft import slots
-from sync.microsoft.client import MicrosoftError, verify
+from sync.microsoft.client import MicrosoftError, capped, verify
 
 PREFER = 'IdType="ImmutableId", odata.maxpagesize=100'
 MESSAGE_FIELDS = "internetMessageId,subject,from,toRecipients,ccRecipients,sentDateTime,receivedDateTime"
@@ -163,6 +164,10 @@ class Graph:
         self.base = settings.MS_GRAPH_URL
         self.mailbox = mailbox
         self.session = requests.Session()
+        # Connections a deadline (MS_MAX_RESPONSE_SECONDS) or an overrunning sync run can shut down.
+        adapter = http_caps.WatchedAdapter()
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
         self.session.headers.update({"Authorization": f"Bearer {access_token}", "Prefer": PREFER,
                                      "Accept": "application/json"})
 
@@ -170,18 +175,25 @@ class Graph:
         self.session.close()
 
     def get(self, path_or_url: str, params: dict | None = None) -> dict:
-        """One GET; the JSON body of a 200, else a MicrosoftError saying whether a retry can help."""
+        """One GET; the JSON body of a 200, else a MicrosoftError saying whether a retry can help.
+
+        Each answer is read whole under MS_MAX_RESPONSE_BYTES (after
+        decompression) and MS_MAX_RESPONSE_SECONDS: over them ms_too_large /
+        ms_too_slow (transient: the next run tries again).
+        """
         url = path_or_url if path_or_url.startswith("https://") else f"{self.base}{path_or_url}"
         if not (url == self.base or url.startswith(self.base + "/")):
             raise MicrosoftError("ms_protocol", permanent=True)  # a link to another host
         waited = 0.0
         for attempt in range(RETRIES + 1):
             try:
-                # One of the mailbox's slots while on the wire, not while waiting out a Retry-After.
-                with slots.slot(self.mailbox):
+                # One of the mailbox's slots while on the wire (the body included), not while waiting out a
+                # Retry-After; the caps (MS_MAX_RESPONSE_BYTES/SECONDS) bound what one answer may cost.
+                with slots.slot(self.mailbox), capped():
                     # verify= per request: REQUESTS_CA_BUNDLE would override a session's.
                     response = self.session.get(url, params=params, timeout=settings.MS_TIMEOUT, verify=verify(),
-                                                allow_redirects=False)
+                                                allow_redirects=False, stream=True)
+                    http_caps.read_body(response, max_bytes=settings.MS_MAX_RESPONSE_BYTES)
             except requests.RequestException:
                 raise MicrosoftError("ms_unreachable", permanent=False) from None
             if response.status_code not in RETRY_STATUSES or attempt == RETRIES:

@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from portal.devservers import make_certificate
+from tests.fakes import bombs
 from tests.fakes.local_server import listen, serve_in_background, shut
 from tests.fakes.microsoft_graph import GraphMixin
 
@@ -181,6 +182,10 @@ class FakeMicrosoft(GraphMixin):
             self.graph_in_flight: dict[str, int] = {}
             self.graph_max_in_flight: dict[str, int] = {}
             self.graph_concurrency_refused: dict[str, int] = {}
+            # A hostile or broken answer no real Microsoft service sends, for the caps tests: {"answer": "bomb"
+            # (a gzip body that inflates to bombs.BOMB_BYTES) | "drip" (one byte every bombs.DRIP_INTERVAL
+            # seconds), "on": {"discovery", "token", "graph"}}. None: none.
+            self.hostile: dict | None = None
             self.add_tenant(CONSUMERS, {"outlook.com", "hotmail.com"})
 
     def add_tenant(self, tenant_id: str, domains, **options) -> Tenant:
@@ -302,6 +307,10 @@ class FakeMicrosoft(GraphMixin):
         if not outage or endpoint not in outage.get("on", ("token", "discovery")):
             return None
         return outage if "segments" not in outage or segment.lower() in outage["segments"] else None
+
+    def hostile_at(self, endpoint: str) -> str | None:
+        hostile = self.hostile
+        return hostile["answer"] if hostile and endpoint in hostile.get("on", ()) else None
 
     def next_graph_throttle(self) -> tuple[int, str | None] | None:
         if self.graph_throttle:
@@ -537,6 +546,10 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         self._record(query)
         path = parts.path
+        endpoint = ("discovery" if path.endswith("/openid-configuration") else
+                    "graph" if path.startswith("/v1.0/") else "")
+        if answer := self.fake.hostile_at(endpoint):
+            return self._hostile(answer)  # outside the lock: a drip must not hold up other requests
         with self.fake.lock:
             if match := re.fullmatch(r"/([^/]+)/v2\.0/\.well-known/openid-configuration", path):
                 if outage := self.fake.outage_at("discovery", match[1]):
@@ -583,6 +596,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
         self._record({k: v for k, v in form.items() if k in ("grant_type", "scope", "redirect_uri")})
+        if parts.path.endswith("/token") and (answer := self.fake.hostile_at("token")):
+            return self._hostile(answer)
         with self.fake.lock:
             if match := re.fullmatch(r"/([^/]+)/oauth2/v2\.0/token", parts.path):
                 if outage := self.fake.outage_at("token", match[1]):
@@ -603,6 +618,25 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def _hostile(self, answer: str):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if answer == "bomb":
+            data = bombs.bomb()
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client stopped reading at its cap
+            return
+        self.send_header("Content-Length", "10000")
+        self.end_headers()
+        self.wfile.flush()
+        bombs.drip(self.wfile.write)
+        self.close_connection = True
 
     def _outage(self, outage: dict):
         status = int(outage.get("status", 503))

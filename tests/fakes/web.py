@@ -3,7 +3,10 @@
     web = FakeWeb({"/ok": (200, {}, "hallo"), "/hop": (302, {"Location": "http://10.0.0.1/"}, "")}).start()
     web.url("/ok") -> "http://127.0.0.1:PORT/ok"
 
-A route may also be a callable(handler) -> (status, headers, body). With
+A route may also be a callable(handler) -> (status, headers, body); a body
+may be a callable(write) that writes it itself (after the headers, which then
+must carry their own Content-Length). The hostile answers of the caps tests:
+bomb_route() (a compression bomb) and drip_route() (one byte at a time). With
 tls_names the server speaks HTTPS with a certificate for exactly those names
 (cert_pem is its CA); the server name each client asked for (SNI) is kept in
 `sni`, every request in `requests` as (method, path, headers, body).
@@ -15,7 +18,18 @@ import tempfile
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
+from tests.fakes import bombs
 from tests.fakes.local_server import listen, serve_in_background, shut
+
+
+def bomb_route(encoding: str = "gzip", content_type: str = "text/xml") -> tuple:
+    """200 with a body of ~200 KB that inflates to bombs.BOMB_BYTES (Content-Encoding gzip or deflate)."""
+    return 200, {"Content-Type": content_type, "Content-Encoding": encoding}, bombs.bomb(encoding=encoding)
+
+
+def drip_route() -> tuple:
+    """200 announcing 10,000 bytes and sending one every bombs.DRIP_INTERVAL seconds."""
+    return 200, {"Content-Type": "text/xml", "Content-Length": "10000"}, lambda write: bombs.drip(write)
 
 
 def make_named_certificate(directory: Path, names: list[str]) -> tuple[Path, Path]:
@@ -76,9 +90,18 @@ def _handler(web: FakeWeb):
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
+            if callable(payload):
+                self.end_headers()
+                self.wfile.flush()
+                payload(self.wfile.write)
+                self.close_connection = True
+                return
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload)
+            try:
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # a client that stopped reading (a cap)
 
         do_GET = do_POST = _serve
 
