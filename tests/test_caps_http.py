@@ -100,7 +100,7 @@ def capped(settings, microsoft):  # noqa: F811
 
 def test_a_compressed_bomb_from_graph_is_stopped_on_its_inflated_size(capped):
     capped.hostile = {"answer": "bomb", "on": {"graph"}}
-    graph = Graph("any-token")
+    graph = Graph("any-token", mailbox="anna@contoso.com")
     raised, peak = peak_of(lambda: graph.get("/v1.0/me"))
     graph.close()
     assert isinstance(raised, MicrosoftError) and raised.code == "ms_too_large" and not raised.permanent
@@ -136,7 +136,7 @@ def test_a_compressed_bomb_from_the_tenant_lookup_is_not_taken_for_an_answer(cap
 
 def test_a_trickling_answer_from_graph_is_cut_at_the_time_cap(capped):
     capped.hostile = {"answer": "drip", "on": {"graph"}}
-    graph = Graph("any-token")
+    graph = Graph("any-token", mailbox="anna@contoso.com")
     with pytest.raises(MicrosoftError) as error:
         graph.get("/v1.0/me")
     graph.close()
