@@ -98,7 +98,7 @@ def capped(settings, microsoft):  # noqa: F811
     return microsoft
 
 
-def test_a_compressed_bomb_from_graph_is_stopped_on_its_inflated_size(capped):
+def test_a_compressed_bomb_from_graph_is_stopped_on_its_inflated_size(capped, db):  # db: the mailbox slots
     capped.hostile = {"answer": "bomb", "on": {"graph"}}
     graph = Graph("any-token", mailbox="anna@contoso.com")
     raised, peak = peak_of(lambda: graph.get("/v1.0/me"))
@@ -134,7 +134,7 @@ def test_a_compressed_bomb_from_the_tenant_lookup_is_not_taken_for_an_answer(cap
     assert ms_client.directory_id("contoso.com") == CONTOSO  # "" was not cached
 
 
-def test_a_trickling_answer_from_graph_is_cut_at_the_time_cap(capped):
+def test_a_trickling_answer_from_graph_is_cut_at_the_time_cap(capped, db):  # db: the mailbox slots
     capped.hostile = {"answer": "drip", "on": {"graph"}}
     graph = Graph("any-token", mailbox="anna@contoso.com")
     with pytest.raises(MicrosoftError) as error:
