@@ -11,6 +11,13 @@ address alive. So every connection builds its own _GuardedProtocol outside
 that cache, and its sessions mount a PinnedAdapter: TCP goes to the address
 the guard checked, TLS verifies the URL's host name, an account's own CA
 (PEM) is trusted in addition to the system's, and verification is never off.
+
+NTLM carries the TLS channel binding (Extended Protection, which Exchange Server
+2019 CU14+ requires by default; RFC 5929 "tls-server-end-point", MS-NLMP
+MsvAvChannelBindings): exchangelib's NTLM is requests_ntlm, which hashes the
+certificate of the socket the 401 arrived on. That needs the response's raw
+urllib3 object with its socket still open, so nothing in the adapter may read
+a body before the auth hook has seen it (tests/test_ews_extended_protection.py).
 """
 
 import email.utils
