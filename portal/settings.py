@@ -182,6 +182,13 @@ MAIL_CONNECT_TIMEOUT = envint("MAIL_CONNECT_TIMEOUT", 15, minimum=1)
 EWS_RETRY_MAX_WAIT = envint("EWS_RETRY_MAX_WAIT", 30, minimum=0)
 EWS_RETRY_BUDGET = envint("EWS_RETRY_BUDGET", 120, minimum=0)
 EWS_RETRY_WAIT = envint("EWS_RETRY_WAIT", 5, minimum=0)
+# The most one EWS answer may hold once decompressed, and the longest it may take from the request to its last
+# byte; beyond them the attempt fails (response_too_large, response_too_slow) instead of filling the worker's
+# memory or holding it. Legitimate answers: a page of 512 changes or 100 messages' headers stays well below
+# 1 MB; the largest is one message's body on the message page (several MB for big HTML mails). exchangelib
+# parses an answer at roughly a second per MB of CPU, so the cap bounds that too.
+EWS_MAX_RESPONSE_BYTES = envint("EWS_MAX_RESPONSE_BYTES", 16 * 1024 * 1024, minimum=64 * 1024)
+EWS_MAX_RESPONSE_SECONDS = envint("EWS_MAX_RESPONSE_SECONDS", 300, minimum=5)
 
 # --- Provider detection -------------------------------------------------------
 # Nameservers for the MX lookup ("10.0.0.53" or "127.0.0.1:5353"); empty: the system's.

@@ -49,11 +49,19 @@ MESSAGES = {
     "unreachable": _("Das Postfach ist gerade nicht erreichbar. Bitte versuchen Sie es in einigen Minuten erneut."),
     "not_connected": _("Der Inhalt kann nicht geladen werden, weil für dieses Konto keine Anmeldedaten gespeichert sind."),
     "failed": _("Der Inhalt dieser Nachricht konnte nicht geladen werden. Bitte versuchen Sie es später erneut."),
+    "mailbox_denied": _(
+        "Exchange hat die Anmeldung angenommen, aber dieses Konto darf das Postfach nicht öffnen. Bitte wenden Sie "
+        "sich an Ihre Exchange-Administration."
+    ),
+    "too_large": _(
+        "Diese Nachricht ist zu groß, um sie hier anzuzeigen. Bitte öffnen Sie sie in Ihrem E-Mail-Programm."
+    ),
 }
 # Provider error codes (sync.errors.MailboxError, sync.microsoft.client.MicrosoftError) -> a MESSAGES key.
 _CODES = {
     "auth_failed": "reconnect", "ews_auth_failed": "reconnect", "ms_reconnect": "reconnect",
-    "unreachable": "unreachable", "ms_unreachable": "unreachable",
+    "unreachable": "unreachable", "ms_unreachable": "unreachable", "response_too_slow": "unreachable",
+    "ews_mailbox_denied": "mailbox_denied", "response_too_large": "too_large",
 }
 
 

@@ -11,11 +11,15 @@ resolved and checked again, the TCP connection goes to the checked address,
 and TLS still verifies the certificate against the host name in the URL.
 check_rate limits connection attempts per user and per destination, so the
 login form is neither a port scanner nor a password-spraying relay.
+PinnedAdapter can also cap each response: max_bytes of body after
+decompression and max_seconds from sending the request to the body's last
+byte (ResponseTooLarge, ResponseTooSlow).
 """
 
 import hashlib
 import ipaddress
 import socket
+import threading
 import time
 from urllib.parse import urljoin, urlsplit
 
@@ -77,6 +81,18 @@ class ProtocolFailed(EgressError):
 
 class RateLimited(EgressError):
     code = "rate_limited"
+
+
+class ResponseTooLarge(EgressError):
+    """A body beyond the adapter's max_bytes once decompressed (a compressed bomb, or a broken server)."""
+
+    code = "response_too_large"
+
+
+class ResponseTooSlow(EgressError):
+    """A response not complete within the adapter's max_seconds (a server that answers a byte at a time)."""
+
+    code = "response_too_slow"
 
 
 def _allow_networks():
@@ -190,19 +206,64 @@ def _count(key: str) -> int:
 # --- HTTP ---------------------------------------------------------------------------------------------------------
 
 
+def _shut_down(connection) -> None:
+    """Shut the socket down: a read blocked on it returns at once (from any thread)."""
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # closed already
+
+
 def _watch(connection) -> None:
     """Let the current sync run shut this connection's socket down when it overruns (sync.leases)."""
     from sync import leases  # not at import: the guard is also used before Django's apps are ready
 
-    def shut_down():
-        sock = getattr(connection, "sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # closed already
+    leases.on_overrun(lambda: _shut_down(connection))
 
-    leases.on_overrun(shut_down)
+
+# The _Deadline of the request this thread is sending through a PinnedAdapter with max_seconds.
+_attempt = threading.local()
+
+
+class _Deadline:
+    """Shuts down the connection of one request that is not answered in full within `seconds`.
+
+    A read timeout bounds each read, not the answer: a server that sends a byte
+    every few seconds never trips it. A timer does. It is armed before the
+    request is sent, learns the connection when urllib3 sends on it, and is
+    disarmed when the body has been read (or reading it failed).
+    """
+
+    def __init__(self, seconds: float):
+        self.lock = threading.Lock()
+        self.connection = None
+        self.fired = self.done = False
+        self.timer = threading.Timer(seconds, self._fire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def watch(self, connection) -> None:
+        with self.lock:
+            self.connection = connection
+            fired = self.fired
+        if fired:
+            _shut_down(connection)
+
+    def finish(self) -> None:
+        with self.lock:
+            self.done = True
+        self.timer.cancel()
+
+    def _fire(self) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.fired = True
+            connection = self.connection
+        if connection is not None:
+            _shut_down(connection)
 
 
 class _WatchedHTTPConnection(HTTPConnection):
@@ -210,11 +271,23 @@ class _WatchedHTTPConnection(HTTPConnection):
         super().connect()
         _watch(self)
 
+    def request(self, *args, **kwargs):
+        deadline = getattr(_attempt, "deadline", None)
+        if deadline is not None:
+            deadline.watch(self)
+        return super().request(*args, **kwargs)
+
 
 class _WatchedHTTPSConnection(HTTPSConnection):
     def connect(self):
         super().connect()
         _watch(self)
+
+    def request(self, *args, **kwargs):
+        deadline = getattr(_attempt, "deadline", None)
+        if deadline is not None:
+            deadline.watch(self)
+        return super().request(*args, **kwargs)
 
 
 class _WatchedHTTPPool(HTTPConnectionPool):
@@ -233,12 +306,22 @@ class PinnedAdapter(HTTPAdapter):
     assert_hostname (certificate check), so TLS is verified exactly as if we
     had connected by name. The Host header is set explicitly, otherwise
     http.client would send the address.
+
+    max_bytes (body bytes after decompression) and max_seconds (from sending
+    to the body's last byte) cap every response: over them reading the body
+    raises ResponseTooLarge or ResponseTooSlow and the connection is closed.
+    The body is still read lazily, by whoever reads it (requests, or an auth
+    hook such as requests_ntlm's, which needs the response's socket first).
+    Decompression itself is bounded per read by urllib3 (>= 2.6), so a
+    compressed bomb never inflates far beyond max_bytes.
     """
 
-    def __init__(self, *, host: str, address: str, ca_pem: str = "", **kwargs):
+    def __init__(self, *, host: str, address: str, ca_pem: str = "", max_bytes: int | None = None,
+                 max_seconds: float | None = None, **kwargs):
         self.pinned_host = ascii_host(host)
         self.pinned_address = address
         self.ca_pem = ca_pem
+        self.max_bytes, self.max_seconds = max_bytes, max_seconds
         super().__init__(**kwargs)
 
     def init_poolmanager(self, *args, **kwargs):
@@ -267,7 +350,57 @@ class PinnedAdapter(HTTPAdapter):
             kwargs["verify"] = True
         kwargs["proxies"] = {}  # a proxy would connect by name and bypass the pin
         request.headers["Host"] = urlsplit(request.url).netloc.rsplit("@", 1)[-1]
-        return super().send(request, **kwargs)
+        deadline = _Deadline(self.max_seconds) if self.max_seconds else None
+        _attempt.deadline = deadline
+        try:
+            response = super().send(request, **kwargs)
+        except Exception:
+            if deadline is not None:
+                deadline.finish()
+                if deadline.fired:
+                    raise ResponseTooSlow(self.pinned_host) from None
+            raise
+        finally:
+            _attempt.deadline = None
+        if self.max_bytes is not None or deadline is not None:
+            _cap_body(response, max_bytes=self.max_bytes, deadline=deadline, host=self.pinned_host)
+        return response
+
+
+def _cap_body(response: requests.Response, *, max_bytes: int | None, deadline: _Deadline | None, host: str) -> None:
+    """Make reading this response's body (requests' iter_content, hence .content) stop at the caps.
+
+    Wraps the urllib3 response's stream() on this one object, so the response
+    stays the urllib3 object auth hooks look into (requests_ntlm reads the
+    peer certificate from its socket for the channel binding).
+    """
+    raw = response.raw
+    read = raw.stream
+
+    def stream(amt=2**16, decode_content=None):
+        total, failure = 0, None
+        try:
+            for chunk in read(amt, decode_content=decode_content):
+                total += len(chunk)
+                if max_bytes is not None and total > max_bytes:
+                    failure = ResponseTooLarge(f"{host}: more than {max_bytes} bytes")
+                    break
+                if deadline is not None and deadline.fired:
+                    break
+                yield chunk
+        except Exception:
+            if deadline is None or not deadline.fired:
+                raise
+        finally:
+            if deadline is not None:
+                deadline.finish()
+        if failure is None and deadline is not None and deadline.fired:
+            failure = ResponseTooSlow(host)
+        if failure is not None:
+            response.close()  # the rest of the body stays unread: the connection must not be used again
+            raise failure
+
+    raw.stream = stream
 
 
 def extra_ca_pem(ca_pem: str = "") -> str:

@@ -136,7 +136,8 @@ def test_a_failed_connection_leaves_the_account_on_v2_untouched_and_can_be_retri
 
 
 def test_an_ews_error_is_reported_clearly(client, user, exchange_account, fake_ews, celery_worker_thread):
-    fake_ews.failures["GetFolder"] = "ErrorMailboxStoreUnavailable"
+    # An error about the request itself; passing ones (ErrorMailboxStoreUnavailable) wait: test_migration_exchange_waits.
+    fake_ews.failures["GetFolder"] = "ErrorSchemaValidation"
     client.force_login(user)
     migration = _start(client, exchange_account)
     _submit(client, migration, fake_ews, auth_type="basic")

@@ -45,9 +45,10 @@ from exchangelib.protocol import CachingProtocol, FaultTolerance, Protocol
 from exchangelib.services import GetItem, SyncFolderItems
 from exchangelib.services.sync_folder_hierarchy import SyncFolder
 from exchangelib.util import MNS
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from sync import egress
-from sync.egress import EgressError, PinnedAdapter, resolve_checked
+from sync.egress import EgressError, EgressRefused, PinnedAdapter, resolve_checked
 from sync.errors import MailboxError
 from sync.exchange.folders import mail_folders
 from sync.identity import FetchedMessage
@@ -166,7 +167,14 @@ class _BoundedFaultTolerance(FaultTolerance):
         if response.status_code in (200, 500) and b"ErrorServerBusy" in (response.content or b""):
             found = _BACK_OFF_MS.search(response.content)
             self.hint = int(found.group(1)) / 1000.0 if found else None
-        return super().raise_response_errors(response)
+        try:
+            return super().raise_response_errors(response)
+        except MalformedResponseError:
+            # exchangelib retries 503 and some 500s; a load balancer's 502/504 or an IIS error page in a 500
+            # is as passing: tried again after a back-off, then a transient error (RateLimitError).
+            if 500 <= response.status_code < 600:
+                raise ErrorInternalServerTransientError(f"HTTP {response.status_code}") from None
+            raise
 
 
 class _GuardedProtocol(Protocol):
@@ -194,8 +202,12 @@ class _GuardedProtocol(Protocol):
         # No proxies, netrc or CA bundle from the environment (they would bypass the pin).
         session.trust_env = False
         # Same pool settings exchangelib uses (one connection, no urllib3 retries).
+        # Every answer is capped (EWS_MAX_RESPONSE_BYTES after decompression, EWS_MAX_RESPONSE_SECONDS in all):
+        # exchangelib itself reads a body whole, however big it inflates (issue 10: a ~400 KB gzip answer
+        # raised a worker's memory by ~470 MB).
         session.mount(self.service_endpoint, PinnedAdapter(
             **self._pin, pool_block=True, pool_connections=1, pool_maxsize=1, max_retries=0,
+            max_bytes=settings.EWS_MAX_RESPONSE_BYTES, max_seconds=settings.EWS_MAX_RESPONSE_SECONDS,
         ))
         return session
 
@@ -232,13 +244,24 @@ def open_account(server: EwsSettings, password: str):
 
 @contextmanager
 def mailbox_errors():
-    """Translate what exchangelib, requests and the guard raise into MailboxError codes."""
+    """Translate what exchangelib, requests and the guard raise into MailboxError codes.
+
+    permanent=False only where the same attempt may work later: the server answered but was busy beyond the
+    retry budget, slow, reset the connection or answered a 5xx (the migration then waits in verifying and
+    tries again). A server that never answered (unknown name, closed port, no route, connect timeout), a
+    refused password, a mailbox the login may not open, TLS, an answer beyond EWS_MAX_RESPONSE_BYTES and
+    EWS errors about the request itself are permanent.
+    """
     try:
         yield
     except MailboxError:
         raise
+    except EgressRefused as error:
+        # The policy or DNS refused the destination; only "resolver" (DNS could not be asked) may pass.
+        raise MailboxError(error.code, permanent=error.reason != "resolver") from None
     except EgressError as error:
-        raise MailboxError(error.code, permanent=error.code == "tls_failed") from None
+        permanent = error.code in ("tls_failed", "response_too_large") or _never_connected(error)
+        raise MailboxError(error.code, permanent=permanent) from None
     except UnauthorizedError:
         raise MailboxError("auth_failed", permanent=True) from None
     except (ErrorAccessDenied, ErrorNonExistentMailbox, ErrorImpersonateUserDenied):
@@ -246,23 +269,35 @@ def mailbox_errors():
         # this address): not a wrong password, and no reason to stop the sync as one (no lockout risk).
         raise MailboxError(MAILBOX_DENIED, permanent=True) from None
     except (TransportError, EWSError, CASError, requests.RequestException, OSError) as error:
+        # Read through the chain: exchangelib's version guess wraps whatever stopped it in a TransportError.
+        chain = list(_chain(error))
         if _caused_by_tls(error):
             raise MailboxError("tls_failed", permanent=True) from None
-        if isinstance(error, (ErrorTimeoutExpired, requests.ConnectionError, requests.Timeout, OSError)):
+        if _never_connected(error):
+            raise MailboxError("unreachable", permanent=True) from None
+        if any(isinstance(e, (ErrorTimeoutExpired, requests.ConnectionError, requests.Timeout, OSError)) for e in chain):
             raise MailboxError("unreachable", permanent=False) from None
-        raise MailboxError("protocol", permanent=False) from None
+        transient = any(isinstance(e, TRANSIENT + (RateLimitError,)) for e in chain)
+        raise MailboxError("protocol", permanent=not transient) from None
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    # exchangelib and the guard re-raise inside except blocks: the original stays reachable through
+    # __cause__/__context__ (urllib3's MaxRetryError keeps its reason as __cause__).
+    seen = 0
+    while error is not None and seen < 12:
+        yield error
+        error = error.__cause__ or error.__context__
+        seen += 1
+
+
+def _never_connected(error: BaseException) -> bool:
+    """No TCP connection came about (refused, no route, connect timeout): the host or port is wrong or down."""
+    return any(isinstance(e, (NewConnectionError, ConnectTimeoutError)) for e in _chain(error))
 
 
 def _caused_by_tls(error: BaseException) -> bool:
-    # exchangelib re-raises requests' SSLError as a TransportError inside the
-    # except block, so the original stays reachable through __context__.
-    seen = 0
-    while error is not None and seen < 10:
-        if isinstance(error, (ssl.SSLError, ssl.CertificateError, requests.exceptions.SSLError)):
-            return True
-        error = error.__cause__ or error.__context__
-        seen += 1
-    return False
+    return any(isinstance(e, (ssl.SSLError, ssl.CertificateError, requests.exceptions.SSLError)) for e in _chain(error))
 
 
 def verify(server: EwsSettings, password: str, *, heartbeat=None) -> dict[str, dict]:

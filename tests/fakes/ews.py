@@ -116,6 +116,11 @@ class FakeEWS:
         # A body that never ends in time: the headers at once, then one byte every drip_seconds (0: off), for
         # drip_operation (None: every operation).
         self.drip_seconds, self.drip_operation = 0.0, None
+        # What sits in front of Exchange when it is down: every request answered with this (status, body), e.g.
+        # (502, b"<html>Bad Gateway</html>") from a load balancer, or (500, an IIS error page). None: off.
+        self.http_error: tuple[int, bytes] | None = None
+        # Every connection reset (TCP RST) right after the request arrived, as a failing server or firewall does.
+        self.reset = False
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
         for folder_key, name, parent, folder_class in DEFAULT_FOLDERS:

@@ -4,6 +4,8 @@ binding), throttling, and answers that are hostile on the wire (a compressed bom
 import base64
 import gzip
 import hashlib
+import socket
+import struct
 import time
 from http.server import BaseHTTPRequestHandler
 from xml.etree import ElementTree as ET
@@ -79,6 +81,17 @@ def handler(fake):
             with fake._lock:
                 fake.requests += 1
                 number = fake.requests
+            if fake.reset:
+                fake.calls.append("reset")
+                # SO_LINGER with a zero timeout: close() sends RST instead of FIN.
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                self.connection.close()
+                return None
+            if fake.http_error is not None:
+                fake.calls.append(f"http-{fake.http_error[0]}")
+                self._send(fake.http_error[0], fake.http_error[1], {"Content-Type": "text/html"})
+                return None
             if fake.unauthorized_every and number % fake.unauthorized_every == 0:
                 fake.calls.append("401-throttled")
                 self._send(401, b"", {"WWW-Authenticate": 'Basic realm="fake"'})
