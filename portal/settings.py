@@ -245,6 +245,8 @@ CAMPAIGN_MIGRATE_BY = envdate("CAMPAIGN_MIGRATE_BY", "2025-07-18")
 CAMPAIGN_V2_SHUTDOWN = envdate("CAMPAIGN_V2_SHUTDOWN", "2025-08-01")
 # The sync asks the campaign for V2's shutdown date through this callable (it never imports migration/).
 SYNC_V2_SHUTDOWN_DATE = "migration.selectors.v2_shutdown_date"
+# The user-facing text of an account's sync error code (shown in the sync admin), the settings page's own.
+SYNC_ERROR_MESSAGE = "migration.errors.message_for"
 if CAMPAIGN_V2_SHUTDOWN < CAMPAIGN_MIGRATE_BY:
     raise ImproperlyConfigured("CAMPAIGN_V2_SHUTDOWN must not be before CAMPAIGN_MIGRATE_BY")
 # A migration that sits in a worker step longer than this is re-queued by the sweeper.
