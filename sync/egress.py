@@ -266,7 +266,9 @@ class _Deadline:
             _shut_down(connection)
 
 
-class _WatchedHTTPConnection(HTTPConnection):
+class _Watched:
+    """A connection the sync run's overrun (connect) and the request's _Deadline (request) can shut down."""
+
     def connect(self):
         super().connect()
         _watch(self)
@@ -278,16 +280,12 @@ class _WatchedHTTPConnection(HTTPConnection):
         return super().request(*args, **kwargs)
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def connect(self):
-        super().connect()
-        _watch(self)
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    pass
 
-    def request(self, *args, **kwargs):
-        deadline = getattr(_attempt, "deadline", None)
-        if deadline is not None:
-            deadline.watch(self)
-        return super().request(*args, **kwargs)
+
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    pass
 
 
 class _WatchedHTTPPool(HTTPConnectionPool):
@@ -401,6 +399,15 @@ def _cap_body(response: requests.Response, *, max_bytes: int | None, deadline: _
             raise failure
 
     raw.stream = stream
+    if deadline is not None:
+        # A body closed or released unread (requests' Response.close) also ends the attempt: the timer must
+        # not shut the connection down later, when the pool has handed it to another request.
+        for name in ("close", "release_conn"):
+            def disarm(_original=getattr(raw, name)):
+                deadline.finish()
+                return _original()
+
+            setattr(raw, name, disarm)
 
 
 def extra_ca_pem(ca_pem: str = "") -> str:
