@@ -46,6 +46,13 @@ MESSAGES = {
         "Der E-Mail-Server hat zu langsam geantwortet; die Verbindung wurde beendet. Bitte versuchen Sie es später "
         "erneut."
     ),
+    "response_too_large": _(
+        "Der E-Mail-Server hat eine ungewöhnlich große Antwort geschickt. Sie wurde zum Schutz des Portals nicht "
+        "gelesen. Bitte wenden Sie sich an den Support."
+    ),
+    "response_too_slow": _(
+        "Der E-Mail-Server hat zu langsam geantwortet. Bitte versuchen Sie es später erneut."
+    ),
     "sync_internal": _(
         "Die Synchronisierung wurde durch einen unerwarteten Fehler unterbrochen. Der Fehler ist für den Support "
         "vermerkt; die nächste Synchronisierung versucht es automatisch erneut."

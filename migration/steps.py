@@ -120,11 +120,16 @@ def _verifying(migration: Migration) -> None:
             cursors = imap_flow.verify(server, password, heartbeat=heartbeat)
     except MailboxError as error:
         code = exchange_flow.error_code(error.code) if migration.provider_kind == ProviderKind.EXCHANGE else error.code
+        if migration.provider_kind == ProviderKind.EXCHANGE and not error.permanent:
+            # Busy beyond the retry budget, slow, reset or a 5xx: the migration keeps its password and
+            # waits in verifying; the sweeper runs this step again (as for Microsoft's outages).
+            logger.info("migration %s: Exchange verification must wait: %s", migration.pk, error.code)
+            services.defer(migration, code=code)
         services.fail(migration, code=code, reason=f"verify: {error.code}")
         return
     services.transition(
         migration, to=Status.HANDING_OVER, reason=f"verified, {len(cursors)} folders", cursors=cursors,
-        connection=connection,
+        connection=connection, error_code="",
     )
 
 

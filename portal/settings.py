@@ -307,6 +307,13 @@ EGRESS_HTTP_MAX_SECONDS = envint("EGRESS_HTTP_MAX_SECONDS", 30, minimum=1)
 EWS_RETRY_MAX_WAIT = envint("EWS_RETRY_MAX_WAIT", 30, minimum=0)
 EWS_RETRY_BUDGET = envint("EWS_RETRY_BUDGET", 120, minimum=0)
 EWS_RETRY_WAIT = envint("EWS_RETRY_WAIT", 5, minimum=0)
+# The most one EWS answer may hold once decompressed, and the longest it may take from the request to its last
+# byte; beyond them the attempt fails (response_too_large, response_too_slow) instead of filling the worker's
+# memory or holding it. Legitimate answers: a page of 512 changes or 100 messages' headers stays well below
+# 1 MB; the largest is one message's body on the message page (several MB for big HTML mails). exchangelib
+# parses an answer at roughly a second per MB of CPU, so the cap bounds that too.
+EWS_MAX_RESPONSE_BYTES = envint("EWS_MAX_RESPONSE_BYTES", 16 * 1024 * 1024, minimum=64 * 1024)
+EWS_MAX_RESPONSE_SECONDS = envint("EWS_MAX_RESPONSE_SECONDS", 300, minimum=5)
 
 # --- Provider detection -------------------------------------------------------
 # Nameservers for the MX lookup ("10.0.0.53" or "127.0.0.1:5353"); empty: the system's.
@@ -369,6 +376,8 @@ CAMPAIGN_MIGRATE_BY = envdate("CAMPAIGN_MIGRATE_BY", "2025-07-18")
 CAMPAIGN_V2_SHUTDOWN = envdate("CAMPAIGN_V2_SHUTDOWN", "2025-08-01")
 # The sync asks the campaign for V2's shutdown date through this callable (it never imports migration/).
 SYNC_V2_SHUTDOWN_DATE = "migration.selectors.v2_shutdown_date"
+# The user-facing text of an account's sync error code (shown in the sync admin), the settings page's own.
+SYNC_ERROR_MESSAGE = "migration.errors.message_for"
 if CAMPAIGN_V2_SHUTDOWN < CAMPAIGN_MIGRATE_BY:
     raise ImproperlyConfigured("CAMPAIGN_V2_SHUTDOWN must not be before CAMPAIGN_MIGRATE_BY")
 # A migration that sits in a worker step longer than this is re-queued by the sweeper.

@@ -1,6 +1,8 @@
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
+from django.utils.module_loading import import_string
 from django.utils.translation import gettext_lazy as _
 
 from sync.certificates import NotCertificates, certificates_only
@@ -36,12 +38,21 @@ class MailAccountForm(forms.ModelForm):
 @admin.register(MailAccount)
 class MailAccountAdmin(admin.ModelAdmin):
     form = MailAccountForm
-    list_display = ("address", "owner", "provider_kind", "engine", "status", "last_sync_at", "last_sync_error")
+    list_display = ("address", "owner", "provider_kind", "engine", "status", "last_sync_at", "last_sync_error",
+                    "last_sync_error_text")
     list_filter = ("engine", "status", "provider_kind", "provider_name")
     search_fields = ("address", "owner__email")
     # secret_encrypted is not editable and therefore never in a form or list.
-    readonly_fields = ("engine", "last_sync_at", "last_sync_error", "v2_stopped_at", "sync_lease_until",
-                       "sync_queued_at", "skipped_messages")
+    readonly_fields = ("engine", "last_sync_at", "last_sync_error", "last_sync_error_text", "v2_stopped_at",
+                       "sync_lease_until", "sync_queued_at", "skipped_messages")
+
+    @admin.display(description=_("Fehlermeldung"))
+    def last_sync_error_text(self, obj):
+        """What the user reads for the code on the settings page (through SYNC_ERROR_MESSAGE: sync never
+        imports migration/, which owns the texts)."""
+        if not obj.last_sync_error:
+            return ""
+        return import_string(settings.SYNC_ERROR_MESSAGE)(obj.last_sync_error)
 
     @admin.display(description=_("Übersprungene Nachrichten"))
     def skipped_messages(self, obj):

@@ -49,13 +49,21 @@ MESSAGES = {
     "unreachable": _("Das Postfach ist gerade nicht erreichbar. Bitte versuchen Sie es in einigen Minuten erneut."),
     "not_connected": _("Der Inhalt kann nicht geladen werden, weil für dieses Konto keine Anmeldedaten gespeichert sind."),
     "failed": _("Der Inhalt dieser Nachricht konnte nicht geladen werden. Bitte versuchen Sie es später erneut."),
-    "too_large": _("Diese Nachricht ist zu groß, um sie hier anzuzeigen. Sie können sie in Ihrem Postfach öffnen."),
+    "mailbox_denied": _(
+        "Exchange hat die Anmeldung angenommen, aber dieses Konto darf das Postfach nicht öffnen. Bitte wenden Sie "
+        "sich an Ihre Exchange-Administration."
+    ),
+    "too_large": _(
+        "Diese Nachricht ist zu groß, um sie hier anzuzeigen. Bitte öffnen Sie sie in Ihrem E-Mail-Programm."
+    ),
 }
 # Provider error codes (sync.errors.MailboxError, sync.microsoft.client.MicrosoftError) -> a MESSAGES key.
 _CODES = {
     "auth_failed": "reconnect", "ews_auth_failed": "reconnect", "ms_reconnect": "reconnect",
     "unreachable": "unreachable", "ms_unreachable": "unreachable", "ms_mailbox_busy": "unreachable",
-    "too_slow": "unreachable", "ms_too_slow": "unreachable", "too_large": "too_large", "ms_too_large": "too_large",
+    "too_slow": "unreachable", "ms_too_slow": "unreachable", "response_too_slow": "unreachable",
+    "too_large": "too_large", "ms_too_large": "too_large", "response_too_large": "too_large",
+    "ews_mailbox_denied": "mailbox_denied",
 }
 
 

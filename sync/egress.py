@@ -11,10 +11,14 @@ resolved and checked again, the TCP connection goes to the checked address,
 and TLS still verifies the certificate against the host name in the URL.
 check_rate limits connection attempts per user and per destination, so the
 login form is neither a port scanner nor a password-spraying relay.
+PinnedAdapter can also cap each response: max_bytes of body after
+decompression and max_seconds from sending the request to the body's last
+byte (ResponseTooLarge, ResponseTooSlow).
 """
 
 import ipaddress
 import socket
+import threading
 import time
 from urllib.parse import urljoin, urlsplit
 
@@ -86,6 +90,18 @@ class TooSlow(Unreachable):
 
 class RateLimited(EgressError):
     code = "rate_limited"
+
+
+class ResponseTooLarge(EgressError):
+    """A body beyond the adapter's max_bytes once decompressed (a compressed bomb, or a broken server)."""
+
+    code = "response_too_large"
+
+
+class ResponseTooSlow(EgressError):
+    """A response not complete within the adapter's max_seconds (a server that answers a byte at a time)."""
+
+    code = "response_too_slow"
 
 
 def _allow_networks():
@@ -239,6 +255,47 @@ def _count(key: str, window: int) -> int:
 # --- HTTP ---------------------------------------------------------------------------------------------------------
 
 
+class _Deadline:
+    """Shuts down the connection of one request that is not answered in full within `seconds`.
+
+    A read timeout bounds each read, not the answer: a server that sends a byte
+    every few seconds never trips it. A timer does. It is armed before the
+    request is sent, learns the connection when urllib3 sends on it (through
+    http_caps.watched_by), and is disarmed when the body has been read (or
+    reading it failed). Unlike http_caps.deadline it outlives send(): the body
+    is read later, by requests or by an auth hook (requests_ntlm).
+    """
+
+    def __init__(self, seconds: float):
+        self.lock = threading.Lock()
+        self.connection = None
+        self.fired = self.done = False
+        self.timer = threading.Timer(seconds, self._fire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def watch(self, connection) -> None:
+        with self.lock:
+            self.connection = connection
+            fired = self.fired
+        if fired:
+            http_caps.shut_down(connection)
+
+    def finish(self) -> None:
+        with self.lock:
+            self.done = True
+        self.timer.cancel()
+
+    def _fire(self) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.fired = True
+            connection = self.connection
+        if connection is not None:
+            http_caps.shut_down(connection)
+
+
 class PinnedAdapter(WatchedAdapter):
     """A requests adapter that connects to one checked address for one host name.
 
@@ -247,12 +304,22 @@ class PinnedAdapter(WatchedAdapter):
     assert_hostname (certificate check), so TLS is verified exactly as if we
     had connected by name. The Host header is set explicitly, otherwise
     http.client would send the address.
+
+    max_bytes (body bytes after decompression) and max_seconds (from sending
+    to the body's last byte) cap every response: over them reading the body
+    raises ResponseTooLarge or ResponseTooSlow and the connection is closed.
+    The body is still read lazily, by whoever reads it (requests, or an auth
+    hook such as requests_ntlm's, which needs the response's socket first).
+    Decompression itself is bounded per read by urllib3 (>= 2.6), so a
+    compressed bomb never inflates far beyond max_bytes.
     """
 
-    def __init__(self, *, host: str, address: str, ca_pem: str = "", **kwargs):
+    def __init__(self, *, host: str, address: str, ca_pem: str = "", max_bytes: int | None = None,
+                 max_seconds: float | None = None, **kwargs):
         self.pinned_host = ascii_host(host)
         self.pinned_address = address
         self.ca_pem = ca_pem
+        self.max_bytes, self.max_seconds = max_bytes, max_seconds
         super().__init__(**kwargs)
 
     def build_connection_pool_key_attributes(self, request, verify, cert=None):
@@ -276,7 +343,67 @@ class PinnedAdapter(WatchedAdapter):
             kwargs["verify"] = True
         kwargs["proxies"] = {}  # a proxy would connect by name and bypass the pin
         request.headers["Host"] = urlsplit(request.url).netloc.rsplit("@", 1)[-1]
-        return super().send(request, **kwargs)
+        deadline = _Deadline(self.max_seconds) if self.max_seconds else None
+        try:
+            if deadline is None:
+                response = super().send(request, **kwargs)
+            else:
+                with http_caps.watched_by(deadline):
+                    response = super().send(request, **kwargs)
+        except Exception:
+            if deadline is not None:
+                deadline.finish()
+                if deadline.fired:
+                    raise ResponseTooSlow(self.pinned_host) from None
+            raise
+        if self.max_bytes is not None or deadline is not None:
+            _cap_body(response, max_bytes=self.max_bytes, deadline=deadline, host=self.pinned_host)
+        return response
+
+
+def _cap_body(response: requests.Response, *, max_bytes: int | None, deadline: _Deadline | None, host: str) -> None:
+    """Make reading this response's body (requests' iter_content, hence .content) stop at the caps.
+
+    Wraps the urllib3 response's stream() on this one object, so the response
+    stays the urllib3 object auth hooks look into (requests_ntlm reads the
+    peer certificate from its socket for the channel binding).
+    """
+    raw = response.raw
+    read = raw.stream
+
+    def stream(amt=2**16, decode_content=None):
+        total, failure = 0, None
+        try:
+            for chunk in read(amt, decode_content=decode_content):
+                total += len(chunk)
+                if max_bytes is not None and total > max_bytes:
+                    failure = ResponseTooLarge(f"{host}: more than {max_bytes} bytes")
+                    break
+                if deadline is not None and deadline.fired:
+                    break
+                yield chunk
+        except Exception:
+            if deadline is None or not deadline.fired:
+                raise
+        finally:
+            if deadline is not None:
+                deadline.finish()
+        if failure is None and deadline is not None and deadline.fired:
+            failure = ResponseTooSlow(host)
+        if failure is not None:
+            response.close()  # the rest of the body stays unread: the connection must not be used again
+            raise failure
+
+    raw.stream = stream
+    if deadline is not None:
+        # A body closed or released unread (requests' Response.close) also ends the attempt: the timer must
+        # not shut the connection down later, when the pool has handed it to another request.
+        for name in ("close", "release_conn"):
+            def disarm(_original=getattr(raw, name)):
+                deadline.finish()
+                return _original()
+
+            setattr(raw, name, disarm)
 
 
 def extra_ca_pem(ca_pem: str = "") -> str:

@@ -42,7 +42,8 @@ class TooSlow(Exception):
 _current = threading.local()
 
 
-def _shut(connection) -> None:
+def shut_down(connection) -> None:
+    """Shut the connection's socket down: a read blocked on it returns at once (from any thread)."""
     sock = getattr(connection, "sock", None)
     if sock is not None:
         try:
@@ -64,14 +65,14 @@ class Deadline:
             if not self.expired:
                 self._connections.append(connection)
                 return
-        _shut(connection)  # connected after the time was up: it must not carry on
+        shut_down(connection)  # connected after the time was up: it must not carry on
 
     def expire(self) -> None:
         with self._lock:
             self.expired = True
             connections, self._connections = self._connections, []
         for connection in connections:
-            _shut(connection)
+            shut_down(connection)
 
 
 @contextmanager
@@ -100,6 +101,22 @@ def deadline(seconds: float) -> Iterator[Deadline]:
         _current.deadline = previous
 
 
+@contextmanager
+def watched_by(watcher) -> Iterator[None]:
+    """Within the block, every connection this thread uses is handed to watcher.watch(connection).
+
+    watcher: anything with watch(connection), e.g. a Deadline or a deadline
+    that must outlive the block (sync.egress.PinnedAdapter's, whose body is
+    read after send() returns).
+    """
+    previous = getattr(_current, "deadline", None)
+    _current.deadline = watcher
+    try:
+        yield
+    finally:
+        _current.deadline = previous
+
+
 def watch(connection) -> None:
     """Put `connection` under the current thread's deadline, if there is one."""
     state = getattr(_current, "deadline", None)
@@ -111,7 +128,7 @@ def _on_connect(connection) -> None:
     # A sync run that passes SYNC_RUN_MAX_SECONDS shuts its connections down (sync.leases).
     from sync import leases  # not at import: the guard is also used before Django's apps are ready
 
-    leases.on_overrun(lambda: _shut(connection))
+    leases.on_overrun(lambda: shut_down(connection))
     watch(connection)  # again after connecting: the deadline may have passed while it connected
 
 

@@ -136,7 +136,8 @@ def test_a_failed_connection_leaves_the_account_on_v2_untouched_and_can_be_retri
 
 
 def test_an_ews_error_is_reported_clearly(client, user, exchange_account, fake_ews, celery_worker_thread):
-    fake_ews.failures["GetFolder"] = "ErrorMailboxStoreUnavailable"
+    # An error about the request itself; passing ones (ErrorMailboxStoreUnavailable) wait: test_migration_exchange_waits.
+    fake_ews.failures["GetFolder"] = "ErrorSchemaValidation"
     client.force_login(user)
     migration = _start(client, exchange_account)
     _submit(client, migration, fake_ews, auth_type="basic")
@@ -147,7 +148,12 @@ def test_an_ews_error_is_reported_clearly(client, user, exchange_account, fake_e
     assert "Der E-Mail-Server hat unerwartet geantwortet" in page
 
 
-def test_auto_picks_ntlm_when_the_server_offers_it(client, user, exchange_account, fake_ews_ntlm, celery_worker_thread):
+@pytest.mark.parametrize("extended_protection", [False, True])
+def test_auto_picks_ntlm_when_the_server_offers_it(client, user, exchange_account, fake_ews_ntlm, celery_worker_thread,
+                                                   extended_protection):
+    # Extended Protection (Exchange 2019 CU14+ by default): NTLM must carry the TLS channel binding.
+    fake_ews_ntlm.extended_protection = extended_protection
+    fake_ews_ntlm.deliver("inbox", subject="per NTLM")
     client.force_login(user)
     migration = _start(client, exchange_account)
     _submit(client, migration, fake_ews_ntlm)
@@ -156,6 +162,9 @@ def test_auto_picks_ntlm_when_the_server_offers_it(client, user, exchange_accoun
     assert migration.connection["auth_type"] == "ntlm" and "ntlm-ok" in fake_ews_ntlm.calls
     exchange_account.refresh_from_db()
     assert exchange_account.ews_auth_type == "ntlm"
+    # The worker's first V3 sync signs in the same way.
+    wait_for(lambda: SyncedMessage.objects.filter(account=exchange_account, subject="per NTLM").exists())
+    assert "401-bindings" not in fake_ews_ntlm.calls
 
 
 def test_a_redelivered_task_finishes_an_exchange_migration_once(user, exchange_account, fake_ews):

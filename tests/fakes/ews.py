@@ -29,25 +29,14 @@ import ssl
 import tempfile
 import threading
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from xml.etree import ElementTree as ET
 from xml.sax.saxutils import escape, quoteattr
 
-import spnego
-import spnego.exceptions
-
 from portal.devservers import make_certificate
+from tests.fakes.ews_http import handler
+from tests.fakes.ews_xml import M, T, _content, _error, _message  # tests import M and _error from here
 from tests.fakes.local_server import listen, serve_in_background, shut
 
-S = "http://schemas.xmlsoap.org/soap/envelope/"
-M = "http://schemas.microsoft.com/exchange/services/2006/messages"
-T = "http://schemas.microsoft.com/exchange/services/2006/types"
-ENVELOPE = (
-    f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{S}" xmlns:m="{M}" xmlns:t="{T}"><s:Header>'
-    '<t:ServerVersionInfo MajorVersion="15" MinorVersion="1" MajorBuildNumber="2507" MinorBuildNumber="6" '
-    'Version="V2017_07_11"/></s:Header><s:Body>{body}</s:Body></s:Envelope>'
-)
 
 
 # (key, DisplayName, parent key, FolderClass) of a fresh English mailbox; "root" is the top of the hierarchy.
@@ -116,6 +105,22 @@ class FakeEWS:
         # ResponseCode (Microsoft's EWS "ResponseCode" reference: ErrorAccessDenied, "the calling account does
         # not have the rights"; ErrorNonExistentMailbox, "the requested mailbox does not exist"). "": off.
         self.mailbox_refusal = ""
+        # Extended Protection (NTLM only): the AUTHENTICATE message must carry this server's TLS channel
+        # binding, else 401. Microsoft, "Configure Windows Extended Protection in Exchange Server": on by
+        # default since Exchange Server 2019 CU14, with token checking "Require" on EWS. See ews_http.
+        self.extended_protection = False
+        # A compressed bomb (issue 10): this operation's answer ("*": every one) is a gzip body of about
+        # bomb_bytes / 1000 that inflates to bomb_bytes. None: off.
+        self.bomb: str | None = None
+        self.bomb_bytes = 400 * 2**20
+        # A body that never ends in time: the headers at once, then one byte every drip_seconds (0: off), for
+        # drip_operation (None: every operation).
+        self.drip_seconds, self.drip_operation = 0.0, None
+        # What sits in front of Exchange when it is down: every request answered with this (status, body), e.g.
+        # (502, b"<html>Bad Gateway</html>") from a load balancer, or (500, an IIS error page). None: off.
+        self.http_error: tuple[int, bytes] | None = None
+        # Every connection reset (TCP RST) right after the request arrived, as a failing server or firewall does.
+        self.reset = False
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
         for folder_key, name, parent, folder_class in DEFAULT_FOLDERS:
@@ -125,7 +130,7 @@ class FakeEWS:
         self.cert_pem = cert.read_text()
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
-        self._server = listen(_handler(self), context)
+        self._server = listen(handler(self), context)
         self.port = self._server.server_address[1]
         self.url = f"https://localhost:{self.port}/EWS/Exchange.asmx"
 
@@ -135,6 +140,18 @@ class FakeEWS:
 
     def stop(self) -> None:
         shut(self._server)
+
+    def answer(self, operation: str, request) -> str:
+        """The response messages for one operation (after sign-in and throttling, see ews_http)."""
+        with self._lock:
+            if self.mailbox_refusal:
+                return _error(operation, self.mailbox_refusal, "Access is denied. Check credentials.")
+            if operation in self.failures:
+                return _error(operation, self.failures[operation], "Injected by the test.")
+            if operation in OPERATIONS:
+                return OPERATIONS[operation](self, request)
+        # e.g. ConvertId, which exchangelib sends to learn the version from the header
+        return _error(operation, "ErrorInvalidIdMalformed", "Id is malformed.")
 
     def ntlm_user_file(self, directory: Path) -> Path:
         """pyspnego's acceptor reads the accounts it knows from the file NTLM_USER_FILE names."""
@@ -374,173 +391,7 @@ def _certificate() -> tuple[Path, Path]:
     return _CERTIFICATE[0], _CERTIFICATE[1]
 
 
-def _content(item: dict, request) -> str:
-    """Body and Attachments, when GetItem's AdditionalProperties ask for them (the message page does).
-
-    item["body"] = ("HTML" | "Text", content); item["attachments"] = [(name, content type, size)].
-    Attachments come as GetItem lists them: ids, names, types and sizes, never their Content.
-    """
-    asked = {uri.get("FieldURI") for uri in request.iter(f"{{{T}}}FieldURI")}
-    extra = ""
-    if "item:Body" in asked and item.get("body"):
-        body_type, content = item["body"]
-        extra += f'<t:Body BodyType="{body_type}">{escape(content)}</t:Body>'
-    if "item:Attachments" in asked and item.get("attachments"):
-        extra += "<t:Attachments>" + "".join(
-            f'<t:FileAttachment><t:AttachmentId Id="{escape(item["id"])}-att{number}"/><t:Name>{escape(name)}</t:Name>'
-            f"<t:ContentType>{escape(content_type)}</t:ContentType><t:Size>{size}</t:Size>"
-            "<t:IsInline>false</t:IsInline></t:FileAttachment>"
-            for number, (name, content_type, size) in enumerate(item["attachments"])
-        ) + "</t:Attachments>"
-    return extra
-
-
-def _message(item: dict, extra: str = "") -> str:
-    message_id = ""
-    if item["message_id"]:
-        message_id = f"<t:InternetMessageId>{escape(item['message_id'])}</t:InternetMessageId>"
-    sent = f"<t:DateTimeSent>{_when(item['sent'])}</t:DateTimeSent>" if item.get("sent") else ""
-    author = _mailbox(item.get("sender_name", "Kunde"), item["sender"])
-    recipients = "".join(
-        f"<t:{tag}>{''.join(_mailbox(name, address) for name, address in item[key])}</t:{tag}>"
-        for key, tag in (("to", "ToRecipients"), ("cc", "CcRecipients")) if item.get(key)
-    )
-    return (
-        f'<t:Message><t:ItemId Id={quoteattr(item["id"])} ChangeKey="ck"/>'
-        f"<t:Subject>{escape(item['subject'])}</t:Subject>"
-        f"<t:DateTimeReceived>{_when(item['received'])}</t:DateTimeReceived><t:Size>{item['size']}</t:Size>{sent}"
-        f"<t:Sender>{author}</t:Sender>{recipients}<t:From>{author}</t:From>{message_id}{extra}</t:Message>"
-    )
-
-
-def _when(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _mailbox(name: str, address: str) -> str:
-    return (f"<t:Mailbox><t:Name>{escape(name)}</t:Name><t:EmailAddress>{escape(address)}</t:EmailAddress>"
-            "<t:RoutingType>SMTP</t:RoutingType></t:Mailbox>")
-
-
-def _error(operation: str, code: str, text: str, extra: str = "") -> str:
-    return (
-        f'<m:{operation}ResponseMessage ResponseClass="Error"><m:MessageText>{escape(text)}</m:MessageText>'
-        f"<m:ResponseCode>{code}</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey>"
-        f"{extra}</m:{operation}ResponseMessage>"
-    )
-
-
-def _back_off_xml(milliseconds: int) -> str:
-    return f'<m:MessageXml><t:Value Name="BackOffMilliseconds">{milliseconds}</t:Value></m:MessageXml>'
-
-
-def _busy_fault(milliseconds: int) -> str:
-    """ErrorServerBusy as a SOAP fault, as "EWS throttling in Exchange" shows it (sent with HTTP 500)."""
-    text = "The server cannot service this request right now. Try again later."
-    errors = "http://schemas.microsoft.com/exchange/services/2006/errors"
-    return (
-        f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{S}"><s:Body><s:Fault>'
-        f'<faultcode xmlns:a="{T}">a:ErrorServerBusy</faultcode><faultstring xml:lang="en-US">{text}</faultstring>'
-        f'<detail><e:ResponseCode xmlns:e="{errors}">ErrorServerBusy</e:ResponseCode>'
-        f'<e:Message xmlns:e="{errors}">{text}</e:Message><t:MessageXml xmlns:t="{T}">'
-        f'<t:Value Name="BackOffMilliseconds">{milliseconds}</t:Value></t:MessageXml></detail>'
-        "</s:Fault></s:Body></s:Envelope>"
-    )
-
-
 OPERATIONS = {
     "GetFolder": FakeEWS.get_folder, "FindFolder": FakeEWS.find_folder, "SyncFolderItems": FakeEWS.sync_folder_items,
     "FindItem": FakeEWS.find_item, "GetItem": FakeEWS.get_item,
 }
-
-
-def _handler(fake: FakeEWS):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # headers and body go out as separate writes
-
-        def log_message(self, *args):  # keep test output clean
-            pass
-
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            with fake._lock:
-                fake.requests += 1
-                number = fake.requests
-            if fake.unauthorized_every and number % fake.unauthorized_every == 0:
-                fake.calls.append("401-throttled")
-                self._send(401, b"", {"WWW-Authenticate": 'Basic realm="fake"'})
-                return None
-            if not self._authenticated():
-                return None
-            request = ET.fromstring(body).find(f"{{{S}}}Body")[0]
-            operation = request.tag.split("}", 1)[1]
-            fake.calls.append(operation)
-            if fake.busy_every and number % fake.busy_every == 0:
-                fake.calls.append("busy")
-                if fake.busy_form == "fault":
-                    self._send(500, _busy_fault(fake.busy_back_off_ms).encode(),
-                               {"Content-Type": "text/xml; charset=utf-8"})
-                    return None
-                messages = _error(operation, "ErrorServerBusy", "The server cannot service this request right now.",
-                                  extra=_back_off_xml(fake.busy_back_off_ms))
-                answer = ENVELOPE.format(body=f"<m:{operation}Response><m:ResponseMessages>{messages}"
-                                              f"</m:ResponseMessages></m:{operation}Response>")
-                self._send(200, answer.encode(), {"Content-Type": "text/xml; charset=utf-8"})
-                return None
-            with fake._lock:
-                if fake.mailbox_refusal:
-                    messages = _error(operation, fake.mailbox_refusal, "Access is denied. Check credentials.")
-                elif operation in fake.failures:
-                    messages = _error(operation, fake.failures[operation], "Injected by the test.")
-                elif operation in OPERATIONS:
-                    messages = OPERATIONS[operation](fake, request)
-                else:  # e.g. ConvertId, which exchangelib sends to learn the version from the header
-                    messages = _error(operation, "ErrorInvalidIdMalformed", "Id is malformed.")
-            answer = ENVELOPE.format(body=f"<m:{operation}Response><m:ResponseMessages>{messages}"
-                                          f"</m:ResponseMessages></m:{operation}Response>")
-            self._send(200, answer.encode(), {"Content-Type": "text/xml; charset=utf-8"})
-
-        def _authenticated(self) -> bool:
-            header = self.headers.get("Authorization") or ""
-            if fake.auth == "basic":
-                expected = base64.b64encode(f"{fake.username}:{fake.password}".encode()).decode()
-                if header == f"Basic {expected}":
-                    return True
-                fake.calls.append("401")
-                self._send(401, b"", {"WWW-Authenticate": 'Basic realm="fake"'})
-                return False
-            # NTLM authenticates the TCP connection, not the request (IIS does the same):
-            # this handler object lives as long as the connection.
-            if getattr(self, "ntlm_done", False):
-                return True
-            if not header.startswith("NTLM "):
-                fake.calls.append("401")
-                self._send(401, b"", {"WWW-Authenticate": "Negotiate, NTLM"})
-                return False
-            if not hasattr(self, "ntlm"):
-                self.ntlm = spnego.server(protocol="ntlm")
-            try:
-                answer = self.ntlm.step(base64.b64decode(header[5:]))
-            except spnego.exceptions.SpnegoError:
-                fake.calls.append("401")
-                del self.ntlm
-                self._send(401, b"", {"WWW-Authenticate": "Negotiate, NTLM"})
-                return False
-            if not self.ntlm.complete:  # the challenge
-                fake.calls.append("ntlm-challenge")
-                self._send(401, b"", {"WWW-Authenticate": "NTLM " + base64.b64encode(answer).decode()})
-                return False
-            fake.calls.append("ntlm-ok")
-            self.ntlm_done = True
-            return True
-
-        def _send(self, status, payload, headers):
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-    return Handler
