@@ -3,6 +3,7 @@ and finishes on the sweeper's next run; a permanent error still fails it with it
 worker's step code (migration.steps.run_migration, what the Celery task runs) against the fake EWS."""
 
 import socket
+from datetime import timedelta
 
 import pytest
 from django.urls import reverse
@@ -71,6 +72,9 @@ def test_a_passing_error_keeps_the_migration_verifying_until_exchange_answers(
     assert "versucht es in einigen Minuten selbst erneut" in page
 
     _off(fake_ews)
+    assert steps.run_migration(migration.pk) == "verifying"  # too early: its back-off has not passed
+    Migration.objects.filter(pk=migration.pk).update(retry_at=waiting.retry_at - timedelta(hours=1))
+    assert services.sweep_stuck_migrations() == [migration.pk]
     assert steps.run_migration(migration.pk) == "done"  # what the sweeper's re-queue runs
     done = Migration.objects.get(pk=migration.pk)
     assert done.error_code == "" and done.secret_encrypted == ""
