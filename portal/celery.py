@@ -47,8 +47,10 @@ def _schedule_periodic_tasks(sender, **kwargs):
     from django.conf import settings
 
     sender.add_periodic_task(
-        float(settings.CELERY_BEAT_SYNC_SECONDS), sender.signature("sync.tasks.sync_all_accounts"),
+        float(settings.SYNC_DISPATCH_SECONDS), sender.signature("sync.tasks.sync_all_accounts"),
         name="sync all mail accounts",
+        # A fan-out that waited in the queue past the next one is dropped: the next one counts afresh.
+        expires=float(settings.SYNC_DISPATCH_SECONDS),
     )
     sender.add_periodic_task(
         float(settings.CELERY_SWEEP_SECONDS), sender.signature("migration.tasks.sweep_stuck_migrations"),

@@ -245,8 +245,15 @@ SYNC_RUN_MAX_SECONDS = envint("SYNC_RUN_MAX_SECONDS", 3600, minimum=10)
 # The fan-out queues an account again after this if its queued run never
 # started (a lost broker message).
 SYNC_QUEUED_TIMEOUT_SECONDS = envint("SYNC_QUEUED_TIMEOUT_SECONDS", 600, minimum=1)
-# Accounts queued per fan-out (every SYNC_INTERVAL_SECONDS): at most what the workers take in one interval.
+# Accounts queued per fan-out (every SYNC_DISPATCH_SECONDS).
 SYNC_FANOUT_BATCH = envint("SYNC_FANOUT_BATCH", 500, minimum=1)
+# The most accounts queued or running at once: the fan-out tops the queue up to this and no
+# further, so it cannot pile up behind slow workers however many accounts are due. Set it to
+# about what the workers finish in two SYNC_DISPATCH_SECONDS (2 processes: ~30 syncs/s).
+SYNC_FANOUT_MAX = envint("SYNC_FANOUT_MAX", 500, minimum=1)
+# How often beat's fan-out looks for due accounts (at most every SYNC_INTERVAL_SECONDS): each
+# account is still synced once per interval, the queue is topped up in smaller steps.
+SYNC_DISPATCH_SECONDS = min(envint("SYNC_DISPATCH_SECONDS", 15, minimum=1), CELERY_BEAT_SYNC_SECONDS)
 
 # --- Health (GET /health/, portal.health) -------------------------------------
 # The worker and beat record a heartbeat this often; GET /health/ calls one older

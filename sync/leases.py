@@ -62,6 +62,12 @@ def not_queued(now: datetime) -> Q:
 DUE_FRACTION = 0.9
 
 
+def in_flight(now: datetime) -> Q:
+    """Accounts with a fan-out run queued (younger than SYNC_QUEUED_TIMEOUT_SECONDS) or a run under way."""
+    cutoff = now - timedelta(seconds=settings.SYNC_QUEUED_TIMEOUT_SECONDS)
+    return Q(sync_queued_at__gt=cutoff) | Q(sync_lease_until__gt=now)
+
+
 def due(now: datetime) -> Q:
     """Accounts the fan-out has not queued within the last DUE_FRACTION of the interval."""
     return Q(sync_due_at__isnull=True) | Q(sync_due_at__lte=now)
@@ -188,7 +194,8 @@ def held(account_id: int) -> Iterator[bool]:
 
 def mark_queued(due: QuerySet, *, now: datetime, limit: int) -> list[int]:
     """Lock up to `limit` due accounts, mark them queued at `now` and due again DUE_FRACTION of
-    SYNC_INTERVAL_SECONDS later; return their ids (least recently run first).
+    SYNC_INTERVAL_SECONDS later; return their ids, the longest due first (never queued ones
+    first, then by sync_due_at, then least recently run).
 
     Call inside transaction.atomic() and queue the runs on commit. `due`: a
     MailAccount queryset without joins that leaves out leased, queued and not yet
@@ -199,8 +206,10 @@ def mark_queued(due: QuerySet, *, now: datetime, limit: int) -> list[int]:
     mark a compare-and-swap: of any number of fan-outs, one queues the account
     per interval.
     """
+    if limit <= 0:
+        return []
     ids = list(
-        due.order_by(F("sync_lease_until").asc(nulls_first=True), "pk")
+        due.order_by(F("sync_due_at").asc(nulls_first=True), F("sync_lease_until").asc(nulls_first=True), "pk")
         .select_for_update(skip_locked=True)
         .values_list("pk", flat=True)[:limit]
     )

@@ -137,8 +137,9 @@ class SyncedMessage(models.Model):
         verbose_name = _("Synchronisierte Nachricht")
         verbose_name_plural = _("Synchronisierte Nachrichten")
         constraints = [models.UniqueConstraint(fields=["account", "dedup_key"], name="message_unique_per_account")]
+        # The message list's order per account, (account, received_at DESC NULLS LAST, id DESC), is the
+        # index message_newest_first_nulls_last, created in SQL by migration 0009 (NULLS LAST per database).
         indexes = [
-            models.Index(fields=["account", "-received_at"], name="message_newest_first"),
             # Graph delta entries and opened messages are looked up by the provider's id.
             models.Index(fields=["account", "provider_id"], name="message_provider_id",
                          condition=~models.Q(provider_id="")),

@@ -8,7 +8,7 @@ import logging
 from datetime import datetime
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -45,20 +45,35 @@ def v2_running() -> bool:
     return timezone.localdate() < shutdown
 
 
+# Any constant: the transaction-level advisory lock that lets one fan-out at a time count and claim.
+FANOUT_LOCK = 0x5F_13_5C_A1
+
+
 def accounts_to_sync() -> list[int]:
     """The periodic fan-out: claim the accounts due now and queue one sync run each; return their ids.
 
-    At most settings.SYNC_FANOUT_BATCH accounts per call, least recently run
+    Bounded twice, so that the queue never grows beyond what the workers take,
+    whatever the number of accounts: at most settings.SYNC_FANOUT_BATCH
+    accounts per call, and never more than settings.SYNC_FANOUT_MAX accounts
+    queued or running at once (sync.leases.in_flight). The longest due go
     first; accounts with a run under way or already queued are left out
-    (sync.leases). The runs are queued once the claim has committed, each with
-    its queued mark so that it clears its own.
+    (sync.leases). On PostgreSQL fan-outs take turns (an advisory lock held
+    until the commit), so two beats cannot both fill the same free room. The
+    runs are queued once the claim has committed, each with its queued mark
+    so that it clears its own. Two queries for the count and the claim, one
+    UPDATE.
     """
     running = v2_running()
     stop_v2_after_shutdown(v2_running=running)
     now = timezone.now()
     with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [FANOUT_LOCK])
+        room = settings.SYNC_FANOUT_MAX - MailAccount.objects.filter(leases.in_flight(now)).count()
         account_ids = leases.mark_queued(
-            accounts_due_for_sync(v2_running=running, now=now), now=now, limit=settings.SYNC_FANOUT_BATCH
+            accounts_due_for_sync(v2_running=running, now=now), now=now,
+            limit=min(settings.SYNC_FANOUT_BATCH, room),
         )
         transaction.on_commit(lambda: [queue.enqueue_sync(pk, queued_at=now) for pk in account_ids])
     return account_ids

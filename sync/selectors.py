@@ -7,11 +7,58 @@ from sync import leases
 from sync.models import AccountStatus, Engine, MailAccount, ProviderKind, SyncedMessage
 
 
-def messages_for_user(user) -> QuerySet:
-    # PostgreSQL sorts NULL first in descending order: undated mail goes last.
-    return SyncedMessage.objects.filter(account__owner=user).select_related("account").order_by(
-        F("received_at").desc(nulls_last=True), "-pk"
-    )
+# Newest first, undated mail last (PostgreSQL sorts NULL first in descending order unless told).
+NEWEST_FIRST = (F("received_at").desc(nulls_last=True), F("pk").desc())
+
+
+def messages_for_user(user) -> "NewestFirst":
+    """The user's messages, newest first: for Paginator (count(), slices) and the dashboard ([:5])."""
+    return NewestFirst(list(MailAccount.objects.filter(owner=user).order_by("pk").values_list("pk", flat=True)))
+
+
+class NewestFirst:
+    """A user's messages across their accounts, newest first, read through the per-account index.
+
+    The index (account, received_at DESC NULLS LAST, id DESC) (sync migration
+    0009) gives each account's newest rows without a sort; one ORDER BY over
+    all the user's accounts could not use it and sorted every message of the
+    user on every view. So a slice [start:stop] takes each account's first
+    `stop` rows from its index (one UNION ALL query), merges them, and loads
+    the rows of the page (a second query): the first pages cost the same
+    whatever the store's size. count() counts all of the user's messages.
+    """
+
+    def __init__(self, account_ids: list[int]):
+        self.account_ids = account_ids
+
+    def _rows(self):
+        return SyncedMessage.objects.filter(account_id__in=self.account_ids)
+
+    def count(self) -> int:
+        return self._rows().count() if self.account_ids else 0
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __getitem__(self, index):
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("NewestFirst takes slices only")
+        start, stop = index.start or 0, index.stop
+        if stop is None or start < 0 or stop < 0:
+            raise ValueError("NewestFirst needs a bounded slice")
+        if stop <= start or not self.account_ids:
+            return []
+        heads = [
+            SyncedMessage.objects.filter(account_id=account_id).order_by(*NEWEST_FIRST)
+            .values_list("received_at", "pk")[:stop]
+            for account_id in self.account_ids
+        ]
+        found = list(heads[0].union(*heads[1:], all=True)) if len(heads) > 1 else list(heads[0])
+        # Newest first, undated last, then the higher id (the same order as NEWEST_FIRST).
+        found.sort(key=lambda row: (row[0] is not None, row[0].timestamp() if row[0] else 0, row[1]), reverse=True)
+        page = [pk for _received, pk in found[start:stop]]
+        rows = SyncedMessage.objects.select_related("account").in_bulk(page)
+        return [rows[pk] for pk in page if pk in rows]
 
 
 def accounts_for_user(user) -> QuerySet:

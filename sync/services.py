@@ -3,7 +3,8 @@
 import logging
 
 from django.core.cache import cache
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
+from django.db.models.constants import OnConflict
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
@@ -32,10 +33,10 @@ def store_messages(*, account: MailAccount, folder: str, messages: list[FetchedM
     is skipped; one whose Message-ID is stored with another fingerprint is a
     different message reusing the id and gets the collision key. The unique
     (account, dedup_key) constraint is the final guard between overlapping
-    runs; the count is taken from the table, so rows that lost that race are
-    not reported as added. The same message from a source that lacks its
+    runs; the count is what the INSERT returned (insert_new), so rows that
+    lost that race are not reported as added. The same message from a source that lacks its
     Message-ID (or has it where another lacked it) is recognised by its
-    fingerprint. Four queries per batch.
+    fingerprint. Per batch two lookups and one INSERT.
     """
     if not messages:
         return 0
@@ -72,14 +73,37 @@ def store_messages(*, account: MailAccount, folder: str, messages: list[FetchedM
         )
         for key, m in fresh.items()
     ]
-    before = SyncedMessage.objects.filter(account=account, dedup_key__in=fresh.keys()).count()
     try:
         with transaction.atomic():
-            SyncedMessage.objects.bulk_create(rows, ignore_conflicts=True)
+            return insert_new(rows)
     except DatabaseError:
         # One row the database refuses must not cost the batch: row by row, and record the refused ones.
-        _store_one_by_one(account=account, folder=folder, rows=rows)
-    return SyncedMessage.objects.filter(account=account, dedup_key__in=fresh.keys()).count() - before
+        return _store_one_by_one(account=account, folder=folder, rows=rows)
+
+
+def insert_new(rows: list[SyncedMessage]) -> int:
+    """INSERT the rows, skipping those whose (account, dedup_key) is stored; return how many were inserted.
+
+    `INSERT ... ON CONFLICT DO NOTHING RETURNING id` answers with the inserted
+    rows only, so the count is right also when an overlapping run stored the
+    same messages a moment earlier (a count before and after would include its
+    rows; bulk_create(ignore_conflicts=True) returns every row given).
+    Django's bulk_create asks for RETURNING only without ignore_conflicts, so
+    this calls the query method it is built on (QuerySet._insert, stable
+    since Django 1.x). Raises DatabaseError for a row the database refuses.
+    """
+    if not rows:
+        return 0
+    fields = [field for field in SyncedMessage._meta.concrete_fields if not field.primary_key]
+    size = max(connection.ops.bulk_batch_size(fields, rows), 1)
+    inserted = 0
+    for start in range(0, len(rows), size):
+        returned = SyncedMessage.objects._insert(
+            rows[start : start + size], fields=fields, on_conflict=OnConflict.IGNORE,
+            returning_fields=[SyncedMessage._meta.pk],
+        )
+        inserted += len(returned or [])
+    return inserted
 
 
 def _keys_to_look_up(message: FetchedMessage) -> tuple[str, ...]:
@@ -93,15 +117,17 @@ def _legacy_key(message: FetchedMessage) -> str:
     return identity.legacy_key(received_at=message.received_at, sender=message.sender, subject=message.subject)
 
 
-def _store_one_by_one(*, account: MailAccount, folder: str, rows: list[SyncedMessage]) -> None:
+def _store_one_by_one(*, account: MailAccount, folder: str, rows: list[SyncedMessage]) -> int:
+    inserted = 0
     for row in rows:
         try:
             with transaction.atomic():
-                SyncedMessage.objects.bulk_create([row], ignore_conflicts=True)
+                inserted += insert_new([row])
         except DatabaseError as error:
             reference = row.provider_id or (f"uid:{row.provider_uid}" if row.provider_uid else row.dedup_key)
             record_skipped(account_id=account.pk, folder=folder, reference=reference, reason="store_failed",
                            detail=type(error).__name__)
+    return inserted
 
 
 def record_skipped(*, account_id: int, folder: str, reference: str, reason: str, detail: str = "") -> None:

@@ -175,14 +175,14 @@ def test_it_keeps_the_state_of_a_renamed_folder_and_stops_a_deleted_one(imap_acc
 
 def test_it_records_an_unexpected_failure_and_shows_it(imap_account, dovecot, mailbox, mail_settings, monkeypatch,
                                                       client, user):
-    from sync.imap import client as imap
+    from sync.imap import status
 
     _switch_to_v3(imap_account, dovecot, mailbox)
 
-    def status_without_uidvalidity(connection, folder):
+    def status_without_uidvalidity(items):
         raise KeyError(b"UIDVALIDITY")  # a server whose STATUS answer lacks an item we asked for
 
-    monkeypatch.setattr(imap, "folder_cursor", status_without_uidvalidity)
+    monkeypatch.setattr(status, "cursor_of", status_without_uidvalidity)
     assert sync_account(imap_account.pk) == 0
     imap_account.refresh_from_db()
     assert (imap_account.status, imap_account.last_sync_error) == ("error", "sync_internal")

@@ -81,7 +81,7 @@ def test_it_fails_after_bounded_attempts_when_status_lacks_uidvalidity(
     assert failed.error_code == "internal_error" and failed.secret_encrypted == ""
     event = failed.events.last()
     assert (event.from_status, event.to_status) == ("verifying", "failed")
-    assert "KeyError" in event.reason and "folder_cursor" in event.reason  # for support: what and where
+    assert "KeyError" in event.reason and "cursor_of" in event.reason  # for support: what and where
     # Nothing logs in again: the sweeper leaves a failed migration alone.
     Migration.objects.filter(pk=migration.pk).update(updated_at=timezone.now() - timedelta(days=1))
     assert services.sweep_stuck_migrations() == []

@@ -108,3 +108,51 @@ def test_it_keeps_one_row_when_one_engine_cannot_read_the_date_of_a_message_with
                            sent_at=WHEN - timedelta(minutes=5), received_at=WHEN)
     assert store(account, imap) == 1
     assert store(account, graph) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_does_not_count_rows_an_overlapping_run_stored_first(account):
+    # Two runs of one account store the same new messages (a lease lost to a frozen process):
+    # the other run's INSERT is under way, not yet committed, when this one looks them up.
+    import threading
+
+    from django.db import connection, transaction
+
+    messages = [FetchedMessage(message_id=f"<race{i}@example.org>", subject=str(i), sent_at=WHEN) for i in range(20)]
+    inserted, release = threading.Event(), threading.Event()
+    counts = {}
+
+    def other_run():
+        try:
+            with transaction.atomic():
+                counts["other"] = store(account, *messages)
+                inserted.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    def this_run():
+        try:
+            counts["this"] = store(account, *messages)
+        finally:
+            connection.close()
+
+    other = threading.Thread(target=other_run)
+    other.start()
+    assert inserted.wait(30)
+    this = threading.Thread(target=this_run)
+    this.start()
+    # This run's INSERT waits for the other's uncommitted rows (the unique key), then skips them.
+    with connection.cursor() as cursor:
+        for _ in range(600):
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            if cursor.fetchone()[0]:
+                break
+            threading.Event().wait(0.05)
+        else:
+            raise AssertionError("this run's INSERT never waited for the other's rows")
+    release.set()
+    other.join(30)
+    this.join(30)
+    assert counts == {"other": 20, "this": 0}
+    assert SyncedMessage.objects.count() == 20

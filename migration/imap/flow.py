@@ -2,14 +2,13 @@
 
 What the form proposes comes from migration.proposal."""
 
-from imapclient.exceptions import IMAPClientAbortError
-
-from sync.imap import client as imap, folders
+from sync.imap import client as imap
+from sync.imap import status as imap_status
 from sync.imap.client import ImapSettings
 
 
 def verify(server: ImapSettings, password: str, *, heartbeat=None) -> dict:
-    """Log in, list the folders and return each folder's V3 cursor (heartbeat() after each).
+    """Log in, list the folders and return each folder's V3 cursor (sync.imap.status; heartbeat() once).
 
     A folder the server will not report on, or whose name is too long to keep,
     is left out rather than failing the migration: the sync records it for
@@ -17,18 +16,9 @@ def verify(server: ImapSettings, password: str, *, heartbeat=None) -> dict:
     """
     client = imap.open_mailbox(server, password)
     try:
-        cursors = {}
-        for folder in folders.syncable_folders(client):
-            if len(folder) > folders.MAX_NAME_LENGTH:
-                continue
-            try:
-                cursors[folder] = imap.folder_cursor(client, folder)
-            except IMAPClientAbortError:
-                raise
-            except imap.IMAPClientError:
-                continue
-            if heartbeat is not None:
-                heartbeat()
+        cursors, _problems = imap_status.syncable_cursors(client)  # one or two round trips for all folders
+        if heartbeat is not None:
+            heartbeat()
         return cursors
     except (OSError, imap.IMAPClientError) as error:
         raise imap.MailboxError(imap.error_code(error), permanent=False) from None

@@ -16,7 +16,7 @@ from imapclient.exceptions import IMAPClientAbortError
 
 from sync.errors import MailboxError
 from sync.imap import client as imap
-from sync.imap import folders as imap_folders
+from sync.imap import status as imap_status
 from sync.imap.session import Session
 from sync.models import FolderState, MailAccount
 from sync.services import (
@@ -41,11 +41,18 @@ def sync(account: MailAccount) -> int:
     except MailboxError as error:
         record_v3_failure(account_id=account.pk, error_code=error.code)
         return 0
-    added = 0
+    added, empty = 0, []
     try:
         cursors = _cursors(connection.client, account)
         for state in reconcile_folders(account, cursors):
-            added += _sync_folder_isolated(connection, account, state, cursors[state.name])
+            cursor = cursors[state.name]
+            if _unchanged(state, cursor):
+                continue  # nothing arrived since the last run: no SELECT, no SEARCH, no query
+            if _empty_first_read(state, cursor):
+                empty.append(state)
+                continue
+            added += _sync_folder_isolated(connection, account, state, cursor)
+        _record_empty_folders(empty, cursors)
     except (OSError, imap.IMAPClientError, MailboxError) as error:
         # An answer over a cap that no message can be blamed for (LIST, STATUS, SEARCH): too_large / too_slow.
         code = error.code if isinstance(error, MailboxError) else imap.error_code(error)
@@ -58,20 +65,11 @@ def sync(account: MailAccount) -> int:
 
 
 def _cursors(client, account: MailAccount) -> dict[str, dict]:
-    """STATUS of every syncable folder; a folder the server will not report on is recorded and left out."""
-    cursors = {}
-    for name in imap_folders.syncable_folders(client):
-        if len(name) > imap_folders.MAX_NAME_LENGTH:
-            record_skipped(account_id=account.pk, folder=name[: imap_folders.MAX_NAME_LENGTH], reference="folder",
-                           reason="folder_name_too_long", detail=f"{len(name)} characters")
-            continue
-        try:
-            cursors[name] = imap.folder_cursor(client, name)
-        except IMAPClientAbortError:
-            raise  # the connection is gone: the run ends
-        except imap.IMAPClientError as error:  # NO/BAD for this folder (permissions, a broken folder)
-            record_skipped(account_id=account.pk, folder=name, reference="folder", reason="folder_unreadable",
-                           detail=type(error).__name__)
+    """Cursors of every syncable folder in one or two round trips (sync.imap.status); a folder the
+    server will not report on, or whose name is too long to keep, is recorded and left out."""
+    cursors, problems = imap_status.syncable_cursors(client)
+    for folder, reason, detail in problems:
+        record_skipped(account_id=account.pk, folder=folder, reference="folder", reason=reason, detail=detail)
     return cursors
 
 
@@ -120,10 +118,40 @@ def _renamed_from(vanished: dict[str, FolderState], cursor: dict) -> FolderState
     return matches[0] if len(matches) == 1 else None
 
 
+def _whole_folder(state: FolderState, cursor: dict) -> bool:
+    """The folder is read whole this run: its first V3 run, or the server renumbered it (UIDVALIDITY)."""
+    return state.v3_synced_at is None or state.uidvalidity != cursor["uidvalidity"]
+
+
+def _unchanged(state: FolderState, cursor: dict) -> bool:
+    return not _whole_folder(state, cursor) and cursor["uidnext"] == state.uidnext
+
+
+def _empty_first_read(state: FolderState, cursor: dict) -> bool:
+    """A whole-folder read of a folder STATUS reports empty (MESSAGES 0): there is nothing to SELECT or
+    SEARCH for. A folder that holds messages is read on its first run even when its UIDNEXT did not
+    move since the verify: those messages may never have reached the CRM (V2 polled INBOX only)."""
+    return _whole_folder(state, cursor) and cursor.get("messages") == 0
+
+
+def _record_empty_folders(states: list[FolderState], cursors: dict[str, dict]) -> None:
+    """Record the cursors of folders found empty (_empty_first_read): one UPDATE for all of them.
+
+    Every UID a message gets from now on is at least UIDNEXT (RFC 3501 section
+    2.3.1.1), so the cursor starts just below it.
+    """
+    now = timezone.now()
+    for state in states:
+        cursor = cursors[state.name]
+        state.uidvalidity, state.uidnext = cursor["uidvalidity"], cursor["uidnext"]
+        state.highestmodseq, state.last_seen_uid = cursor["highestmodseq"], cursor["uidnext"] - 1
+        state.v3_synced_at = now
+    FolderState.objects.bulk_update(
+        states, ["uidvalidity", "uidnext", "highestmodseq", "last_seen_uid", "v3_synced_at"], batch_size=500)
+
+
 def _sync_folder(connection: Session, account: MailAccount, state: FolderState, cursor: dict) -> int:
-    whole_folder = state.v3_synced_at is None or state.uidvalidity != cursor["uidvalidity"]
-    if not whole_folder and cursor["uidnext"] == state.uidnext:
-        return 0  # nothing arrived since the last run: no SELECT, no FETCH
+    whole_folder = _whole_folder(state, cursor)
     last_seen = 0 if whole_folder else (state.last_seen_uid or 0)
     client = connection.client
     client.select_folder(state.name, readonly=True)

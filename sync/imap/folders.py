@@ -68,8 +68,13 @@ def syncable_folders(client) -> list[str]:
 
     Names longer than MAX_NAME_LENGTH are included: the engine reports them.
     """
+    return syncable_of(client.list_folders())
+
+
+def syncable_of(folders) -> list[str]:
+    """The names to sync, INBOX first, of IMAPClient's LIST answer [(flags, delimiter, name)]."""
     listed = []
-    for flags, delimiter, name in client.list_folders():
+    for flags, delimiter, name in folders:
         if isinstance(delimiter, bytes):
             delimiter = delimiter.decode("ascii", "replace")
         if isinstance(name, bytes):

@@ -6,6 +6,13 @@ tests' MAIL_TLS_CA_FILE trusts it), the proxy talks implicit TLS to Dovecot. One
 thread per connection moves bytes both ways (an SSL object is never used by two
 threads at once). Every server line passes through `rewrite(line) -> line`;
 `logins` counts the LOGIN and AUTHENTICATE commands clients sent.
+
+It also counts what a poll costs: `round_trips` is how often a client spoke
+again after the server had answered (a client that waits for every answer
+adds one per command, one that pipelines adds one per burst; the TLS
+handshakes are not counted), `commands` the command lines clients sent. With
+`delay` (seconds) every chunk is held that long in each direction, as a
+server 2 x delay away would be (the benchmark's 20 ms line).
 """
 
 import re
@@ -13,9 +20,26 @@ import select
 import socket
 import ssl
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable
 
 LOGIN_COMMAND = re.compile(rb"^\S+ (LOGIN|AUTHENTICATE) ", re.IGNORECASE)
+TAGGED_COMMAND = re.compile(rb"^[A-Za-z0-9.]+ (?:UID )?([A-Za-z]+)", re.IGNORECASE)
+
+
+def keep(line: bytes) -> bytes:
+    return line
+
+
+def without_capability(name: bytes) -> Callable[[bytes], bytes]:
+    """A rewrite that removes one capability (b"LIST-STATUS") from every line that announces capabilities."""
+    pattern = re.compile(rb" " + re.escape(name) + rb"(?= |\]|$)", re.IGNORECASE)
+
+    def rewrite(line: bytes) -> bytes:
+        return pattern.sub(b"", line) if b"CAPABILITY" in line.upper() else line
+
+    return rewrite
 
 
 def drop_uidvalidity(line: bytes) -> bytes:
@@ -26,8 +50,10 @@ def drop_uidvalidity(line: bytes) -> bytes:
 
 
 class RewritingImapProxy:
-    def __init__(self, dovecot, rewrite: Callable[[bytes], bytes]):
-        self.dovecot, self.rewrite = dovecot, rewrite
+    def __init__(self, dovecot, rewrite: Callable[[bytes], bytes] = keep, *, delay: float = 0.0):
+        self.dovecot, self.rewrite, self.delay = dovecot, rewrite, delay
+        self.round_trips = self.commands = 0
+        self.verbs = Counter()  # command names clients sent (b"STATUS", b"SELECT", ...)
         self.server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.server_context.load_cert_chain(str(dovecot.cert_path), str(dovecot.base / "key.pem"))
         self.upstream_context = ssl.create_default_context(cafile=str(dovecot.cert_path))
@@ -68,6 +94,7 @@ class RewritingImapProxy:
 
     def _pump(self, client, upstream) -> None:
         from_client, from_server = b"", b""
+        client_spoke_last = False
         while not self.stopped.is_set():
             # Decrypted bytes an SSL socket already holds do not show in select().
             ready = [s for s in (client, upstream) if s.pending()]
@@ -77,19 +104,33 @@ class RewritingImapProxy:
                 data = sock.recv(65536)
                 if not data:
                     return
+                if self.delay:
+                    time.sleep(self.delay)
                 if sock is client:
                     from_client += data
                     *lines, from_client = from_client.split(b"\r\n")
-                    for line in lines:
-                        if LOGIN_COMMAND.match(line):
-                            with self.lock:
-                                self.logins += 1
+                    with self.lock:
+                        if not client_spoke_last:
+                            self.round_trips += 1
+                        for line in lines:
+                            self.logins += bool(LOGIN_COMMAND.match(line))
+                            command = TAGGED_COMMAND.match(line)
+                            if command:
+                                self.commands += 1
+                                self.verbs[command.group(1).upper()] += 1
+                    client_spoke_last = True
                     upstream.sendall(data)
                 else:
+                    client_spoke_last = False
                     from_server += data
                     *lines, from_server = from_server.split(b"\r\n")
                     if lines:
                         client.sendall(b"".join(self.rewrite(line) + b"\r\n" for line in lines))
+
+    def reset_counts(self) -> None:
+        with self.lock:
+            self.round_trips = self.commands = self.logins = 0
+            self.verbs.clear()
 
     def close(self) -> None:
         self.stopped.set()
