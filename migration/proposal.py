@@ -10,6 +10,7 @@ for_choice(). The result is stored in Migration.detected (JSON):
     server                                detection's own server proposal
     confirm_host                          a proposed server outside the user's domain: ask first
     hints                                 German source texts; the page translates them
+    help_url                              the provider's help page the hints refer to (app passwords, ...)
 """
 
 from django.utils import translation
@@ -78,7 +79,10 @@ def _imap(account: MailAccount, key: str, facts: dict) -> dict:
         hints = [hint for key in facts["candidates"] if key in IMAP_PROVIDERS
                  for hint in IMAP_PROVIDERS[key].hints] + [APP_PASSWORD_HINT]
     label = provider.label if provider else str(detection.LABELS.get("imap_other"))
-    return {**facts, **fill, "label": label, "hints": _msgids(dict.fromkeys(hints))}
+    keys = facts.get("candidates") if len(facts.get("candidates") or []) > 1 else [key]
+    help_url = next((IMAP_PROVIDERS[k].help_url for k in keys if k in IMAP_PROVIDERS and IMAP_PROVIDERS[k].help_url),
+                    "")
+    return {**facts, **fill, "label": label, "hints": _msgids(dict.fromkeys(hints)), "help_url": help_url}
 
 
 def _exchange(account: MailAccount, facts: dict) -> dict:

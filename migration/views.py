@@ -133,6 +133,7 @@ def _render_detail(request, migration, form, status=200):
         "form_template": FORM_TEMPLATES.get(migration.provider_kind),
         # Stored as German source texts: each reader gets them in the page's language.
         "hints": [gettext(hint) for hint in detected.get("hints") or []],
+        "help_url": detected.get("help_url", ""),
         "candidates": _candidates(migration) if migration.status == Status.AWAITING_USER else [],
         "unavailable": unavailable(),
         "events": [(event, status_text(event.to_status)) for event in migration.events.all()],
