@@ -28,6 +28,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.utils.translation import gettext_lazy as _
 
+from migration.exchange import online
 from portal.env import parse_nameserver as _nameserver  # the forms portal.settings accepts
 from sync import egress
 from sync import provider_table
@@ -227,6 +228,9 @@ def _http_lookups(domain: str, address: str, mx: list[str]) -> tuple[dict | None
             return _facts(provider, "autoconfig", server=server), all_answered
     server, answered = _autodiscover(domain, address)
     all_answered = all_answered and answered
+    if server and server.get("exchange_online"):
+        # EWS in Exchange Online is being switched off (migration.exchange.online): Graph instead.
+        return _facts("microsoft365", "autodiscover"), all_answered
     if server:
         return _facts("exchange", "autodiscover", server=server), all_answered
     return None, all_answered
@@ -292,6 +296,9 @@ def _ews_server(response, domain: str) -> dict | None:
     A 200 may name the EWS URL itself.
     """
     ews_url = ""
+    challenge = response.headers.get("WWW-Authenticate", "")
+    if response.status_code == 401 and online.challenge_is_exchange_online(challenge):
+        return {"protocol": "ews", "exchange_online": True}
     if response.status_code == 200:
         root = _xml(response.content)
         if root is None or not root.tag.endswith("Autodiscover"):
@@ -307,6 +314,8 @@ def _ews_server(response, domain: str) -> dict | None:
         return None
     if scheme != "https":
         return None
+    if online.is_exchange_online(host):
+        return {"protocol": "ews", "exchange_online": True}
     return {"protocol": "ews", "url": ews_url, "host": host.lower(), "port": port}
 
 

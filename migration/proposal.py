@@ -16,6 +16,8 @@ for_choice(). The result is stored in Migration.detected (JSON):
 from django.utils import translation
 
 from migration import detection
+from migration.exchange import online
+from sync import egress
 from sync.models import MailAccount, ProviderKind
 from sync.providers import APP_PASSWORD_HINT, IMAP_PROVIDERS, username_for
 
@@ -31,14 +33,19 @@ def initial(account: MailAccount) -> tuple[str, dict]:
         # V2 knew the account as Microsoft: that is a fact, not a guess from the domain.
         return ProviderKind.MICROSOFT, {**facts, "provider": "microsoft365",
                                         "label": str(detection.LABELS["microsoft365"])}
+    if account.provider_kind == ProviderKind.EXCHANGE and _exchange_online(account.ews_url):
+        # V2 reached this mailbox over EWS at Exchange Online, which Microsoft is switching off.
+        return ProviderKind.MICROSOFT, {**facts, "provider": "microsoft365", "exchange_online": True,
+                                        "label": str(detection.LABELS["microsoft365"])}
     if account.provider_kind == ProviderKind.EXCHANGE:
         return ProviderKind.EXCHANGE, _exchange(account, facts)
     if result.ambiguous:
         # IONOS: the same MX serves IMAP and Microsoft mailboxes; the user decides.
         return ProviderKind.IMAP, _imap(account, result.provider, facts)
     if result.provider in MICROSOFT_KEYS:
-        # Microsoft 365 turned off password sign-in for IMAP: V3 goes through Graph.
-        return ProviderKind.MICROSOFT, facts
+        # Microsoft 365 turned off password sign-in for IMAP: V3 goes through Graph. Found by
+        # Autodiscover, it is Exchange Online, whose EWS is being switched off: the page says why.
+        return ProviderKind.MICROSOFT, {**facts, "exchange_online": result.source == "autodiscover"}
     if result.provider == "exchange" and not account.imap_host:
         return ProviderKind.EXCHANGE, _exchange(account, facts)
     # The provider V2 knew the account by beats a guess from the domain.
@@ -95,6 +102,13 @@ def _exchange(account: MailAccount, facts: dict) -> dict:
     username = account.username if account.ews_url and account.username else account.address
     return {**facts, "ews_url": ews_url, "username": username, "confirm_host": confirm,
             "label": str(detection.LABELS["exchange"]), "hints": []}
+
+
+def _exchange_online(ews_url: str) -> bool:
+    try:
+        return online.is_exchange_online(egress.split_url(ews_url)[1]) if ews_url else False
+    except egress.EgressRefused:
+        return False
 
 
 def _stranger(account: MailAccount, host: str) -> str:
