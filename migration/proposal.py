@@ -72,13 +72,15 @@ def _imap(account: MailAccount, key: str, facts: dict) -> dict:
         fill = {"host": account.imap_host, "port": account.imap_port or 993,
                 "security": account.imap_security or "ssl", "username": account.username or account.address,
                 "confirm_host": ""}
-    elif provider:
-        fill = {"host": provider.host, "port": provider.port, "security": provider.security,
-                "username": username_for(account.address, provider.username_form), "confirm_host": ""}
     elif key == facts.get("provider") and server.get("protocol") == "imap":
+        # Detection's own server first: an MX rule may name a more specific host than the provider's
+        # default (Zoho's imappro.* for organisations, ALL-INKL's per-customer w0….kasserver.com).
         fill = {"host": server["host"], "port": server["port"], "security": server["security"],
                 "username": server.get("username") or account.address,
                 "confirm_host": _stranger(account, server["host"])}
+    elif provider:
+        fill = {"host": provider.host, "port": provider.port, "security": provider.security,
+                "username": username_for(account.address, provider.username_form), "confirm_host": ""}
     else:
         fill = {"host": "", "port": 993, "security": "ssl", "username": account.address, "confirm_host": ""}
     hints = [*(provider.hints if provider else ()), APP_PASSWORD_HINT]

@@ -191,3 +191,20 @@ def test_the_login_step_is_prefilled_with_the_hint_and_the_providers_help_link(c
     assert ('data-testid="provider-help"' in page) is bool(url)
     if url:
         assert f'href="{url}' in page
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("mx, host", [
+    (["10 w0123456.kasserver.com."], "w0123456.kasserver.com"),
+    (["10 mx.zoho.eu."], "imappro.zoho.eu"),
+])
+def test_the_login_step_takes_the_host_the_mx_rule_names(fake_dns, user, make_account, mx, host):
+    from migration import steps
+    from migration.models import Migration
+    from migration.services import start_migration
+
+    fake_dns.add("firma.test", MX=mx)
+    migration = start_migration(user=user, account=make_account(user, "info@firma.test"))
+    steps.run_migration(migration.pk)
+    detected = Migration.objects.get(pk=migration.pk).detected
+    assert (detected["host"], detected["confirm_host"]) == (host, "")
