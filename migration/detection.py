@@ -24,33 +24,25 @@ import requests
 from defusedxml import ElementTree as SafeET
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.utils.translation import gettext_lazy as _
 
+from migration.exchange import online
 from portal.env import parse_nameserver as _nameserver  # the forms portal.settings accepts
 from sync import egress
-from sync.providers import APP_PASSWORD_HINT, IMAP_PROVIDERS, PROVIDER_HOSTS, username_for
+from sync import provider_table
+from sync.providers import APP_PASSWORD_HINT, IMAP_PROVIDERS, is_provider_host, username_for
 
-# Consumer domains that Microsoft runs itself (Outlook.com).
-MICROSOFT_DOMAINS = ("outlook.com", "outlook.de", "hotmail.com", "hotmail.de", "live.com", "live.de", "msn.com")
-# MX host patterns -> provider, most specific first.
-MX_PATTERNS = (
-    ("*.mail.protection.outlook.com", "microsoft365"),
-    ("*.olc.protection.outlook.com", "microsoft365"),
-    ("mx*.gmx.net", "gmx"),
-    ("mx-ha*.web.de", "webde"),
-    ("mx*.t-online.de", "tonline"),
-    ("smtpin.rzone.de", "strato"),
-    ("mx*.ionos.de", "ionos"), ("mx*.ionos.com", "ionos"), ("mx*.kundenserver.de", "ionos"),
-)
-# Hosters whose MX cannot tell an IMAP mailbox from a Microsoft one.
-AMBIGUOUS = {"ionos": ["ionos", "microsoft365"]}
+# The table's facts (domains, MX rules, hints, sources) live in sync.provider_table.
+PROVIDERS_BY_KEY = {p.key: p for p in provider_table.PROVIDERS}
+MX_PATTERNS = tuple((rule.pattern, rule.provider) for rule in provider_table.MX_RULES)
+AMBIGUOUS = provider_table.AMBIGUOUS
 IMAP_KEYS = {*IMAP_PROVIDERS, "imap_other"}
 LABELS = {
-    "microsoft365": _("Microsoft 365 / Outlook.com"), "exchange": _("Microsoft Exchange"),
-    "imap_other": _("Anderer IMAP-Anbieter"), **{key: p.label for key, p in IMAP_PROVIDERS.items()},
+    "exchange": _("Microsoft Exchange"), "imap_other": _("Anderer IMAP-Anbieter"),
+    **{key: p.label for key, p in PROVIDERS_BY_KEY.items()},
 }
-# The built-in table's own servers: proposing them never needs a confirmation.
-TRUSTED_HOSTS = PROVIDER_HOSTS
 AUTOCONFIG_URL = "https://autoconfig.{domain}/mail/config-v1.1.xml"
 AUTODISCOVER_URL = "https://autodiscover.{domain}/autodiscover/autodiscover.xml"
 AUTODISCOVER_REQUEST = (
@@ -65,14 +57,14 @@ AUTODISCOVER_REQUEST = (
 SPECIAL_USE_TLDS = ("localhost", "invalid")
 ASKS_FOR_LOGIN = re.compile(r"ntlm|negotiate|basic", re.I)
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the market table (new providers, MX host overrides)
 
 
 @dataclass
 class Detection:
     address: str
     domain: str
-    provider: str  # microsoft365 | exchange | ionos | gmx | webde | tonline | strato | imap_other | unknown
+    provider: str  # a key of sync.provider_table (microsoft365, google, gmx, ...) | exchange | imap_other | unknown
     candidates: list[str]  # more than one: the user chooses
     source: str  # table | mx | autoconfig | autodiscover | none
     # {"protocol": "imap", host, port, security, username_form, username} or {"protocol": "ews", url, host, port}
@@ -81,6 +73,8 @@ class Detection:
     needs_confirmation: bool = False  # the proposed server is outside the user's domain: ask first
     confirm_host: str = ""
     mx: list[str] = field(default_factory=list)
+    help_url: str = ""  # the provider's own help page for the hints (app passwords, enabling IMAP)
+    valid: bool = True  # False: not an e-mail address at all; nothing was looked up
 
     @property
     def ambiguous(self) -> bool:
@@ -102,10 +96,11 @@ class Detection:
 def detect(address: str) -> Detection:
     """Detect the provider of address; never raises for bad input or network trouble."""
     address = address.strip()
-    local, _at, raw_domain = address.rpartition("@")
-    domain = _ascii_domain(raw_domain)
-    if not local or not domain:
-        return _build(address, "", {"provider": "unknown", "candidates": [], "source": "none"})
+    domain = _ascii_domain(address.rpartition("@")[2])
+    if not is_address(address):
+        result = _build(address, "", {"provider": "unknown", "candidates": [], "source": "none"})
+        result.valid = False
+        return result
     key = f"detection:v{CACHE_VERSION}:{domain}"
     facts = cache.get(key)
     if facts is None:
@@ -115,10 +110,24 @@ def detect(address: str) -> Detection:
     return _build(address, domain, facts)
 
 
+def is_address(address: str) -> bool:
+    """Whether address looks like a deliverable e-mail address: a local part Django's EmailValidator
+    accepts and a domain of at least two valid DNS labels (IDN allowed, checked in punycode)."""
+    local, at, raw_domain = address.strip().rpartition("@")
+    domain = _ascii_domain(raw_domain)
+    if not at or not local or not domain:
+        return False
+    try:
+        validate_email(f"{local}@{domain}")
+    except ValidationError:
+        return False
+    return True
+
+
 def host_needs_confirmation(domain: str, host: str) -> bool:
     """Like Thunderbird: credentials for a server outside the user's own domain need a yes first."""
     host = host.lower().rstrip(".")
-    return host not in TRUSTED_HOSTS and host != domain and not host.endswith("." + domain)
+    return not is_provider_host(host) and host != domain and not host.endswith("." + domain)
 
 
 # --- the steps --------------------------------------------------------------------------------------------------
@@ -132,9 +141,10 @@ def _detect_domain(domain: str, address: str) -> tuple[dict, bool]:
         return {"provider": "unknown", "candidates": [], "source": "none", "mx": []}, True
     mx, definitive = _mx_hosts(domain)
     for host in mx:
-        provider = _provider_for_mx(host)
-        if provider:
-            return _facts(provider, "mx", mx=mx), True
+        rule = _rule_for_mx(host)
+        if rule:
+            imap_host = host if rule.host == "{mx}" else rule.host
+            return _facts(rule.provider, "mx", mx=mx, imap_host=imap_host), True
     if settings.DETECTION_HTTP_LOOKUPS:
         found, answered = _http_lookups(domain, address, mx)
         definitive = definitive and answered
@@ -146,26 +156,21 @@ def _detect_domain(domain: str, address: str) -> tuple[dict, bool]:
     return {"provider": "unknown", "candidates": [], "source": "none", "mx": []}, definitive
 
 
-def _facts(provider: str, source: str, *, mx=(), server: dict | None = None) -> dict:
-    if server is None and provider in IMAP_PROVIDERS:
+def _facts(provider: str, source: str, *, mx=(), server: dict | None = None, imap_host: str = "") -> dict:
+    if server is None and provider in IMAP_PROVIDERS and (imap_host or IMAP_PROVIDERS[provider].host):
         p = IMAP_PROVIDERS[provider]
-        server = {"protocol": "imap", "host": p.host, "port": p.port, "security": p.security,
+        server = {"protocol": "imap", "host": imap_host or p.host, "port": p.port, "security": p.security,
                   "username_form": p.username_form}
     return {"provider": provider, "candidates": list(AMBIGUOUS.get(provider, [provider])), "source": source,
             "server": server, "mx": list(mx)}
 
 
 def _provider_for_domain(domain: str) -> str | None:
-    if domain in MICROSOFT_DOMAINS:
-        return "microsoft365"
-    for provider in IMAP_PROVIDERS.values():
-        if domain in provider.domains:
-            return provider.key
-    return None
+    return next((p.key for p in provider_table.PROVIDERS if domain in p.domains), None)
 
 
-def _provider_for_mx(host: str) -> str | None:
-    return next((provider for pattern, provider in MX_PATTERNS if fnmatch.fnmatchcase(host, pattern)), None)
+def _rule_for_mx(host: str) -> provider_table.MxRule | None:
+    return next((rule for rule in provider_table.MX_RULES if fnmatch.fnmatchcase(host, rule.pattern)), None)
 
 
 def _mx_hosts(domain: str) -> tuple[list[str], bool]:
@@ -218,10 +223,14 @@ def _http_lookups(domain: str, address: str, mx: list[str]) -> tuple[dict | None
         server, answered = _autoconfig(url, domain)
         all_answered = all_answered and answered
         if server:
-            provider = next((p.key for p in IMAP_PROVIDERS.values() if p.host == server["host"]), "imap_other")
+            provider = next((p.key for p in IMAP_PROVIDERS.values() if p.host and p.host == server["host"]),
+                            "imap_other")
             return _facts(provider, "autoconfig", server=server), all_answered
     server, answered = _autodiscover(domain, address)
     all_answered = all_answered and answered
+    if server and server.get("exchange_online"):
+        # EWS in Exchange Online is being switched off (migration.exchange.online): Graph instead.
+        return _facts("microsoft365", "autodiscover"), all_answered
     if server:
         return _facts("exchange", "autodiscover", server=server), all_answered
     return None, all_answered
@@ -287,6 +296,9 @@ def _ews_server(response, domain: str) -> dict | None:
     A 200 may name the EWS URL itself.
     """
     ews_url = ""
+    challenge = response.headers.get("WWW-Authenticate", "")
+    if response.status_code == 401 and online.challenge_is_exchange_online(challenge):
+        return {"protocol": "ews", "exchange_online": True}
     if response.status_code == 200:
         root = _xml(response.content)
         if root is None or not root.tag.endswith("Autodiscover"):
@@ -302,6 +314,8 @@ def _ews_server(response, domain: str) -> dict | None:
         return None
     if scheme != "https":
         return None
+    if online.is_exchange_online(host):
+        return {"protocol": "ews", "exchange_online": True}
     return {"protocol": "ews", "url": ews_url, "host": host.lower(), "port": port}
 
 
@@ -314,15 +328,16 @@ def _build(address: str, domain: str, facts: dict) -> Detection:
     server = dict(facts["server"]) if facts.get("server") else None
     if server and server["protocol"] == "imap":
         server["username"] = username_for(address, server["username_form"])
-    hints = []
+    hints, help_url = [], ""
     for key in dict.fromkeys([provider, *candidates]):
-        if key in IMAP_PROVIDERS:
-            hints.extend(IMAP_PROVIDERS[key].hints)
+        if key in PROVIDERS_BY_KEY:
+            hints.extend(PROVIDERS_BY_KEY[key].hints)
+            help_url = help_url or PROVIDERS_BY_KEY[key].help_url
     if IMAP_KEYS.intersection([provider, *candidates]):
         hints.append(APP_PASSWORD_HINT)
     confirm = bool(server and domain and host_needs_confirmation(domain, server["host"]))
     return Detection(
         address=address, domain=domain, provider=provider, candidates=candidates, source=facts["source"],
         server=server, hints=hints, needs_confirmation=confirm, confirm_host=server["host"] if confirm else "",
-        mx=list(facts.get("mx", [])),
+        mx=list(facts.get("mx", [])), help_url=help_url,
     )

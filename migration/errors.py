@@ -2,6 +2,7 @@
 
 from django.utils.translation import gettext_lazy as _
 
+from migration.google.errors import MESSAGES as GOOGLE_MESSAGES
 from migration.microsoft.errors import MESSAGES as MICROSOFT_MESSAGES
 
 MESSAGES = {
@@ -77,6 +78,7 @@ MESSAGES = {
     ),
     "cancelled_by_staff": _("Die Migration wurde vom Support abgebrochen."),
     **MICROSOFT_MESSAGES,
+    **GOOGLE_MESSAGES,
 }
 
 

@@ -51,16 +51,22 @@ def unavailable() -> dict:
     return {"microsoft365": errors.message_for("ms_not_configured")}
 
 
-def choose_provider(*, migration: Migration, key: str, actor: str) -> Migration:
-    """Switch the login step to another provider (compare-and-swap on the step)."""
+def choose_provider(*, migration: Migration, key: str, actor: str, reason: str = "", extra: dict | None = None
+                    ) -> Migration:
+    """Switch the login step to another provider (compare-and-swap on the step).
+
+    reason: what the event trail says (default "provider chosen: <key>"); extra: facts merged
+    into Migration.detected (e.g. {"exchange_online": True} for the Microsoft step's explanation)."""
+    reason = reason or f"provider chosen: {key}"
     choice = CHOICES_BY_KEY.get(key)
     if choice is None or migration.status not in CHOOSABLE:
         raise ChoiceRefused(key)
-    detected = proposal.for_choice(migration.account, dict(migration.detected or {}), key, choice.kind)
+    detected = {**proposal.for_choice(migration.account, dict(migration.detected or {}), key, choice.kind),
+                **(extra or {})}
     if migration.status == Status.AWAITING_ADMIN_CONSENT and choice.kind != ProviderKind.MICROSOFT:
         # Leaving the wait for a Microsoft admin: the new provider's step is a plain login step.
         try:
-            return services.transition(migration, to=Status.AWAITING_USER, reason=f"provider chosen: {key}",
+            return services.transition(migration, to=Status.AWAITING_USER, reason=reason,
                                        actor=actor, provider_kind=choice.kind, detected=detected, connection={})
         except services.TransitionConflict:
             raise ChoiceRefused(key) from None
@@ -72,7 +78,7 @@ def choose_provider(*, migration: Migration, key: str, actor: str) -> Migration:
             raise ChoiceRefused(key)
         MigrationEvent.objects.create(
             migration=migration, from_status=migration.status, to_status=migration.status,
-            reason=f"provider chosen: {key}", actor=actor,
+            reason=reason, actor=actor,
         )
     migration.refresh_from_db()
     return migration

@@ -10,11 +10,14 @@ for_choice(). The result is stored in Migration.detected (JSON):
     server                                detection's own server proposal
     confirm_host                          a proposed server outside the user's domain: ask first
     hints                                 German source texts; the page translates them
+    help_url                              the provider's help page the hints refer to (app passwords, ...)
 """
 
 from django.utils import translation
 
 from migration import detection
+from migration.exchange import online
+from sync import egress
 from sync.models import MailAccount, ProviderKind
 from sync.providers import APP_PASSWORD_HINT, IMAP_PROVIDERS, username_for
 
@@ -30,14 +33,19 @@ def initial(account: MailAccount) -> tuple[str, dict]:
         # V2 knew the account as Microsoft: that is a fact, not a guess from the domain.
         return ProviderKind.MICROSOFT, {**facts, "provider": "microsoft365",
                                         "label": str(detection.LABELS["microsoft365"])}
+    if account.provider_kind == ProviderKind.EXCHANGE and _exchange_online(account.ews_url):
+        # V2 reached this mailbox over EWS at Exchange Online, which Microsoft is switching off.
+        return ProviderKind.MICROSOFT, {**facts, "provider": "microsoft365", "exchange_online": True,
+                                        "label": str(detection.LABELS["microsoft365"])}
     if account.provider_kind == ProviderKind.EXCHANGE:
         return ProviderKind.EXCHANGE, _exchange(account, facts)
     if result.ambiguous:
         # IONOS: the same MX serves IMAP and Microsoft mailboxes; the user decides.
         return ProviderKind.IMAP, _imap(account, result.provider, facts)
     if result.provider in MICROSOFT_KEYS:
-        # Microsoft 365 turned off password sign-in for IMAP: V3 goes through Graph.
-        return ProviderKind.MICROSOFT, facts
+        # Microsoft 365 turned off password sign-in for IMAP: V3 goes through Graph. Found by
+        # Autodiscover, it is Exchange Online, whose EWS is being switched off: the page says why.
+        return ProviderKind.MICROSOFT, {**facts, "exchange_online": result.source == "autodiscover"}
     if result.provider == "exchange" and not account.imap_host:
         return ProviderKind.EXCHANGE, _exchange(account, facts)
     # The provider V2 knew the account by beats a guess from the domain.
@@ -64,13 +72,15 @@ def _imap(account: MailAccount, key: str, facts: dict) -> dict:
         fill = {"host": account.imap_host, "port": account.imap_port or 993,
                 "security": account.imap_security or "ssl", "username": account.username or account.address,
                 "confirm_host": ""}
-    elif provider:
-        fill = {"host": provider.host, "port": provider.port, "security": provider.security,
-                "username": username_for(account.address, provider.username_form), "confirm_host": ""}
     elif key == facts.get("provider") and server.get("protocol") == "imap":
+        # Detection's own server first: an MX rule may name a more specific host than the provider's
+        # default (Zoho's imappro.* for organisations, ALL-INKL's per-customer w0….kasserver.com).
         fill = {"host": server["host"], "port": server["port"], "security": server["security"],
                 "username": server.get("username") or account.address,
                 "confirm_host": _stranger(account, server["host"])}
+    elif provider:
+        fill = {"host": provider.host, "port": provider.port, "security": provider.security,
+                "username": username_for(account.address, provider.username_form), "confirm_host": ""}
     else:
         fill = {"host": "", "port": 993, "security": "ssl", "username": account.address, "confirm_host": ""}
     hints = [*(provider.hints if provider else ()), APP_PASSWORD_HINT]
@@ -78,7 +88,10 @@ def _imap(account: MailAccount, key: str, facts: dict) -> dict:
         hints = [hint for key in facts["candidates"] if key in IMAP_PROVIDERS
                  for hint in IMAP_PROVIDERS[key].hints] + [APP_PASSWORD_HINT]
     label = provider.label if provider else str(detection.LABELS.get("imap_other"))
-    return {**facts, **fill, "label": label, "hints": _msgids(dict.fromkeys(hints))}
+    keys = facts.get("candidates") if len(facts.get("candidates") or []) > 1 else [key]
+    help_url = next((IMAP_PROVIDERS[k].help_url for k in keys if k in IMAP_PROVIDERS and IMAP_PROVIDERS[k].help_url),
+                    "")
+    return {**facts, **fill, "label": label, "hints": _msgids(dict.fromkeys(hints)), "help_url": help_url}
 
 
 def _exchange(account: MailAccount, facts: dict) -> dict:
@@ -91,6 +104,13 @@ def _exchange(account: MailAccount, facts: dict) -> dict:
     username = account.username if account.ews_url and account.username else account.address
     return {**facts, "ews_url": ews_url, "username": username, "confirm_host": confirm,
             "label": str(detection.LABELS["exchange"]), "hints": []}
+
+
+def _exchange_online(ews_url: str) -> bool:
+    try:
+        return online.is_exchange_online(egress.split_url(ews_url)[1]) if ews_url else False
+    except egress.EgressRefused:
+        return False
 
 
 def _stranger(account: MailAccount, host: str) -> str:

@@ -8,9 +8,10 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
 from migration import errors, selectors, services
+from migration.exchange import online as exchange_online
 from migration.exchange.forms import ExchangeCredentialsForm
 from migration.forms import ImapCredentialsForm
-from migration.mask import CHOICES_BY_KEY, unavailable
+from migration.mask import CHOICES_BY_KEY, ChoiceRefused, choose_provider, unavailable
 from migration.microsoft import views as microsoft_views
 from migration.models import Status
 from sync import egress
@@ -133,6 +134,7 @@ def _render_detail(request, migration, form, status=200):
         "form_template": FORM_TEMPLATES.get(migration.provider_kind),
         # Stored as German source texts: each reader gets them in the page's language.
         "hints": [gettext(hint) for hint in detected.get("hints") or []],
+        "help_url": detected.get("help_url", ""),
         "candidates": _candidates(migration) if migration.status == Status.AWAITING_USER else [],
         "unavailable": unavailable(),
         "events": [(event, status_text(event.to_status)) for event in migration.events.all()],
@@ -160,6 +162,9 @@ def credentials(request, pk: int):
     if form is None:
         messages.info(request, _user_error("wrong_state"))
         return redirect("migration-detail", pk=pk)
+    if migration.provider_kind == ProviderKind.EXCHANGE and exchange_online.is_exchange_online(form.target_host()):
+        # Checked before the rest of the form: the password is neither needed nor used for Exchange Online.
+        return _route_to_microsoft(request, migration, form.target_host())
     if not form.is_valid():
         return _render_detail(request, migration, form, status=400)
     connection = form.connection()
@@ -177,6 +182,18 @@ def credentials(request, pk: int):
         # The double click: the first submit already moved the migration on.
         messages.info(request, _user_error("wrong_state"))
     return redirect("migration-detail", pk=pk)
+
+
+def _route_to_microsoft(request, migration, host: str):
+    """An Exchange Online host typed into the Exchange step: on to the Microsoft 365 sign-in, with the reason."""
+    try:
+        choose_provider(migration=migration, key="microsoft365", actor=_actor(request), extra={"exchange_online": True},
+                        reason=f"Exchange Online host {host}: Microsoft 365 (Graph) instead of EWS")
+    except ChoiceRefused:
+        messages.info(request, _user_error("wrong_state"))
+    else:
+        messages.info(request, exchange_online.EXPLANATION % {"host": host})
+    return redirect("migration-detail", pk=migration.pk)
 
 
 @login_required

@@ -342,6 +342,25 @@ if not ISPDB_URL.startswith(("https://", "http://")) or not ISPDB_URL.endswith("
 DETECTION_CACHE_SECONDS = envint("DETECTION_CACHE_SECONDS", 3600, minimum=0)
 MESSAGES_PER_PAGE = 25
 
+# --- Google (Gmail, Google Workspace): the CRM's OAuth client in Google Cloud --------
+# Client id and secret of a "Web application" OAuth client; empty = Google shows as not set up.
+GOOGLE_CLIENT_ID = envstr("GOOGLE_CLIENT_ID", "")
+GOOGLE_CLIENT_SECRET = envstr("GOOGLE_CLIENT_SECRET", "")
+# Google's documented endpoints (https://developers.google.com/identity/protocols/oauth2/web-server);
+# other values only for a local fake in tests.
+GOOGLE_AUTH_URL = envstr("GOOGLE_AUTH_URL", "https://accounts.google.com/o/oauth2/v2/auth")
+GOOGLE_TOKEN_URL = envstr("GOOGLE_TOKEN_URL", "https://oauth2.googleapis.com/token")
+GOOGLE_USERINFO_URL = envstr("GOOGLE_USERINFO_URL", "https://openidconnect.googleapis.com/v1/userinfo")
+GOOGLE_GMAIL_URL = envstr("GOOGLE_GMAIL_URL", "https://gmail.googleapis.com").rstrip("/")
+for _name in ("GOOGLE_AUTH_URL", "GOOGLE_TOKEN_URL", "GOOGLE_USERINFO_URL", "GOOGLE_GMAIL_URL"):
+    if not globals()[_name].startswith("https://") or len(globals()[_name]) <= len("https://"):
+        raise ImproperlyConfigured(f"{_name} must be an https:// URL, not {globals()[_name]!r}")
+# A CA bundle for a fake Google with a self-signed certificate (tests); empty = the system's CAs.
+GOOGLE_CA_FILE = envstr("GOOGLE_CA_FILE", "")
+if GOOGLE_CA_FILE and not Path(GOOGLE_CA_FILE).is_file():
+    raise ImproperlyConfigured(f"GOOGLE_CA_FILE: no file at {GOOGLE_CA_FILE!r}")
+GOOGLE_TIMEOUT = envint("GOOGLE_TIMEOUT", 15, minimum=1)
+
 # --- Microsoft 365 / Outlook.com (the CRM's app in Microsoft Entra ID) ----------
 # Client id and secret of the app registration (README: "Microsoft Entra ID").
 MS_CLIENT_ID = envstr("MS_CLIENT_ID", "")

@@ -1,62 +1,36 @@
-"""Built-in table of IMAP providers: server settings and hints for the form."""
+"""The IMAP side of the built-in provider table (sync.provider_table): server settings for the form.
 
-from dataclasses import dataclass, field
+IMAP_PROVIDERS holds every provider with an IMAP login, Google's app-password
+fallback included; Microsoft 365 has none (it syncs through Graph).
+"""
 
-from django.utils.translation import gettext_lazy as _
+import fnmatch
 
+from sync.provider_table import APP_PASSWORD_HINT, MX_RULES, PROVIDERS, Provider
 
-@dataclass(frozen=True)
-class ImapProvider:
-    key: str
-    label: str
-    host: str
-    port: int = 993
-    security: str = "ssl"
-    # "address": log in with the full address; "localpart": with the part before @.
-    username_form: str = "address"
-    domains: tuple[str, ...] = ()
-    hints: tuple = field(default_factory=tuple)
+__all__ = ["APP_PASSWORD_HINT", "IMAP_PROVIDERS", "PROVIDER_HOSTS", "ImapProvider", "is_provider_host",
+           "provider_for_address", "username_for"]
 
+ImapProvider = Provider  # the name the rest of the code knows
 
-IMAP_PROVIDERS: dict[str, ImapProvider] = {
-    provider.key: provider
-    for provider in (
-        ImapProvider(
-            "ionos", "IONOS", "imap.ionos.de", domains=("ionos.de", "online.de"),
-            hints=(_("Bei IONOS kann das Postfach auch über Microsoft laufen (Microsoft Exchange bei IONOS)."),),
-        ),
-        ImapProvider(
-            "gmx", "GMX", "imap.gmx.net", domains=("gmx.de", "gmx.net", "gmx.at", "gmx.ch"),
-            hints=(_("IMAP muss in den GMX-Einstellungen unter „POP3/IMAP Abruf“ aktiviert sein."),),
-        ),
-        ImapProvider(
-            "webde", "WEB.DE", "imap.web.de", username_form="localpart", domains=("web.de",),
-            hints=(
-                _("IMAP muss in den WEB.DE-Einstellungen unter „POP3/IMAP Abruf“ aktiviert sein."),
-                _("WEB.DE meldet Sie mit dem Teil vor dem @ an."),
-            ),
-        ),
-        ImapProvider(
-            "tonline", "T-Online", "secureimap.t-online.de", domains=("t-online.de", "magenta.de"),
-            hints=(_("T-Online braucht das separate E-Mail-Passwort aus dem Kundencenter, nicht das Login-Passwort."),),
-        ),
-        ImapProvider("strato", "Strato", "imap.strato.de", domains=("strato.de",)),
-    )
-}
+IMAP_PROVIDERS: dict[str, Provider] = {p.key: p for p in PROVIDERS if p.kind in ("imap", "google")}
 
 # The built-in providers' own servers: detection proposes them without asking,
 # and the rate limit gives them no shared budget.
-PROVIDER_HOSTS = frozenset(provider.host for provider in IMAP_PROVIDERS.values())
+PROVIDER_HOSTS = frozenset({p.host for p in IMAP_PROVIDERS.values() if p.host}
+                           | {rule.host for rule in MX_RULES if rule.host and rule.host != "{mx}"})
+# Hosters whose IMAP server is the customer's MX host: any host of that pattern is theirs.
+_PROVIDER_HOST_PATTERNS = tuple(rule.pattern for rule in MX_RULES if rule.host == "{mx}")
 
-APP_PASSWORD_HINT = _("Ist die Zwei-Faktor-Anmeldung aktiv, verwenden Sie ein App-Passwort.")
+
+def is_provider_host(host: str) -> bool:
+    """Whether host (lower case, no trailing dot) is a server of a provider in the table."""
+    return host in PROVIDER_HOSTS or any(fnmatch.fnmatchcase(host, p) for p in _PROVIDER_HOST_PATTERNS)
 
 
-def provider_for_address(address: str) -> ImapProvider | None:
+def provider_for_address(address: str) -> Provider | None:
     domain = address.rsplit("@", 1)[-1].lower()
-    for provider in IMAP_PROVIDERS.values():
-        if domain in provider.domains:
-            return provider
-    return None
+    return next((p for p in IMAP_PROVIDERS.values() if domain in p.domains), None)
 
 
 def username_for(address: str, username_form: str) -> str:

@@ -4,6 +4,7 @@ from datetime import date, timedelta
 import pytest
 from django.core.cache import cache
 from django.db import connection
+from django.utils import translation
 
 from portal.devservers import Dovecot
 
@@ -40,6 +41,14 @@ def _local_dns(settings, _quiet_nameserver):
     # machine's resolver. Tests that need records use the fake_dns fixture.
     settings.DNS_NAMESERVERS = [_quiet_nameserver.nameserver]
     settings.DNS_TIMEOUT = 1
+
+
+@pytest.fixture(autouse=True)
+def _default_language():
+    # A test-client request with the English cookie leaves English active in the thread
+    # (LocaleMiddleware activates, nothing deactivates): the next test would read translations.
+    yield
+    translation.deactivate()
 
 
 @pytest.fixture(autouse=True)

@@ -177,7 +177,7 @@ def test_it_never_rewinds_a_high_water_mark(user, import_file):
 @pytest.mark.parametrize("bad, error", [
     ({"address": "kein-at"}, "accounts[1].address: not an e-mail address"),
     ({"owner": None}, "accounts[1].owner: required"),
-    ({"provider_name": "aol"}, "accounts[1].provider_name: must be one of"),
+    ({"provider_name": "compuserve"}, "accounts[1].provider_name: must be one of"),
     ({"imap": {"host": "imap.gmx.net", "port": 99999}}, "accounts[1].imap.port: expected a whole number"),
     ({"imap": {"host": "imap.gmx.net", "security": "none"}}, "accounts[1].imap.security: must be one of"),
     ({"password": ""}, "accounts[1].password: required"),

@@ -6,7 +6,7 @@ HTTP lookups, the cache), for support staff and operators.
 
 import json
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from migration.detection import detect
 
@@ -19,7 +19,11 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print the whole result as JSON")
 
     def handle(self, *args, address, json: bool, **options):
-        result = detect(address).as_dict()
+        detection = detect(address)
+        if not detection.valid:
+            # Exit code 2 like a usage error: a script must not read "unknown provider" as an answer.
+            raise CommandError(f"{address!r} is not an e-mail address (expected name@domain.tld)", returncode=2)
+        result = detection.as_dict()
         if json:
             self.stdout.write(_dumps(result))
             return
@@ -35,6 +39,8 @@ class Command(BaseCommand):
             self.stdout.write(f"confirm:    the server {result['confirm_host']} is outside the user's domain")
         for hint in result["hints"]:
             self.stdout.write(f"hint:       {hint}")
+        if result["help_url"]:
+            self.stdout.write(f"help:       {result['help_url']}")
 
 
 def _dumps(data: dict) -> str:

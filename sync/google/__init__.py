@@ -1,0 +1,1 @@
+"""Google (Gmail, Google Workspace): OAuth tokens for the V3 sync. See oauth.py."""
