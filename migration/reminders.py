@@ -9,15 +9,14 @@ MIN_DAYS_BETWEEN days, however often staff press the button.
 import logging
 from datetime import timedelta
 
-from django.conf import settings
-from django.core.mail import send_mail
 from django.db import transaction
 from django.urls import reverse
-from django.utils import timezone, translation
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from migration.models import Reminder
 from migration.selectors import current_campaign
+from portal import mail, profiles
 from sync.models import Engine, MailAccount
 
 logger = logging.getLogger(__name__)
@@ -64,19 +63,19 @@ def send(reminder_id: int) -> bool:
             return False
         # Marked before the mail leaves: at most once, like the consent mails.
         Reminder.objects.filter(pk=reminder.pk).update(sent_at=timezone.now())
-    link = settings.SITE_URL.rstrip("/") + reverse("settings-mail")
-    with translation.override(settings.LANGUAGE_CODE):
+    link = mail.absolute_url(reverse("settings-mail"))
+    with profiles.in_language_of(reminder.user):
         subject = _("Bitte migrieren Sie Ihre E-Mail-Synchronisierung bis %(date)s") % {
-            "date": reminder.campaign.migrate_by.strftime("%d.%m.%Y")}
+            "date": mail.short_date(reminder.campaign.migrate_by)}
         body = _(
             "Guten Tag,\n\ndie E-Mail-Synchronisierung V2 wird am %(shutdown)s abgeschaltet. Danach erreichen neue "
             "E-Mails dieser Postfächer das CRM nicht mehr:\n\n%(addresses)s\n\nBitte klicken Sie bis %(date)s unter "
             "Einstellungen → Persönliche E-Mail-Synchronisierung auf „Zu V3 migrieren“:\n%(link)s\n"
-        ) % {"shutdown": reminder.campaign.v2_shutdown.strftime("%d.%m.%Y"),
-             "date": reminder.campaign.migrate_by.strftime("%d.%m.%Y"),
+        ) % {"shutdown": mail.short_date(reminder.campaign.v2_shutdown),
+             "date": mail.short_date(reminder.campaign.migrate_by),
              "addresses": "\n".join(f"  – {a}" for a in reminder.addresses.splitlines()), "link": link}
     try:
-        send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [reminder.user.email])
+        mail.send(to=[reminder.user.email], subject=subject, body=body)
     except OSError as error:  # SMTP down or refusing: support sees it on the reminder
         Reminder.objects.filter(pk=reminder.pk).update(sent_at=None, error=type(error).__name__[:200])
         logger.warning("reminder %s not sent: %s", reminder.pk, type(error).__name__)

@@ -8,12 +8,10 @@ mail), queued by name after the commit like sync runs (sync.queue).
 import logging
 
 from celery import current_app
-from django.conf import settings
-from django.core.mail import send_mail
 from django.urls import reverse
-from django.utils import translation
 from django.utils.translation import gettext as _
 
+from portal import mail, profiles
 from sync.models import AccountStatus, MailAccount
 
 logger = logging.getLogger(__name__)
@@ -31,8 +29,8 @@ def send_reconnect_mail(account_id: int) -> bool:
     account = MailAccount.objects.select_related("owner").filter(pk=account_id, status=AccountStatus.RECONNECT).first()
     if account is None or not account.owner.email:
         return False
-    link = settings.SITE_URL.rstrip("/") + reverse("settings-mail")
-    with translation.override(settings.LANGUAGE_CODE):
+    link = mail.absolute_url(reverse("settings-mail"))
+    with profiles.in_language_of(account.owner):
         subject = _("E-Mail-Synchronisierung von %(address)s unterbrochen: bitte neu verbinden") % {
             "address": account.address}
         body = _(
@@ -42,7 +40,7 @@ def send_reconnect_mail(account_id: int) -> bool:
             "„Neu verbinden“ bzw. „Passwort neu eingeben“:\n%(link)s\n"
         ) % {"address": account.address, "link": link}
     try:
-        send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [account.owner.email])
+        mail.send(to=[account.owner.email], subject=subject, body=body)
     except OSError as error:
         logger.warning("re-connect mail for account %s not sent: %s", account_id, type(error).__name__)
         return False
