@@ -7,7 +7,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
 from migration import errors, history, services
-from migration.models import Campaign, Migration
+from migration.models import Campaign, Migration, Reminder
 from migration.selectors import invalidate_campaign
 from migration import campaign_admin  # noqa: F401 - registers the campaign list and dashboard
 from migration.microsoft import admin as microsoft_admin  # noqa: F401 - registers TenantConsent
@@ -101,11 +101,37 @@ class MigrationAdmin(admin.ModelAdmin):
 
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
-    list_display = ("name", "migrate_by", "v2_shutdown", "is_active")
+    list_display = ("name", "migrate_by", "v2_shutdown", "is_active", "reminder_days_before")
+    fieldsets = [
+        (None, {"fields": ("name", "migrate_by", "v2_shutdown", "is_active")}),
+        (_("Erinnerungen per E-Mail"), {"fields": ("reminder_days_before", "reminder_day_after",
+                                                   "reminder_on_shutdown", "reminder_min_days")}),
+    ]
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
         invalidate_campaign()  # the banner caches the dates
+
+
+@admin.register(Reminder)
+class ReminderAdmin(admin.ModelAdmin):
+    """Who was reminded when, by whom and about which accounts: a record, never edited."""
+
+    list_display = ("user", "kind", "created_at", "sent_at", "error", "sent_by")
+    list_filter = ("kind", "campaign", ("sent_at", admin.EmptyFieldListFilter))
+    search_fields = ("user__email", "addresses")
+    list_select_related = ("user", "sent_by")
+    fields = ("user", "campaign", "kind", "addresses", "created_at", "sent_at", "error", "sent_by")
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 def _settings_list(values: dict):

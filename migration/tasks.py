@@ -23,3 +23,17 @@ def send_reminder(reminder_id: int) -> bool:
     from migration import reminders
 
     return reminders.send(reminder_id)
+
+
+@shared_task(name="migration.tasks.send_due_reminders")
+def send_due_reminders() -> int:
+    """Beat: the campaign's reminder step of the day (once per day, however many beats), and a re-queue of
+    reminders whose broker message was lost. Returns how many reminders it created."""
+    from django.utils import timezone
+
+    from migration import reminder_schedule, reminders
+
+    now = timezone.now()
+    created = reminder_schedule.run_due_reminders(now=now)
+    reminders.requeue_unsent(now=now)
+    return len(created)

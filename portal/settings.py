@@ -390,6 +390,12 @@ MIGRATION_STEP_ATTEMPTS = envint("MIGRATION_STEP_ATTEMPTS", 8, minimum=1)
 MIGRATION_RETRY_SECONDS = envint("MIGRATION_RETRY_SECONDS", 60, minimum=1)
 MIGRATION_RETRY_MAX_SECONDS = envint("MIGRATION_RETRY_MAX_SECONDS", 1800, minimum=1)
 BANNER_CACHE_SECONDS = envint("BANNER_CACHE_SECONDS", 300, minimum=1)
+# The reminder cadence (migration.reminder_schedule): beat looks this often whether today's step is due,
+# and sends it once a day, not before this hour (local time: TIME_ZONE).
+REMINDER_CHECK_SECONDS = envint("REMINDER_CHECK_SECONDS", 3600, minimum=60)
+REMINDER_SEND_HOUR = envint("REMINDER_SEND_HOUR", 9, minimum=0)
+if REMINDER_SEND_HOUR > 23:
+    raise ImproperlyConfigured(f"REMINDER_SEND_HOUR must be an hour from 0 to 23, not {REMINDER_SEND_HOUR}")
 
 LOGGING = {
     "version": 1,
