@@ -28,12 +28,20 @@ def send_reminder(reminder_id: int) -> bool:
 @shared_task(name="migration.tasks.send_due_reminders")
 def send_due_reminders() -> int:
     """Beat: the campaign's reminder step of the day (once per day, however many beats), and a re-queue of
-    reminders whose broker message was lost. Returns how many reminders it created."""
+    reminders and confirmations whose broker message was lost. Returns how many reminders it created."""
     from django.utils import timezone
 
-    from migration import reminder_schedule, reminders
+    from migration import done_mail, reminder_schedule, reminders
 
     now = timezone.now()
     created = reminder_schedule.run_due_reminders(now=now)
     reminders.requeue_unsent(now=now)
+    done_mail.requeue_unsent(now=now)  # confirmations whose broker message was lost or whose send failed
     return len(created)
+
+
+@shared_task(name="migration.tasks.send_done_mail", acks_late=True)
+def send_done_mail(migration_id: int) -> bool:
+    from migration import done_mail
+
+    return done_mail.send(migration_id)
