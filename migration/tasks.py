@@ -45,3 +45,11 @@ def send_done_mail(migration_id: int) -> bool:
     from migration import done_mail
 
     return done_mail.send(migration_id)
+
+
+@shared_task(name="migration.tasks.send_staff_digest")
+def send_staff_digest() -> int:
+    """Beat: the daily digest for support staff (claimed per day on the campaign). Returns mails sent."""
+    from migration import staff_digest
+
+    return staff_digest.send_digest()

@@ -394,6 +394,12 @@ BANNER_CACHE_SECONDS = envint("BANNER_CACHE_SECONDS", 300, minimum=1)
 # and sends it once a day, not before this hour (local time: TIME_ZONE).
 REMINDER_CHECK_SECONDS = envint("REMINDER_CHECK_SECONDS", 3600, minimum=60)
 REMINDER_SEND_HOUR = envint("REMINDER_SEND_HOUR", 9, minimum=0)
+# Days an account may wait in "Neu verbinden" before its owner gets one follow-up mail.
+RECONNECT_FOLLOWUP_DAYS = envint("RECONNECT_FOLLOWUP_DAYS", 3, minimum=1)
+# The daily digest for staff (migration.staff_digest) goes out when at least this share (percent) of the
+# V3 accounts wait in "Neu verbinden" (0: every day), to STAFF_DIGEST_TO (empty: every active staff user).
+STAFF_DIGEST_BROKEN_PERCENT = envint("STAFF_DIGEST_BROKEN_PERCENT", 5, minimum=0)
+STAFF_DIGEST_TO = envlist("STAFF_DIGEST_TO", [])
 if REMINDER_SEND_HOUR > 23:
     raise ImproperlyConfigured(f"REMINDER_SEND_HOUR must be an hour from 0 to 23, not {REMINDER_SEND_HOUR}")
 
