@@ -1,13 +1,17 @@
 """Django admin for support staff: follow and act on every migration."""
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseNotAllowed
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import path
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
 from migration import errors, history, services
-from migration.models import Campaign, Migration
+from migration.models import Campaign, Migration, Reminder, Status
 from migration.selectors import invalidate_campaign
 from migration import campaign_admin  # noqa: F401 - registers the campaign list and dashboard
 from migration.microsoft import admin as microsoft_admin  # noqa: F401 - registers TenantConsent
@@ -32,6 +36,47 @@ class MigrationAdmin(admin.ModelAdmin):
               "retry_at", "created_at", "updated_at", "finished_at", "history")
     readonly_fields = fields
     actions = ["retry", "cancel"]
+    # Adds "Erneut starten" / "Abbrechen" buttons to a migration's own page (migration_action_view).
+    change_form_template = "admin/migration/migration/change_form.html"
+
+    def get_urls(self):
+        return [
+            path("<int:pk>/aktion/<str:action>/", self.admin_site.admin_view(self.migration_action_view),
+                 name="migration-admin-action"),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        migration = self.get_object(request, object_id)
+        extra = dict(extra_context or {})
+        if migration is not None and self.has_change_permission(request, migration):
+            extra["can_retry"] = migration.status == Status.FAILED
+            extra["can_cancel"] = Status.CANCELLED in services.ALLOWED[migration.status]
+        return super().change_view(request, object_id, form_url, extra_context=extra)
+
+    def migration_action_view(self, request, pk: int, action: str):
+        """POST from the buttons on a migration's page: the same services as the bulk actions, the staff
+        member recorded as the event's actor. GET, an unknown action or a user without change permission: 4xx."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        migration = get_object_or_404(Migration.objects.select_related("account"), pk=pk)
+        if action not in ("retry", "cancel") or not self.has_change_permission(request, migration):
+            raise PermissionDenied
+        actor = f"staff:{request.user.pk}"
+        try:
+            if action == "retry":
+                services.retry_migration(migration=migration, actor=actor, redetect=True)
+                self.message_user(request, _("Die Migration wurde erneut gestartet."), messages.SUCCESS)
+            else:
+                services.cancel_migration(migration=migration, actor=actor, reason="cancelled by support")
+                self.message_user(request, _("Die Migration wurde abgebrochen."), messages.SUCCESS)
+        except services.MigrationError as error:
+            reason = STAFF_ERRORS.get(error.code) or errors.message_for(error.code)
+            self.message_user(request, _("Nicht ausgeführt: %(reason)s") % {"reason": reason}, messages.ERROR)
+        except services.TransitionConflict:
+            self.message_user(request, _("Nicht ausgeführt: die Migration hat inzwischen ihren Status geändert."),
+                              messages.ERROR)
+        return redirect("admin:migration_migration_change", pk)
 
     def has_add_permission(self, request):
         return False
@@ -101,11 +146,45 @@ class MigrationAdmin(admin.ModelAdmin):
 
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
-    list_display = ("name", "migrate_by", "v2_shutdown", "is_active")
+    list_display = ("name", "migrate_by", "v2_shutdown", "is_active", "reminder_days_before")
+    fieldsets = [
+        (None, {"fields": ("name", "migrate_by", "v2_shutdown", "is_active")}),
+        (_("Erinnerungen per E-Mail"), {"fields": ("reminder_days_before", "reminder_day_after",
+                                                   "reminder_on_shutdown", "reminder_min_days")}),
+    ]
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
         invalidate_campaign()  # the banner caches the dates
+
+
+@admin.register(Reminder)
+class ReminderAdmin(admin.ModelAdmin):
+    """Who was reminded when, by whom and about which accounts: a record, never edited."""
+
+    list_display = ("user", "kind", "created_at", "sent_at", "error", "sent_by")
+    list_filter = ("kind", "campaign", ("sent_at", admin.EmptyFieldListFilter))
+    search_fields = ("user__email", "addresses")
+    list_select_related = ("user", "sent_by")
+    fields = ("user", "campaign", "kind", "addresses", "created_at", "sent_at", "error", "sent_by")
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+# Why a button on a migration's page did nothing (services.MigrationError codes).
+STAFF_ERRORS = {
+    "wrong_state": _("die Migration ist in einem anderen Status."),
+    "already_running": _("für dieses Konto läuft bereits eine andere Migration."),
+    "already_v3": _("das Konto synchronisiert bereits über V3."),
+}
 
 
 def _settings_list(values: dict):

@@ -183,8 +183,8 @@ class CampaignAccountAdmin(admin.ModelAdmin):
         owners = set(queryset.values_list("owner_id", flat=True))
         sent, skipped = reminders.remind(user_ids=owners, sent_by=request.user)
         self.message_user(request, _("%(sent)d Erinnerungen gesendet, %(skipped)d Benutzer übersprungen (in den "
-                                     "letzten %(days)d Tag(en) schon erinnert oder kein Konto auf V2).")
-                          % {"sent": sent, "skipped": skipped, "days": reminders.MIN_DAYS_BETWEEN}, messages.INFO)
+                                     "letzten %(days)d Tag(en) schon erinnert, abbestellt oder kein Konto auf V2).")
+                          % {"sent": sent, "skipped": skipped, "days": current_campaign().reminder_min_days}, messages.INFO)
 
     @admin.action(description=_("Erneut starten (fehlgeschlagene)"))
     def retry(self, request, queryset):

@@ -1,9 +1,33 @@
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.utils import timezone
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
 from sync.models import MailAccount, ProviderKind
+
+
+def parse_day_list(value: str) -> list[int]:
+    """"30, 14,7" -> [30, 14, 7] (whole days, 0 to 365, each once, largest first); ValueError otherwise."""
+    days = set()
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or int(part) > 365:
+            raise ValueError(part)
+        days.add(int(part))
+    return sorted(days, reverse=True)
+
+
+def validate_day_list(value: str) -> None:
+    try:
+        parse_day_list(value)
+    except ValueError as error:
+        raise ValidationError(_("„%(part)s“ ist keine Anzahl Tage zwischen 0 und 365. Beispiel: 30,14,7,3,1"),
+                              params={"part": str(error)}, code="invalid") from None
 
 
 class Campaign(models.Model):
@@ -13,6 +37,21 @@ class Campaign(models.Model):
     migrate_by = models.DateField(_("Migrieren bis"))
     v2_shutdown = models.DateField(_("V2-Abschaltung"))
     is_active = models.BooleanField(_("Aktiv"), default=True)
+    # The reminder cadence (migration.reminder_schedule): e-mails to users with accounts still on V2.
+    reminder_days_before = models.CharField(
+        _("Erinnerungen: Tage vor „Migrieren bis“"), max_length=100, blank=True, default="30,14,7,3,1",
+        validators=[validate_day_list],
+        help_text=_("Durch Komma getrennt, z. B. 30,14,7,3,1. Leer: keine Erinnerungen vor der Frist."))
+    reminder_day_after = models.BooleanField(_("Erinnerung am Tag nach „Migrieren bis“"), default=True)
+    reminder_on_shutdown = models.BooleanField(_("Erinnerung am Tag der V2-Abschaltung"), default=True)
+    reminder_min_days = models.PositiveSmallIntegerField(
+        _("Höchstens eine Erinnerung je Benutzer in so vielen Tagen"), default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(90)],
+        help_text=_("Gilt auch für Erinnerungen, die der Support von Hand sendet."))
+    # Claims (compare-and-swap, one per day however many beats run): the day the cadence last ran,
+    # and the day the staff digest last went out.
+    reminders_run_on = models.DateField(null=True, blank=True, editable=False)
+    digest_sent_on = models.DateField(null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name = _("Kampagne")
@@ -74,6 +113,8 @@ class Migration(models.Model):
     created_at = models.DateTimeField(_("Erstellt"), auto_now_add=True)
     updated_at = models.DateTimeField(_("Geändert"), auto_now=True)
     finished_at = models.DateTimeField(_("Beendet"), null=True, blank=True)
+    # The confirmation e-mail's claim (migration.done_mail): set when it was handed to the mail server.
+    done_mail_sent_at = models.DateTimeField(_("Bestätigung gesendet"), null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name = _("Migration")
@@ -187,7 +228,8 @@ class Reminder(models.Model):
     addresses = models.TextField(_("Konten"), blank=True)
     sent_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+",
                                 verbose_name=_("Gesendet von"))
-    created_at = models.DateTimeField(_("Erstellt"), auto_now_add=True)
+    # Not auto_now_add: the cadence passes its own clock (tests move "today" through a campaign).
+    created_at = models.DateTimeField(_("Erstellt"), default=timezone.now)
     # Set by the worker once the mail left through the e-mail backend; empty while queued or after an error.
     sent_at = models.DateTimeField(_("Gesendet"), null=True, blank=True)
     error = models.CharField(_("Fehler"), max_length=200, blank=True)
@@ -197,6 +239,11 @@ class Reminder(models.Model):
         verbose_name_plural = _("Erinnerungen")
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["user", "-created_at"], name="reminder_user_newest")]
+        constraints = [
+            # Each step of the cadence reaches a user once per campaign, also when the beat task runs twice.
+            models.UniqueConstraint(fields=["user", "campaign", "kind"], condition=~Q(kind="manual"),
+                                    name="one_reminder_per_step"),
+        ]
 
     def __str__(self):
         return f"{self.kind} ({self.created_at:%d.%m.%Y})"

@@ -12,7 +12,7 @@ from pathlib import Path
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
-from migration import handoff, proposal, services
+from migration import done_mail, handoff, proposal, services
 from migration.exchange import flow as exchange_flow
 from migration.imap import flow as imap_flow
 from migration.microsoft import consent
@@ -136,6 +136,7 @@ def _verifying(migration: Migration) -> None:
 def _handing_over(migration: Migration) -> None:
     switched = handoff.hand_over(migration)
     services.transition(migration, to=Status.DONE, reason="switched to V3" if switched else "already on V3")
+    done_mail.enqueue_on_commit(migration.pk)  # "your account now syncs through V3"
     # The first V3 sync right away: mail keeps flowing without waiting for beat
     # (whose fan-out queues it anyway if the broker is down now).
     queue.enqueue_sync_on_commit(migration.account_id)

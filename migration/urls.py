@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from migration import mask, new_password, views
+from migration import mask, new_password, unsubscribe, views
 
 urlpatterns = [
     path("start/<int:account_id>/", views.start, name="migration-start"),
@@ -13,5 +13,6 @@ urlpatterns = [
     path("<int:pk>/anbieter/alle/", mask.all_providers, name="migration-all-providers"),
     path("<int:pk>/anbieter/waehlen/", mask.choose, name="migration-choose"),
     path("konto/<int:account_id>/passwort/", new_password.new_password, name="account-new-password"),
+    path("erinnerungen/abbestellen/<str:token>/", unsubscribe.unsubscribe, name="reminders-unsubscribe"),
     path("microsoft/", include("migration.microsoft.urls")),
 ]

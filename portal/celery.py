@@ -56,6 +56,18 @@ def _schedule_periodic_tasks(sender, **kwargs):
         float(settings.CELERY_SWEEP_SECONDS), sender.signature("migration.tasks.sweep_stuck_migrations"),
         name="re-queue stuck migrations",
     )
+    sender.add_periodic_task(
+        float(settings.REMINDER_CHECK_SECONDS), sender.signature("migration.tasks.send_due_reminders"),
+        name="campaign reminder e-mails (once a day, claimed in the database)", expires=settings.REMINDER_CHECK_SECONDS,
+    )
+    sender.add_periodic_task(
+        float(settings.REMINDER_CHECK_SECONDS), sender.signature("sync.tasks.send_reconnect_followups"),
+        name="follow-up mail for accounts still waiting to be re-connected", expires=settings.REMINDER_CHECK_SECONDS,
+    )
+    sender.add_periodic_task(
+        float(settings.REMINDER_CHECK_SECONDS), sender.signature("migration.tasks.send_staff_digest"),
+        name="daily digest for support staff (claimed per day)", expires=settings.REMINDER_CHECK_SECONDS,
+    )
     poll = float(settings.MS_CONSENT_POLL_SECONDS)
     sender.add_periodic_task(
         poll, sender.signature("migration.microsoft.tasks.poll_admin_consents"),

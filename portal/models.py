@@ -1,4 +1,6 @@
+from django.conf import settings
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 class Heartbeat(models.Model):
@@ -15,3 +17,26 @@ class Heartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} @ {self.seen_at:%Y-%m-%d %H:%M:%S}"
+
+
+class UserProfile(models.Model):
+    """What a user chose for themselves that the portal needs without a request: the language of the
+    e-mails it sends them, and whether they want the campaign's reminder e-mails.
+
+    One row per user, made on the first choice (portal.profiles); no row means the defaults:
+    the portal's language (settings.LANGUAGE_CODE) and reminders on.
+    """
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, models.CASCADE, primary_key=True,
+                                related_name="portal_profile", verbose_name=_("Benutzer"))
+    # A code from settings.LANGUAGES, or "" for the portal's default.
+    language = models.CharField(_("Sprache"), max_length=10, blank=True)
+    campaign_reminders = models.BooleanField(_("Erinnerungen an die Migration per E-Mail"), default=True)
+    updated_at = models.DateTimeField(_("Geändert"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("Benutzereinstellung")
+        verbose_name_plural = _("Benutzereinstellungen")
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.language or '-'}"

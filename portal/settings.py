@@ -218,8 +218,31 @@ PERMISSIONS_POLICY = {
                     "xr-spatial-tracking")
 }
 
-EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+# --- Outgoing e-mail (reminders, confirmations, re-connect notices, the staff digest) -----
+# EMAIL_HOST set: Django's SMTP backend with these settings. Unset (the embedded default):
+# every mail is written as one .log file (the whole message, headers included) to
+# PORTAL_DATA_DIR/mail, where a newcomer can open it. EMAIL_BACKEND overrides both.
+EMAIL_HOST = envstr("EMAIL_HOST", "")
+EMAIL_PORT = envint("EMAIL_PORT", 587 if envbool("EMAIL_USE_TLS", False) else 25, minimum=1)
+EMAIL_HOST_USER = envstr("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = envstr("EMAIL_HOST_PASSWORD", "")
+# STARTTLS on a plain connection (port 587), or TLS from the first byte (port 465): one of them.
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = envbool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL exclude each other: set one of them")
+if EMAIL_HOST_PASSWORD and not (EMAIL_USE_TLS or EMAIL_USE_SSL) and EMAIL_HOST not in ("localhost", "127.0.0.1", "::1"):
+    # The SMTP password would cross the network in clear text.
+    raise ImproperlyConfigured("EMAIL_HOST_PASSWORD needs EMAIL_USE_TLS or EMAIL_USE_SSL (or a local EMAIL_HOST)")
+# Seconds per SMTP connection: a mail server that hangs must not hold a worker.
+EMAIL_TIMEOUT = envint("EMAIL_TIMEOUT", 30, minimum=1)
+EMAIL_FILE_PATH = str(DATA_DIR / "mail")
+EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST
+                       else "django.core.mail.backends.filebased.EmailBackend")
 DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "crm@localhost")
+if "@" not in DEFAULT_FROM_EMAIL:
+    raise ImproperlyConfigured(f"DEFAULT_FROM_EMAIL must be an e-mail address, not {DEFAULT_FROM_EMAIL!r}")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
 # --- Celery -----------------------------------------------------------------
 # Embedded default: a file-system broker that needs no server and works across
@@ -416,6 +439,18 @@ MIGRATION_STEP_ATTEMPTS = envint("MIGRATION_STEP_ATTEMPTS", 8, minimum=1)
 MIGRATION_RETRY_SECONDS = envint("MIGRATION_RETRY_SECONDS", 60, minimum=1)
 MIGRATION_RETRY_MAX_SECONDS = envint("MIGRATION_RETRY_MAX_SECONDS", 1800, minimum=1)
 BANNER_CACHE_SECONDS = envint("BANNER_CACHE_SECONDS", 300, minimum=1)
+# The reminder cadence (migration.reminder_schedule): beat looks this often whether today's step is due,
+# and sends it once a day, not before this hour (local time: TIME_ZONE).
+REMINDER_CHECK_SECONDS = envint("REMINDER_CHECK_SECONDS", 3600, minimum=60)
+REMINDER_SEND_HOUR = envint("REMINDER_SEND_HOUR", 9, minimum=0)
+# Days an account may wait in "Neu verbinden" before its owner gets one follow-up mail.
+RECONNECT_FOLLOWUP_DAYS = envint("RECONNECT_FOLLOWUP_DAYS", 3, minimum=1)
+# The daily digest for staff (migration.staff_digest) goes out when at least this share (percent) of the
+# V3 accounts wait in "Neu verbinden" (0: every day), to STAFF_DIGEST_TO (empty: every active staff user).
+STAFF_DIGEST_BROKEN_PERCENT = envint("STAFF_DIGEST_BROKEN_PERCENT", 5, minimum=0)
+STAFF_DIGEST_TO = envlist("STAFF_DIGEST_TO", [])
+if REMINDER_SEND_HOUR > 23:
+    raise ImproperlyConfigured(f"REMINDER_SEND_HOUR must be an hour from 0 to 23, not {REMINDER_SEND_HOUR}")
 
 LOGGING = {
     "version": 1,

@@ -13,7 +13,9 @@ urlpatterns = [
     path("einstellungen/email-synchronisierung/", migration_views.settings_page, name="settings-mail"),
     path("migration/", include("migration.urls")),
     path("health/", views.health, name="health"),
-    path("i18n/", include("django.conf.urls.i18n")),
+    path("einstellungen/benachrichtigungen/", views.settings_notifications, name="settings-notifications"),
+    # Django's set_language, plus the choice kept on the user's profile (for the e-mails).
+    path("i18n/setlang/", views.set_language, name="set_language"),
     path("accounts/", include("allauth.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -53,6 +53,10 @@ class MailAccount(models.Model):
     last_sync_at = models.DateTimeField(_("Letzte Synchronisierung"), null=True, blank=True)
     last_sync_error = models.CharField(_("Letzter Fehler"), max_length=300, blank=True)
     v2_stopped_at = models.DateTimeField(_("V2 gestoppt am"), null=True, blank=True)
+    # When the account last entered "Neu verbinden", and when its owner got the follow-up mail for that
+    # (sync.notifications.send_reconnect_followups: one follow-up per time it entered, claimed by compare-and-swap).
+    reconnect_since = models.DateTimeField(_("Neu verbinden nötig seit"), null=True, blank=True, editable=False)
+    reconnect_followup_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     # One sync run per account at a time: a run holds the lease until it ends or
     # the lease expires (a killed worker); the fan-out skips queued accounts.

@@ -190,7 +190,7 @@ def _enter_reconnect(accounts, error_code: str) -> None:
     with transaction.atomic():
         moved = accounts.filter(pk__in=entered).exclude(
             status__in=[AccountStatus.STOPPED, AccountStatus.RECONNECT]).update(
-            status=AccountStatus.RECONNECT, last_sync_error=error_code)
+            status=AccountStatus.RECONNECT, last_sync_error=error_code, reconnect_since=timezone.now())
         if moved:
             transaction.on_commit(lambda: [notifications.enqueue_reconnect_mail(pk) for pk in entered])
     # Already waiting: only the reason is brought up to date.
@@ -273,6 +273,8 @@ def save_account_settings(*, account: MailAccount, actor: str) -> list[str]:
             account.token_cache_encrypted = ""
             if account.status != AccountStatus.STOPPED:
                 account.status = AccountStatus.RECONNECT if account.engine == "v3" else AccountStatus.ERROR
+                if account.status == AccountStatus.RECONNECT and stored.status != AccountStatus.RECONNECT:
+                    account.reconnect_since = timezone.now()
             account.last_sync_error = SERVER_CHANGED
             logger.warning("account %s: %s changed connection settings (%s); stored credentials deleted",
                            account.pk, actor, ", ".join(changed))

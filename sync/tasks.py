@@ -24,7 +24,15 @@ def sync_account(account_id: int, queued_at: str = "") -> int:
 
 
 @shared_task(name="sync.tasks.send_reconnect_mail", acks_late=True)
-def send_reconnect_mail(account_id: int) -> bool:
+def send_reconnect_mail(account_id: int, followup: bool = False) -> bool:
     from sync import notifications
 
-    return notifications.send_reconnect_mail(account_id)
+    return notifications.send_reconnect_mail(account_id, followup=followup)
+
+
+@shared_task(name="sync.tasks.send_reconnect_followups")
+def send_reconnect_followups() -> int:
+    """Beat: the follow-up mail for accounts still waiting in "Neu verbinden" (claimed per account)."""
+    from sync import notifications
+
+    return len(notifications.send_reconnect_followups())

@@ -173,3 +173,56 @@ def wait_for(predicate, timeout=20.0, interval=0.05):
 
 
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync API + live_server
+
+
+class _SmtpInbox:
+    """What a real local SMTP server (aiosmtpd) received: envelopes, and the logins it accepted."""
+
+    def __init__(self):
+        self.envelopes = []
+        self.logins = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.envelopes.append(envelope)
+        return "250 Message accepted for delivery"
+
+    def messages(self):
+        """The received messages, parsed (email.message.EmailMessage)."""
+        import email
+        from email import policy
+
+        return [email.message_from_bytes(envelope.content, policy=policy.default) for envelope in self.envelopes]
+
+
+@pytest.fixture
+def smtp_server(tmp_path):
+    """A real SMTP server on 127.0.0.1 that requires STARTTLS and AUTH (user "portal", password "smtp-geheim").
+
+    Yields (port, cert_path, inbox). aiosmtpd speaks RFC 5321 with STARTTLS (RFC 3207) and AUTH (RFC 4954).
+    """
+    import ssl
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+
+    from portal.devservers import free_port, make_certificate
+
+    cert, key = make_certificate(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    inbox = _SmtpInbox()
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        ok = (auth_data.login, auth_data.password) == (b"portal", b"smtp-geheim")
+        if ok:
+            inbox.logins.append(auth_data.login.decode())
+        return AuthResult(success=ok, handled=False)  # handled=False: the server answers 535 itself
+
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, tls_context=context, require_starttls=True,
+                            authenticator=authenticator, auth_required=True, auth_require_tls=True)
+    controller.start()
+    try:
+        yield port, cert, inbox
+    finally:
+        controller.stop()

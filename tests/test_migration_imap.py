@@ -5,6 +5,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from django.core import mail
 from django.urls import reverse
 
 from migration.models import Migration, MigrationEvent
@@ -82,6 +83,10 @@ def test_it_migrates_an_imap_account_and_keeps_every_message_exactly_once(
     page = client.get(reverse("settings-mail")).content.decode()
     assert "Zu V3 migrieren" not in page
     assert 'data-testid="v2-banner"' not in page
+    # The worker confirmed it to the user, once.
+    wait_for(lambda: Migration.objects.get(pk=migration.pk).done_mail_sent_at is not None)
+    confirmations = [m for m in mail.outbox if m.subject.startswith("Migration abgeschlossen")]
+    assert [m.to for m in confirmations] == [[user.email]] and address in confirmations[0].subject
 
 
 def _sync_state(account):
