@@ -160,3 +160,14 @@ def test_gunicorn_counts_failures_per_client_address_from_the_proxy(gunicorn):
     assert other.status_code == 302
     cookie = [c for c in other.raw.headers.getlist("Set-Cookie") if c.startswith("sessionid=")][0]
     assert "; Secure" in cookie and "; HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+def test_the_web_health_check_of_compose_passes_against_gunicorn(gunicorn):
+    # Production's ALLOWED_HOSTS names the public host only: a check that asks by 127.0.0.1 would get 400
+    # (DisallowedHost) and compose would call a healthy web unhealthy.
+    command = yaml.safe_load(COMPOSE.read_text())["services"]["web"]["healthcheck"]["test"]
+    assert command[:2] == ["CMD", "python"]
+    args = [sys.executable] + [part.replace("127.0.0.1:8000", gunicorn.removeprefix("http://")) for part in command[2:]]
+    env = {"PATH": os.environ["PATH"], **compose_environment("web", **dotenv())}
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-500:]
