@@ -349,6 +349,9 @@ def test_it_shows_new_dates_once_staff_edit_the_campaign(admin_client, signed_in
         response = admin_client.post(reverse("admin:migration_campaign_change", args=[campaign.pk]), {
             "name": campaign.name, "migrate_by": f"{new_deadline:%d.%m.%Y}",
             "v2_shutdown": f"{new_shutdown:%d.%m.%Y}", "is_active": "on",
+            # the reminder cadence, as the form shows it
+            "reminder_days_before": campaign.reminder_days_before, "reminder_min_days": campaign.reminder_min_days,
+            "reminder_day_after": "on", "reminder_on_shutdown": "on",
         })
     assert response.status_code == 302, response.content.decode()[:2000]
 
