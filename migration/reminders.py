@@ -66,11 +66,11 @@ def send(reminder_id: int) -> bool:
         Reminder.objects.filter(pk=reminder.pk).update(sent_at=timezone.now())
     link = settings.SITE_URL.rstrip("/") + reverse("settings-mail")
     with translation.override(settings.LANGUAGE_CODE):
-        subject = _("Bitte migrieren Sie Ihre E-Mail-Synchronisierung bis %(date)s") % {
+        subject = _("Bitte migrieren Sie Ihre E-Mail-Synchronisierung bis zum %(date)s") % {
             "date": reminder.campaign.migrate_by.strftime("%d.%m.%Y")}
         body = _(
             "Guten Tag,\n\ndie E-Mail-Synchronisierung V2 wird am %(shutdown)s abgeschaltet. Danach erreichen neue "
-            "E-Mails dieser Postfächer das CRM nicht mehr:\n\n%(addresses)s\n\nBitte klicken Sie bis %(date)s unter "
+            "E-Mails dieser Postfächer das CRM nicht mehr:\n\n%(addresses)s\n\nBitte klicken Sie bis zum %(date)s unter "
             "Einstellungen → Persönliche E-Mail-Synchronisierung auf „Zu V3 migrieren“:\n%(link)s\n"
         ) % {"shutdown": reminder.campaign.v2_shutdown.strftime("%d.%m.%Y"),
              "date": reminder.campaign.migrate_by.strftime("%d.%m.%Y"),

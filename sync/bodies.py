@@ -47,7 +47,7 @@ MESSAGES = {
         "Persönliche E-Mail-Synchronisierung“ neu, dann lässt sich die Nachricht wieder öffnen."
     ),
     "unreachable": _("Das Postfach ist gerade nicht erreichbar. Bitte versuchen Sie es in einigen Minuten erneut."),
-    "not_connected": _("Der Inhalt kann nicht geladen werden, weil für dieses Konto keine Anmeldedaten gespeichert sind."),
+    "not_connected": _("Der Inhalt kann nicht geladen werden, weil für dieses Konto keine Zugangsdaten gespeichert sind."),
     "failed": _("Der Inhalt dieser Nachricht konnte nicht geladen werden. Bitte versuchen Sie es später erneut."),
 }
 # Provider error codes (sync.errors.MailboxError, sync.microsoft.client.MicrosoftError) -> a MESSAGES key.
