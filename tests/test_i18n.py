@@ -186,8 +186,10 @@ def source_msgids(tmp_path_factory) -> set[str]:
         else:
             shutil.copy2(source, copy / name)
     (copy / "locale").mkdir()
-    subprocess.run([sys.executable, "manage.py", "makemessages", "-l", "en", "--no-location", "--verbosity", "0"],
-                   cwd=copy, check=True, timeout=300)
+    # Every kind of template file there is (.html pages, .txt mails, the .svg chart), not only the defaults.
+    extensions = ",".join(sorted({"py"} | {path.suffix[1:] for path in TEMPLATES_DIR.rglob("*.*")}))
+    subprocess.run([sys.executable, "manage.py", "makemessages", "-l", "en", "--no-location", "--verbosity", "0",
+                    "--extension", extensions], cwd=copy, check=True, timeout=300)
     return {entry["msgid"] for entry in parse_po(copy / "locale" / "en" / "LC_MESSAGES" / "django.po")}
 
 
@@ -222,7 +224,7 @@ def test_it_has_every_template_string_in_the_catalog():
     simple_trans = re.compile(r"""\{%\s*trans(?:late)?\s+(["'])(.+?)\1\s*%\}""")
     missing = {
         (str(path.relative_to(TEMPLATES_DIR)), match.group(2))
-        for pattern in ("*.html", "*.txt") for path in TEMPLATES_DIR.rglob(pattern)
+        for path in TEMPLATES_DIR.rglob("*.*")
         for match in simple_trans.finditer(path.read_text(encoding="utf-8"))
         if match.group(2) not in msgids
     }
