@@ -53,11 +53,13 @@ MESSAGES = {
         "Migration wurde nach mehreren Versuchen beendet und Ihre Zugangsdaten wurden gelöscht. Bitte versuchen Sie "
         "es in etwa einer Stunde mit „Erneut versuchen“ und melden Sie sich dabei erneut an."
     ),
-    "not_supported": _("Postfächer dieser Art können hier noch nicht migriert werden. Bitte wenden Sie sich an den Support."),
+    "not_supported": _(
+        "Postfächer dieser Art können hier noch nicht migriert werden. Bitte wenden Sie sich an den Support."
+    ),
     "secret_unreadable": _("Die gespeicherten Zugangsdaten sind nicht mehr lesbar. Bitte melden Sie sich erneut an."),
     "server_changed": _(
-        "Der Support hat die Servereinstellungen dieses Kontos geändert; das gespeicherte Passwort wurde deshalb gelöscht. "
-        "Bitte verbinden Sie das Konto neu."
+        "Der Support hat die Servereinstellungen dieses Kontos geändert; das gespeicherte Passwort wurde deshalb "
+        "gelöscht. Bitte verbinden Sie das Konto neu."
     ),
     "cancelled_by_staff": _("Die Migration wurde vom Support abgebrochen."),
     **MICROSOFT_MESSAGES,

@@ -26,7 +26,8 @@ FOCUSED = """() => {
         tag: el.tagName.toLowerCase(), name: el.name || '', id: el.id || '',
         text: (el.innerText || el.value || '').trim().slice(0, 60), href: el.getAttribute('href') || '',
         focusVisible: el.matches(':focus-visible'),
-        outline: style.outlineStyle !== 'none' && parseFloat(style.outlineWidth) >= 1 ? style.outlineWidth + ' ' + style.outlineStyle : '',
+        outline: style.outlineStyle !== 'none' && parseFloat(style.outlineWidth) >= 1
+            ? style.outlineWidth + ' ' + style.outlineStyle : '',
     };
 }"""
 
