@@ -16,21 +16,22 @@ MESSAGES = {
         "Sie die Servereinstellungen."
     ),
     "tls_failed": _(
-        "Es konnte keine sichere Verbindung (TLS) aufgebaut werden. Bitte prüfen Sie Server, Port "
-        "und Verschlüsselung."
+        "Es konnte keine sichere Verbindung (TLS) aufgebaut werden. Bitte prüfen Sie unter „Servereinstellungen“ "
+        "Port und Verschlüsselung: 993 mit SSL/TLS oder 143 mit STARTTLS."
     ),
     "ews_auth_failed": _(
         "Exchange hat die Anmeldung abgelehnt. Bitte prüfen Sie den Benutzernamen (DOMÄNE\\benutzer oder "
         "benutzer@firma.de) und das Passwort."
     ),
     "ews_mailbox_denied": _(
-        "Exchange hat die Anmeldung angenommen, aber dieses Konto darf das Postfach nicht öffnen (keine "
+        "Exchange hat die Anmeldung angenommen, aber dieser Benutzer darf das Postfach nicht öffnen (keine "
         "Berechtigung oder kein Postfach unter dieser E-Mail-Adresse). Bitte prüfen Sie die E-Mail-Adresse und ob "
-        "der Benutzername zu diesem Postfach gehört; sonst wenden Sie sich an Ihre Exchange-Administration."
+        "der Benutzername zu diesem Postfach gehört; sonst wenden Sie sich an Ihre IT-Abteilung."
     ),
     "ews_tls_failed": _(
         "Es konnte keine sichere Verbindung zum Exchange-Server aufgebaut werden. Hat der Server ein Zertifikat "
-        "Ihrer eigenen Zertifizierungsstelle, fügen Sie es unter „Erweitert“ als CA-Zertifikat ein."
+        "Ihrer eigenen Zertifizierungsstelle, fügen Sie es unter „Erweitert“ als CA-Zertifikat ein; Ihre IT-Abteilung "
+        "kann es Ihnen geben."
     ),
     "rate_limited": _(
         "Zu viele Verbindungsversuche in kurzer Zeit. Bitte warten Sie zehn Minuten und versuchen Sie es dann "
@@ -70,11 +71,13 @@ MESSAGES = {
         "Migration wurde nach mehreren Versuchen beendet und Ihre Zugangsdaten wurden gelöscht. Bitte versuchen Sie "
         "es in etwa einer Stunde mit „Erneut versuchen“ und melden Sie sich dabei erneut an."
     ),
-    "not_supported": _("Diese Anbieterart kann hier noch nicht migriert werden. Bitte wenden Sie sich an den Support."),
+    "not_supported": _(
+        "Postfächer dieser Art können hier noch nicht migriert werden. Bitte wenden Sie sich an den Support."
+    ),
     "secret_unreadable": _("Die gespeicherten Zugangsdaten sind nicht mehr lesbar. Bitte melden Sie sich erneut an."),
     "server_changed": _(
-        "Der Support hat die Serverdaten dieses Kontos geändert; das gespeicherte Passwort wurde deshalb gelöscht. "
-        "Bitte verbinden Sie das Konto neu."
+        "Der Support hat die Servereinstellungen dieses Kontos geändert; das gespeicherte Passwort wurde deshalb "
+        "gelöscht. Bitte verbinden Sie das Konto neu."
     ),
     "cancelled_by_staff": _("Die Migration wurde vom Support abgebrochen."),
     **MICROSOFT_MESSAGES,

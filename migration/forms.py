@@ -59,7 +59,8 @@ class MailboxForm(forms.Form):
 
 class ImapCredentialsForm(MailboxForm):
     host = forms.CharField(label=_("IMAP-Server"), max_length=255)
-    port = forms.IntegerField(label=_("Port"), min_value=1, max_value=65535)
+    port = forms.IntegerField(label=_("Port"), min_value=1, max_value=65535,
+                              help_text=_("993 mit SSL/TLS (fast immer richtig) oder 143 mit STARTTLS."))
     security = forms.ChoiceField(label=_("Verschlüsselung"), choices=Security.choices)
     username = forms.CharField(label=_("Benutzername"), max_length=255)
     host_field = "host"

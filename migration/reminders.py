@@ -139,11 +139,11 @@ def send(reminder_id: int) -> bool:
     link = mail.absolute_url(reverse("settings-mail"))
     unsubscribe = mail.absolute_url(reverse("reminders-unsubscribe", args=[unsubscribe_token(reminder.user_id)]))
     with profiles.in_language_of(reminder.user):
-        subject = _("Bitte migrieren Sie Ihre E-Mail-Synchronisierung bis %(date)s") % {
+        subject = _("Bitte migrieren Sie Ihre E-Mail-Synchronisierung bis zum %(date)s") % {
             "date": mail.short_date(reminder.campaign.migrate_by)}
         body = _(
             "Guten Tag,\n\ndie E-Mail-Synchronisierung V2 wird am %(shutdown)s abgeschaltet. Danach erreichen neue "
-            "E-Mails dieser Postfächer das CRM nicht mehr:\n\n%(addresses)s\n\nBitte klicken Sie bis %(date)s unter "
+            "E-Mails dieser Postfächer das CRM nicht mehr:\n\n%(addresses)s\n\nBitte klicken Sie bis zum %(date)s unter "
             "Einstellungen → Persönliche E-Mail-Synchronisierung auf „Zu V3 migrieren“:\n%(link)s\n"
         ) % {"shutdown": mail.short_date(reminder.campaign.v2_shutdown),
              "date": mail.short_date(reminder.campaign.migrate_by),

@@ -72,7 +72,9 @@ def settings_page(request):
             "failure": errors.message_for(last.error_code) if last and last.status == Status.FAILED and last.error_code
             else "",
         })
-    return render(request, "migration/settings_mail.html", {"rows": rows, "nav": "settings"})
+    # What a migration does is said once, before the first click, and only while there is one to start.
+    can_start = any(row["account"].engine == "v2" and not row["active"] for row in rows)
+    return render(request, "migration/settings_mail.html", {"rows": rows, "nav": "settings", "can_start": can_start})
 
 
 @login_required

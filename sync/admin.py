@@ -73,7 +73,7 @@ class MailAccountAdmin(admin.ModelAdmin):
             changed = save_account_settings(account=obj, actor=f"staff:{request.user.pk}")
             if changed:
                 self.message_user(request, _(
-                    "Die Verbindungsdaten wurden geändert: Das gespeicherte Passwort bzw. die Microsoft-Anmeldung "
+                    "Die Servereinstellungen wurden geändert: Das gespeicherte Passwort bzw. die Microsoft-Anmeldung "
                     "wurde gelöscht. Der Benutzer muss das Konto neu verbinden."), messages.WARNING)
         # Staff may give the account to someone else: both owners' banners change.
         for owner_id in {form.initial.get("owner"), obj.owner_id} - {None}:

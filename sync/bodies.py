@@ -47,11 +47,11 @@ MESSAGES = {
         "Persönliche E-Mail-Synchronisierung“ neu, dann lässt sich die Nachricht wieder öffnen."
     ),
     "unreachable": _("Das Postfach ist gerade nicht erreichbar. Bitte versuchen Sie es in einigen Minuten erneut."),
-    "not_connected": _("Der Inhalt kann nicht geladen werden, weil für dieses Konto keine Anmeldedaten gespeichert sind."),
+    "not_connected": _("Der Inhalt kann nicht geladen werden, weil für dieses Konto keine Zugangsdaten gespeichert sind."),
     "failed": _("Der Inhalt dieser Nachricht konnte nicht geladen werden. Bitte versuchen Sie es später erneut."),
     "mailbox_denied": _(
         "Exchange hat die Anmeldung angenommen, aber dieses Konto darf das Postfach nicht öffnen. Bitte wenden Sie "
-        "sich an Ihre Exchange-Administration."
+        "sich an Ihre IT-Abteilung."
     ),
     "too_large": _(
         "Diese Nachricht ist zu groß, um sie hier anzuzeigen. Bitte öffnen Sie sie in Ihrem E-Mail-Programm."

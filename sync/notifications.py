@@ -71,7 +71,7 @@ def send_reconnect_mail(account_id: int, *, followup: bool = False) -> bool:
             "days": (timezone.now() - account.reconnect_since).days if account.reconnect_since else 0}
         body = _(
             "Guten Tag,\n\ndas Postfach %(address)s hat die gespeicherte Anmeldung abgelehnt (Passwort geändert, "
-            "Zugriff widerrufen oder Serverdaten geändert). Bis Sie es neu verbinden, erreichen neue E-Mails das CRM "
+            "Zugriff widerrufen oder Servereinstellungen geändert). Bis Sie es neu verbinden, erreichen neue E-Mails das CRM "
             "nicht.\n\nBitte öffnen Sie Einstellungen → Persönliche E-Mail-Synchronisierung und klicken Sie auf "
             "„Neu verbinden“ bzw. „Passwort neu eingeben“:\n%(link)s\n"
         ) % {"address": account.address, "link": link}

@@ -54,6 +54,40 @@ def test_it_has_nothing_to_ask_about_a_migration_that_cannot_be_cancelled(signed
     assert response["Location"] == reverse("migration-detail", args=[migration.pk])
 
 
+# --- before starting: what a migration does -----------------------------------------------------------------
+
+PROMISE = ("Die Migration dauert etwa eine Minute: Ihre E-Mails bleiben in Ihrem Postfach, das CRM liest sie nur, "
+           "und Ihr Passwort oder Ihre Microsoft-Anmeldung wird verschlüsselt gespeichert.")
+
+
+def test_it_says_what_happens_before_the_first_click(signed_in, user, make_account):
+    make_account(user, "anna@gmx.de")
+
+    html = html_of(signed_in.get(reverse("settings-mail")))
+
+    assert f'<p data-testid="before-you-start">{PROMISE}</p>' in html
+    assert html.index(PROMISE) < html.index("Zu V3 migrieren")
+
+
+def test_it_says_it_in_english_too(signed_in, user, make_account):
+    make_account(user, "anna@gmx.de")
+    signed_in.post(reverse("set_language"), {"language": "en", "next": "/"})
+
+    html = html_of(signed_in.get(reverse("settings-mail")))
+
+    assert ("The migration takes about a minute: your emails stay in your mailbox, the CRM only reads them, and "
+            "your password or Microsoft sign-in is stored encrypted.") in html
+
+
+@pytest.mark.parametrize("engine, status", [("v3", None), ("v2", Status.AWAITING_USER)])
+def test_it_says_nothing_when_there_is_nothing_to_start(signed_in, user, make_account, engine, status):
+    account = make_account(user, "anna@gmx.de", engine=engine)
+    if status:
+        migration_of(account, status)
+
+    assert 'data-testid="before-you-start"' not in html_of(signed_in.get(reverse("settings-mail")))
+
+
 # --- the settings page names the step ----------------------------------------------------------------------
 
 

@@ -8,6 +8,9 @@ gettext installed), so these tests read it with the standard library.
 import ast
 import gettext
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,11 +21,18 @@ from django.utils import translation
 from migration import errors
 from migration.models import Migration
 from migration.selectors import current_campaign
+from tests.test_allauth_pages import informal_words
 
 LOCALE_DIR = Path(settings.LOCALE_PATHS[0]) / "en" / "LC_MESSAGES"
 PO_FILE = LOCALE_DIR / "django.po"
 MO_FILE = LOCALE_DIR / "django.mo"
-TEMPLATES_DIR = Path(settings.BASE_DIR) / "templates"
+# German overrides of django-allauth's informal texts (tests/test_allauth_pages.py checks their tone).
+DE_DIR = Path(settings.LOCALE_PATHS[0]) / "de" / "LC_MESSAGES"
+ROOT = Path(settings.BASE_DIR)
+TEMPLATES_DIR = ROOT / "templates"
+# Everything makemessages reads for the portal's catalog: Python (gettext, lazy, format strings) and
+# templates (pages and the .txt mail templates).
+SOURCES = ("manage.py", "portal", "sync", "migration", "templates")
 PLACEHOLDER = re.compile(r"%\(\w+\)[sd]|\{\{\s*\w+\s*\}\}")
 
 
@@ -149,12 +159,63 @@ def test_it_translates_every_entry(entry):
     assert sorted(PLACEHOLDER.findall(entry["msgstr"])) == sorted(PLACEHOLDER.findall(entry["msgid"]))
 
 
-def test_it_ships_a_compiled_catalog_that_matches_the_po():
-    """The committed .mo must hold exactly the .po's translations (run compilemessages after editing)."""
-    with MO_FILE.open("rb") as mo:
+@pytest.mark.parametrize("folder", [LOCALE_DIR, DE_DIR], ids=["en", "de"])
+def test_it_ships_a_compiled_catalog_that_matches_the_po(folder):
+    """The committed .mo must hold exactly the .po's translations (run msgfmt after editing)."""
+    entries = parse_po(folder / "django.po")
+    with (folder / "django.mo").open("rb") as mo:
         compiled = gettext.GNUTranslations(mo)
     catalog = {msgid: msgstr for msgid, msgstr in compiled._catalog.items() if msgid}
-    assert catalog == {entry["msgid"]: entry["msgstr"] for entry in ENTRIES}
+    assert entries and all(entry["msgstr"].strip() for entry in entries)
+    assert catalog == {entry["msgid"]: entry["msgstr"] for entry in entries}
+
+
+@pytest.fixture(scope="module")
+def source_msgids(tmp_path_factory) -> set[str]:
+    """Every msgid in the portal's sources, as Django's makemessages (xgettext) extracts them.
+
+    Run on a copy, so the committed catalog is never touched; the same extraction a developer runs.
+    """
+    if not shutil.which("xgettext"):
+        pytest.fail("xgettext is missing: install Debian's gettext package (scripts/test does)")
+    copy = tmp_path_factory.mktemp("makemessages")
+    for name in SOURCES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, copy / name, ignore=shutil.ignore_patterns("__pycache__", "locale"))
+        else:
+            shutil.copy2(source, copy / name)
+    (copy / "locale").mkdir()
+    # Every kind of template file there is (.html pages, .txt mails, the .svg chart), not only the defaults.
+    extensions = ",".join(sorted({"py"} | {path.suffix[1:] for path in TEMPLATES_DIR.rglob("*.*")}))
+    subprocess.run([sys.executable, "manage.py", "makemessages", "-l", "en", "--no-location", "--verbosity", "0",
+                    "--extension", extensions], cwd=copy, check=True, timeout=300)
+    return {entry["msgid"] for entry in parse_po(copy / "locale" / "en" / "LC_MESSAGES" / "django.po")}
+
+
+def test_it_has_every_source_string_in_the_catalog(source_msgids):
+    """A _("...") in Python (also with %(name)s placeholders) or a {% trans %}/{% blocktrans %} in a page or
+    mail template that is not in the English catalog would stay German for English readers."""
+    assert len(source_msgids) > 300
+    missing = sorted(source_msgids - {entry["msgid"] for entry in ENTRIES})
+    assert not missing, "run makemessages -l en and translate:\n" + "\n".join(missing)
+
+
+def test_it_has_no_stale_entries(source_msgids):
+    """Entries no source uses any more are texts nobody reviews; they go."""
+    stale = sorted({entry["msgid"] for entry in ENTRIES} - source_msgids)
+    assert not stale, "remove from the .po:\n" + "\n".join(stale)
+
+
+def test_it_keeps_user_visible_text_out_of_javascript():
+    """The scripts take their words from the page (data-* attributes the template translates), so the
+    catalog covers them: a string literal of words would be text no translation reaches."""
+    literal = re.compile(r"""(["'])((?:(?!\1)[^\\\n])*)\1""")
+    words = re.compile(r"[A-Za-zÄÖÜäöüß]+(?:[ ,.!?:;–]+[A-Za-zÄÖÜäöüß]+)+[.!?…]?")
+    texts = [(path.name, match.group(2)) for path in (ROOT / "static").rglob("*.js")
+             for match in literal.finditer(path.read_text(encoding="utf-8"))
+             if (" " in match.group(2) and words.fullmatch(match.group(2))) or re.search("[äöüÄÖÜß]", match.group(2))]
+    assert not texts
 
 
 def test_it_has_every_template_string_in_the_catalog():
@@ -163,7 +224,7 @@ def test_it_has_every_template_string_in_the_catalog():
     simple_trans = re.compile(r"""\{%\s*trans(?:late)?\s+(["'])(.+?)\1\s*%\}""")
     missing = {
         (str(path.relative_to(TEMPLATES_DIR)), match.group(2))
-        for path in TEMPLATES_DIR.rglob("*.html")
+        for path in TEMPLATES_DIR.rglob("*.*")
         for match in simple_trans.finditer(path.read_text(encoding="utf-8"))
         if match.group(2) not in msgids
     }
@@ -184,3 +245,24 @@ def test_it_uses_the_product_labels(msgid, english):
         assert translation.gettext(msgid) == english
     with translation.override("de"):
         assert translation.gettext(msgid) == msgid
+
+
+# --- tone and terms ------------------------------------------------------------------------------------------
+
+# One word for one thing (README, "Words"): the words on the left were used for the same things as the right.
+RETIRED_WORDS = {
+    "Anmeldedaten": "Zugangsdaten", "Serverdaten": "Servereinstellungen", "Verbindungsdaten": "Servereinstellungen",
+    "Benutzerkonto": "CRM-Zugang", "Anbieterart kann": "Postfächer dieser Art", "Knopf": "Schaltfläche",
+    "Exchange-Administration": "IT-Abteilung",
+}
+
+
+def test_every_german_text_is_formal():
+    informal = {entry["msgid"]: informal_words(entry["msgid"]) for entry in ENTRIES if informal_words(entry["msgid"])}
+    assert not informal
+
+
+def test_every_german_text_uses_the_portals_words():
+    found = [(word, better, entry["msgid"]) for entry in ENTRIES for word, better in RETIRED_WORDS.items()
+             if word in entry["msgid"]]
+    assert not found, "\n".join(f"{word} -> {better}: {msgid}" for word, better, msgid in found)

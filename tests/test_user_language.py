@@ -78,7 +78,7 @@ def test_a_reminder_is_in_english_for_a_user_who_chose_english(user, other_user,
     migrate_by = Reminder.objects.first().campaign.migrate_by
     assert english.subject == f"Please migrate your email sync by {migrate_by.day} {migrate_by:%b %Y}"
     assert "Migrate to V3" in english.body and "Zu V3 migrieren" not in english.body
-    assert german.subject == f"Bitte migrieren Sie Ihre E-Mail-Synchronisierung bis {migrate_by:%d.%m.%Y}"
+    assert german.subject == f"Bitte migrieren Sie Ihre E-Mail-Synchronisierung bis zum {migrate_by:%d.%m.%Y}"
 
 
 @pytest.mark.django_db

@@ -48,8 +48,8 @@ MESSAGES = {
     "ms_personal_account": _(
         "Sie haben sich mit einem privaten Microsoft-Konto (z. B. Outlook.com oder Hotmail) angemeldet, dieses "
         "Portal nimmt aber nur Geschäfts- und Schulkonten an. Bitte melden Sie sich mit Ihrem Geschäftskonto an. "
-        "Sollen auch private Konten migriert werden, muss der Betreiber des Portals die Einstellung MS_AUTHORITY "
-        "auf https://login.microsoftonline.com/common setzen."
+        "Sollen auch private Konten migriert werden, wenden Sie sich bitte an den Support (Einstellung MS_AUTHORITY: "
+        "https://login.microsoftonline.com/common)."
     ),
     "ms_admin_consent": _("Für dieses Konto ist die Zustimmung eines Administrators nötig."),
     "ms_mailbox_on_premises": _(

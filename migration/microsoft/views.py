@@ -171,7 +171,7 @@ def admin_consent(request, pk: int):
 
 
 LINK_MAIL_OUTCOMES = {
-    "no_address": _("Zu Ihrem Benutzerkonto ist keine E-Mail-Adresse hinterlegt. Bitte kopieren Sie den Link."),
+    "no_address": _("Zu Ihrem CRM-Zugang ist keine E-Mail-Adresse hinterlegt. Bitte kopieren Sie den Link."),
     "user_limit": _("Sie haben in der letzten Stunde schon mehrere Links erhalten. Bitte kopieren Sie den Link oder "
                     "versuchen Sie es später erneut."),
     "tenant_limit": _("Für Ihre Organisation wurden in der letzten Stunde schon viele Links gesendet. Bitte kopieren "

@@ -4,6 +4,12 @@ Each screen is checked at 360, 390 and 1280 px for horizontal overflow (the page
 sideways), with axe-core for WCAG 2.2 A/AA problems (none serious or critical), and photographed at
 390 and 1280 px into test-artifacts/screens/. The states are made directly in the database: what the
 worker does to reach them is tested elsewhere; here it is what people see.
+
+Covered: the portal's pages (overview, e-mails, settings, every migration step, the cancel question),
+allauth's pages (sign-in, sign-out, password reset in each step, password change, e-mail addresses,
+re-authentication, closed sign-up, inactive account) and the locked-out sign-in. The campaign dashboard
+and its list are Django admin pages for support staff at their desks: checked at 1280 px (overflow and
+axe-core), not at phone widths, because Django's admin is not built for phones.
 """
 
 from datetime import timedelta
@@ -76,12 +82,22 @@ def screens(live_server, user, make_account, settings):
         "failed": f"/migration/{fail.pk}/",
         "done": f"/migration/{finished.pk}/",
         "new-password": f"/migration/konto/{reconnect.pk}/passwort/",
+        # allauth's pages for a signed-in user
+        "sign-out": "/accounts/logout/",
+        "password-change": "/accounts/password/change/",
+        "email-addresses": "/accounts/email/",
+        "reauthenticate": "/accounts/reauthenticate/",
     }
 
 
 ANONYMOUS = {
     "login": "/accounts/login/",
     "password-reset": "/accounts/password/reset/",
+    "password-reset-sent": "/accounts/password/reset/done/",
+    "password-reset-link-invalid": "/accounts/password/reset/key/zz-not-a-key/",
+    "password-reset-done": "/accounts/password/reset/key/done/",
+    "sign-up-closed": "/accounts/signup/",
+    "account-inactive": "/accounts/inactive/",
 }
 
 
@@ -154,4 +170,59 @@ def test_the_banner_reads_well_in_every_state(page, live_server, user, make_acco
     for width in WIDTHS:
         _check(page, live_server.url + "/", f"banner-{level}", width, screen_artifacts, problems)
     assert page.locator(f".banner-{level}").count() == 1
+    assert not problems, "\n".join(problems)
+
+
+def _check_shown(page, name, widths, artifacts, problems, *, phone_rules=True):
+    """_check for a page already shown (a form's answer): resized, not reloaded."""
+    for width in widths:
+        page.set_viewport_size({"width": width, "height": 800})
+        if overflow := horizontal_overflow(page):
+            problems.append(f"{name} @ {width}px scrolls sideways: {overflow}")
+        if phone_rules:
+            problems.extend(f"{name} @ {width}px: {p}" for p in structure_problems(page, phone=width < 400))
+        if width in PHOTOGRAPHED:
+            page.screenshot(path=str(artifacts / f"{name}-{width}.png"), full_page=True)
+            problems.extend(f"{name} @ {width}px axe: {v}" for v in axe_violations(page))
+
+
+def test_the_locked_out_sign_in_fits_a_phone_and_passes_axe(page, live_server, user, settings, screen_artifacts):
+    settings.AXES_FAILURE_LIMIT = 1
+    page.goto(live_server.url + ANONYMOUS["login"])
+    for _ in range(2):  # the first failure locks, the next attempt is refused with the page
+        page.locator("input[name=login]").fill(user.email)
+        page.locator("input[name=password]").fill("falsch")
+        page.locator("form:has(input[name=login]) [type=submit]").click()
+        page.wait_for_load_state()
+        if page.get_by_test_id("login-locked").count():
+            break
+    assert page.get_by_test_id("login-locked").count() == 1
+    problems = []
+    _check_shown(page, "login-locked", WIDTHS, screen_artifacts, problems)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_campaign_dashboard_fits_a_desktop_and_passes_axe(page, live_server, user, make_account, settings,
+                                                             django_user_model, screen_artifacts):
+    """Support staff's admin pages: 1280 px only (see the module docstring)."""
+    from tests.browser.conftest import PASSWORD
+    django_user_model.objects.create_user(username="support@example.com", email="support@example.com",
+                                          password=PASSWORD, is_staff=True, is_superuser=True)
+    for n, status in enumerate([None, Status.AWAITING_USER, Status.AWAITING_ADMIN_CONSENT, Status.FAILED]):
+        account = make_account(user, f"konto{n}@gmx.de")
+        if status:
+            _migration(account, status, error_code="auth_failed" if status == Status.FAILED else "")
+    page.goto(f"{live_server.url}/admin/login/?next=/admin/")
+    page.locator("input[name=username]").fill("support@example.com")
+    page.locator("input[name=password]").fill(PASSWORD)
+    page.locator("input[type=submit]").click()
+    page.wait_for_load_state()
+    problems = []
+    for name, path in {"campaign-dashboard": "/admin/migration/campaignaccount/dashboard/",
+                       "campaign-list": "/admin/migration/campaignaccount/"}.items():
+        page.set_viewport_size({"width": 1280, "height": 800})
+        response = page.goto(live_server.url + path)
+        assert response.status == 200, (name, response.status)
+        _check_shown(page, name, (1280,), screen_artifacts, problems, phone_rules=False)
+    assert page.get_by_test_id("summary").count() == 0  # the list, last: the dashboard's summary is gone
     assert not problems, "\n".join(problems)
