@@ -60,8 +60,7 @@ def _user_error(code: str) -> str:
 @login_required
 def settings_page(request):
     accounts = list(accounts_for_user(request.user))
-    active = selectors.active_migrations_by_account(request.user)
-    latest = selectors.latest_migrations_by_account(request.user)
+    active, latest = selectors.migrations_by_account(request.user)
     rows = []
     for a in accounts:
         running, last = active.get(a.pk), latest.get(a.pk)
