@@ -104,7 +104,7 @@ CACHES = {
     "default": (
         # Seconds: an unreachable Redis fails a request (and GET /health/) quickly instead of
         # holding it until the operating system gives up on the connection.
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+        {"BACKEND": "portal.cache.RedisCache", "LOCATION": REDIS_URL,  # one client per pool: portal/cache.py
          "OPTIONS": {"socket_connect_timeout": 3, "socket_timeout": 3}}
         if REDIS_URL
         else {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(DATA_DIR / "cache"),

@@ -39,3 +39,15 @@ def test_settings_page_query_count_does_not_grow_with_accounts(signed_in, user, 
     ten = page_queries(signed_in)
     assert len(ten) == len(one), "\n".join(q[:150] for q in one + ["----"] + ten)
     assert len(ten) <= SETTINGS_PAGE_QUERIES, "\n".join(ten)
+
+
+def test_templates_are_compiled_once_per_process():
+    """The cached template loader is on (Django's default since 4.1 when TEMPLATES names no loaders):
+    a page's templates are read and compiled once per process, not on every request."""
+    from django.template import engines
+    from django.template.loaders.cached import Loader as CachedLoader
+
+    engine = engines["django"].engine
+    first = engine.get_template("migration/settings_mail.html")
+    assert isinstance(engine.template_loaders[0], CachedLoader)
+    assert engine.get_template("migration/settings_mail.html") is first
