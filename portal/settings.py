@@ -318,6 +318,10 @@ for _network in EGRESS_ALLOW_NETWORKS:
 # destination host:port over all users (the form is no password-spraying relay).
 EGRESS_RATE_PER_USER = envint("EGRESS_RATE_PER_USER", 20, minimum=1)
 EGRESS_RATE_PER_DESTINATION = envint("EGRESS_RATE_PER_DESTINATION", 100, minimum=1)
+# A credential submission over the destination's budget is queued into the next ten-minute window with
+# room, up to this many windows ahead (18: three hours), and the user is told when it will be tried;
+# beyond that it is refused as before. 0: refuse at once (the old behaviour).
+EGRESS_RATE_QUEUE_WINDOWS = envint("EGRESS_RATE_QUEUE_WINDOWS", 18, minimum=0)
 # An extra CA bundle trusted for IMAP TLS besides the system store (own CAs).
 MAIL_TLS_CA_FILE = envstr("MAIL_TLS_CA_FILE", "")
 MAIL_CONNECT_TIMEOUT = envint("MAIL_CONNECT_TIMEOUT", 15, minimum=1)
