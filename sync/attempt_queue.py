@@ -13,10 +13,16 @@ from datetime import datetime, timezone as dt_timezone
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 
 from sync import egress
 from sync.models import AttemptBudget
 from sync.providers import PROVIDER_HOSTS
+
+
+def current_window() -> int:
+    """The budgets' window now: Unix time // RATE_WINDOW_SECONDS (one place, so tests can hold it still)."""
+    return int(time.time() // egress.RATE_WINDOW_SECONDS)
 
 
 def reserve_attempt(user_id: int | None, host: str, port: int) -> datetime | None:
@@ -37,7 +43,7 @@ def reserve_attempt(user_id: int | None, host: str, port: int) -> datetime | Non
     every key of the destination at once (one transaction), so an address that
     is full never leaves another's slot taken.
     """
-    window = int(time.time() // egress.RATE_WINDOW_SECONDS)
+    window = current_window()
     if user_id is not None and egress._count(f"user:{user_id}", window) > settings.EGRESS_RATE_PER_USER:
         raise egress.RateLimited("too many connection attempts (user)")
     canonical = egress._canonical_host(host)
@@ -72,3 +78,25 @@ def _take_slot(keys: list[str], window: int, limit: int) -> bool:
     except _Full:
         return False
     return True
+
+
+def refund(host: str, port: int) -> None:
+    """A login the server accepted gives its slot back: the destination's budget counts failures.
+
+    Called by the migration's verify step once the server accepted the
+    password (sync never calls it). Why: EGRESS_RATE_PER_DESTINATION exists to
+    stop guessing; a company's users who type their right password are not
+    guessing, and with the slot given back 2,000 of them pass one server's
+    budget of 100 per ten minutes as fast as the workers verify them, while
+    wrong passwords still use it up (the issue's "budgets that fit a company
+    rollout"). The slot goes back to the current window: the one it was taken
+    from, unless the window turned between the submission and the check (then
+    the current window gets one spare slot, never more than one per accepted
+    login). The user's own budget is not given back.
+    """
+    canonical = egress._canonical_host(host)
+    if canonical in PROVIDER_HOSTS:
+        return
+    window = current_window()
+    keys = [f"dest:{key}" for key in egress.destination_keys(canonical, port)]
+    AttemptBudget.objects.filter(key__in=keys, window=window, attempts__gt=0).update(attempts=F("attempts") - 1)

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from migration import services, steps
 from migration.models import Migration
-from sync import egress
+from sync import attempt_queue, egress
 from sync.attempt_queue import reserve_attempt
 from sync.models import AttemptBudget
 from tests.conftest import make_user
@@ -29,8 +29,16 @@ def server(hosts):  # noqa: F811
     return SERVER
 
 
+@pytest.fixture(autouse=True)
+def still_window(monkeypatch):
+    """The window does not turn during a test (it would, once in a while, at a ten-minute boundary)."""
+    window = int(time.time() // egress.RATE_WINDOW_SECONDS)
+    monkeypatch.setattr(attempt_queue, "current_window", lambda: window)
+    return window
+
+
 def window_now() -> int:
-    return int(time.time() // egress.RATE_WINDOW_SECONDS)
+    return attempt_queue.current_window()
 
 
 def test_over_the_budget_submissions_wait_window_by_window_and_no_window_gets_more(settings, server):
@@ -97,3 +105,30 @@ def test_the_user_over_the_budget_is_told_when_and_the_sweeper_tries_it_then(
     assert waiting.pk not in services.sweep_stuck_migrations()  # not before its window
     Migration.objects.filter(pk=waiting.pk).update(retry_at=timezone.now() - timedelta(seconds=1))
     assert waiting.pk in services.sweep_stuck_migrations()  # then the sweeper queues its check
+
+
+def verify(dovecot, user, make_account, *, right: bool) -> str:
+    """A migration to the local Dovecot whose submission took its slot as the view does; the worker's verdict."""
+    address, password = dovecot.take_mailbox()
+    account = make_account(user, address, imap_host="127.0.0.1", imap_port=dovecot.tls_port, imap_security="ssl",
+                           username=address)
+    migration = detected(user, account)
+    assert reserve_attempt(user.pk, "127.0.0.1", dovecot.tls_port) is None
+    services.submit_imap_credentials(
+        migration=migration, actor="test", password=password if right else "falsch",
+        server=services.ImapSettings("127.0.0.1", dovecot.tls_port, "ssl", address))
+    return steps.run_migration(migration.pk)
+
+
+def test_accepted_logins_give_their_slot_back_and_wrong_passwords_use_it_up(
+        dovecot, mail_settings, settings, make_account, django_user_model):
+    settings.EGRESS_RATE_PER_DESTINATION = 2
+    users = [make_user(django_user_model, f"k{number}@firma.test") for number in range(5)]
+    budget = AttemptBudget.objects.filter(key="dest:127.0.0.1", window=window_now())
+    for user in users[:3]:  # three right passwords in a row through a budget of two
+        assert verify(dovecot, user, make_account, right=True) == "done"
+    assert budget.get().attempts == 0
+    assert verify(dovecot, users[3], make_account, right=False) == "failed"
+    assert budget.get().attempts == 1  # a failure keeps its slot
+    assert verify(dovecot, users[4], make_account, right=False) == "failed"
+    assert reserve_attempt(99, "127.0.0.1", dovecot.tls_port) is not None  # guessing: the next one waits
