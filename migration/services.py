@@ -6,7 +6,7 @@ Migration.status.
 
 import logging
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -200,11 +200,15 @@ def submit_imap_credentials(*, migration: Migration, server: ImapSettings, passw
 
 
 @sensitive_variables("password")
-def submit_credentials(*, migration: Migration, connection: dict, password: str, actor: str) -> Migration:
+def submit_credentials(*, migration: Migration, connection: dict, password: str, actor: str,
+                       not_before: datetime | None = None) -> Migration:
     """Keep what the user entered (password encrypted) and let the worker verify it.
 
     connection holds no secret: IMAP host/port/security/username, or the EWS
     URL, user name, sign-in method and the (public) CA certificate.
+    not_before: the destination's attempt budget is used up until then
+    (sync.attempt_queue.reserve_attempt): the migration waits in "verifying"
+    with retry_at set and the sweeper queues it once that time has come.
     """
     if migration.status != Status.AWAITING_USER:
         raise MigrationError("wrong_state")
@@ -213,10 +217,11 @@ def submit_credentials(*, migration: Migration, connection: dict, password: str,
     migration = transition(
         migration, to=Status.VERIFYING, reason="credentials entered", actor=actor, connection=connection,
         provider_kind=migration.provider_kind, secret_encrypted=crypto.encrypt_json({"password": password}),
-        error_code="",
+        error_code="", retry_at=not_before,
     )
-    with transaction.atomic():
-        enqueue(migration.pk)
+    if not_before is None:
+        with transaction.atomic():
+            enqueue(migration.pk)
     return migration
 
 

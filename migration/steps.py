@@ -19,7 +19,7 @@ from migration.microsoft import consent
 from migration.microsoft import flow as microsoft_flow
 from migration.models import Migration, Status
 from migration.services import RetryLater, TransitionConflict
-from sync import crypto, queue
+from sync import attempt_queue, crypto, egress, queue
 from sync.imap.client import ImapSettings, MailboxError
 from sync.models import ProviderKind
 
@@ -127,6 +127,9 @@ def _verifying(migration: Migration) -> None:
             services.defer(migration, code=code)
         services.fail(migration, code=code, reason=f"verify: {error.code}")
         return
+    # The server accepted the password: its attempt leaves the destination's budget for failures.
+    attempt_queue.refund(*egress.destination(url=connection.get("ews_url", ""), host=connection.get("host", ""),
+                                             port=connection.get("port")))
     services.transition(
         migration, to=Status.HANDING_OVER, reason=f"verified, {len(cursors)} folders", cursors=cursors,
         connection=connection, error_code="",

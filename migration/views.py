@@ -14,7 +14,7 @@ from migration.forms import ImapCredentialsForm
 from migration.mask import CHOICES_BY_KEY, ChoiceRefused, choose_provider, unavailable
 from migration.microsoft import views as microsoft_views
 from migration.models import Status
-from sync import egress
+from sync import attempt_queue, egress
 from sync.models import MailAccount, ProviderKind
 from sync.selectors import accounts_for_user
 
@@ -60,8 +60,7 @@ def _user_error(code: str) -> str:
 @login_required
 def settings_page(request):
     accounts = list(accounts_for_user(request.user))
-    active = selectors.active_migrations_by_account(request.user)
-    latest = selectors.latest_migrations_by_account(request.user)
+    active, latest = selectors.migrations_by_account(request.user)
     rows = []
     for a in accounts:
         running, last = active.get(a.pk), latest.get(a.pk)
@@ -171,15 +170,17 @@ def credentials(request, pk: int):
         return _render_detail(request, migration, form, status=400)
     connection = form.connection()
     try:
-        # Counted per user and per destination: the form is no port scanner or password sprayer.
-        egress.check_rate(request.user.pk, *egress.destination(
+        # Counted per user and per destination: the form is no port scanner or password sprayer. Over the
+        # destination's budget (a company's own server, all its users) the check waits for a later window.
+        not_before = attempt_queue.reserve_attempt(request.user.pk, *egress.destination(
             url=connection.get("ews_url", ""), host=connection.get("host", ""), port=connection.get("port")))
     except egress.RateLimited:
         form.add_error(None, errors.message_for("rate_limited"))
         return _render_detail(request, migration, form, status=429)
     try:
         services.submit_credentials(migration=migration, connection=connection,
-                                    password=form.cleaned_data["password"], actor=_actor(request))
+                                    password=form.cleaned_data["password"], actor=_actor(request),
+                                    not_before=not_before)
     except (services.MigrationError, services.TransitionConflict):
         # The double click: the first submit already moved the migration on.
         messages.info(request, _user_error("wrong_state"))

@@ -112,6 +112,8 @@ def clean_text(value) -> str:
     if not value:
         return ""
     text = str(value).replace("\x00", "")
+    if text.isascii():
+        return text  # the common case: nothing to check (ASCII has no surrogates)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -241,6 +241,25 @@ class AttemptBudget(models.Model):
         return f"{self.key} @{self.window}: {self.attempts}"
 
     @classmethod
+    def take(cls, *, key: str, window: int, limit: int) -> bool:
+        """Add one attempt to `key` in `window` if it holds fewer than `limit`; whether it did.
+
+        One conditional upsert (INSERT ... ON CONFLICT DO UPDATE ... WHERE, PostgreSQL and SQLite >= 3.35):
+        concurrent takes from any number of processes never put more than `limit` into a window.
+        """
+        table, quote = cls._meta.db_table, connection.ops.quote_name
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {quote(table)} ({quote('key')}, {quote('window')}, {quote('attempts')}) "
+                f"VALUES (%s, %s, 1) ON CONFLICT ({quote('key')}, {quote('window')}) "
+                f"DO UPDATE SET {quote('attempts')} = {quote(table)}.{quote('attempts')} + 1 "
+                f"WHERE {quote(table)}.{quote('attempts')} < %s "
+                f"RETURNING {quote('attempts')}",
+                [key, window, limit],
+            )
+            return cursor.fetchone() is not None
+
+    @classmethod
     def count(cls, *, key: str, window: int) -> int:
         """Add one attempt and return the window's attempts so far, this one included.
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def own_redis(monkeypatch):
     """Cache and broker on a Redis of this test's own, which it may kill."""
     server = Redis().start()
-    caches = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": server.url,
+    caches = {"default": {"BACKEND": "portal.cache.RedisCache", "LOCATION": server.url,
                           "OPTIONS": {"socket_connect_timeout": 3, "socket_timeout": 3}}}
     monkeypatch.setenv("CELERY_BROKER_URL", server.url)  # celery reads it before its own settings
     # Given back before the server stops: the conftest's teardown clears the session's cache.
