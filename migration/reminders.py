@@ -137,6 +137,10 @@ def send(reminder_id: int) -> bool:
         # Marked before the mail leaves: at most once, like the consent mails.
         Reminder.objects.filter(pk=reminder.pk).update(sent_at=timezone.now(), error="")
     link = mail.absolute_url(reverse("settings-mail"))
+    # One link per address, straight to its row with "Zu V3 migrieren" (the banner's links land there too).
+    rows = dict(MailAccount.objects.filter(owner=reminder.user, engine=Engine.V2).values_list("address", "pk"))
+    lines = [f"  – {address}: {link}#account-{rows[address]}" if address in rows else f"  – {address}"
+             for address in reminder.addresses.splitlines()]
     unsubscribe = mail.absolute_url(reverse("reminders-unsubscribe", args=[unsubscribe_token(reminder.user_id)]))
     with profiles.in_language_of(reminder.user):
         subject = _("Bitte migrieren Sie Ihre E-Mail-Synchronisierung bis zum %(date)s") % {
@@ -147,7 +151,7 @@ def send(reminder_id: int) -> bool:
             "Einstellungen → Persönliche E-Mail-Synchronisierung auf „Zu V3 migrieren“:\n%(link)s\n"
         ) % {"shutdown": mail.short_date(reminder.campaign.v2_shutdown),
              "date": mail.short_date(reminder.campaign.migrate_by),
-             "addresses": "\n".join(f"  – {a}" for a in reminder.addresses.splitlines()), "link": link}
+             "addresses": "\n".join(lines), "link": link}
         body += "\n-- \n" + _("Keine Erinnerungen mehr erhalten: %(link)s") % {"link": unsubscribe} + "\n"
     headers = {"List-Unsubscribe": f"<{unsubscribe}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
     try:

@@ -242,6 +242,11 @@ def retry_migration(*, migration: Migration, actor: str, redetect: bool = False)
             )
             if target == Status.PENDING:
                 enqueue(migration.pk)
+            if actor.startswith("staff:"):
+                # Support started it again: the user hears why it moves, and where to continue.
+                from migration import retry_mail
+
+                retry_mail.enqueue_on_commit(migration.pk, migration.attempts)
     except IntegrityError:
         raise MigrationError("already_running") from None
     return migration

@@ -53,3 +53,10 @@ def send_staff_digest() -> int:
     from migration import staff_digest
 
     return staff_digest.send_digest()
+
+
+@shared_task(name="migration.tasks.send_retry_mail", acks_late=True)
+def send_retry_mail(migration_id: int, attempt: int) -> bool:
+    from migration import retry_mail
+
+    return retry_mail.send(migration_id, attempt)

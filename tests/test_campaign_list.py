@@ -7,7 +7,7 @@ import pytest
 from django.core import mail
 from django.urls import reverse
 
-from migration import reminders, tasks
+from migration import reminders, retry_mail, tasks
 from migration.models import Migration, MigrationEvent, Reminder, Status
 from migration.selectors import current_campaign
 
@@ -19,6 +19,7 @@ def queued(monkeypatch):
     calls = []
     monkeypatch.setattr(tasks.run_migration, "delay", lambda pk: calls.append(("migration", pk)))
     monkeypatch.setattr(tasks.send_reminder, "delay", lambda pk: calls.append(("reminder", pk)))
+    monkeypatch.setattr(tasks.send_retry_mail, "delay", lambda pk, attempt: calls.append(("retry-mail", pk, attempt)))
     return calls
 
 
@@ -112,7 +113,22 @@ def test_bulk_retry_goes_through_the_service_and_names_the_staff_member(
     assert migration.status == Status.PENDING
     event = migration.events.last()
     assert (event.reason, event.actor) == ("retry", f"staff:{admin_user.pk}")
-    assert queued == [("migration", migration.pk)]
+    assert queued == [("migration", migration.pk), ("retry-mail", migration.pk, migration.attempts)]
+    # What the worker does with the queued mail: the user hears it once, with the link to the migration.
+    assert retry_mail.send(migration.pk, migration.attempts) and not retry_mail.send(migration.pk, migration.attempts)
+    [message] = mail.outbox
+    assert message.to == [migration.user.email] and "anna@gmx.de" in message.subject
+    assert f"/migration/{migration.pk}/" in message.body
+
+
+@pytest.mark.django_db
+def test_a_users_own_retry_sends_no_mail(client, user, world, queued, django_capture_on_commit_callbacks):
+    client.force_login(user)
+    migration = world["failed_migration"]
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("migration-retry", args=[migration.pk]))
+    migration.refresh_from_db()
+    assert migration.status != Status.FAILED and not [call for call in queued if call[0] == "retry-mail"]
 
 
 @pytest.mark.django_db
@@ -144,6 +160,9 @@ def test_bulk_reminder_mails_each_user_once_about_their_v2_accounts(
     assert sorted(m.to[0] for m in mail.outbox) == [user.email, other_user.email]
     anna = next(m for m in mail.outbox if m.to == [user.email])
     assert "jürgen.müller@bäckerei-groß.de" in anna.body and "/einstellungen/email-synchronisierung/" in anna.body
+    # Each address links straight to its own row with "Zu V3 migrieren".
+    assert f"/einstellungen/email-synchronisierung/#account-{world['failed'].pk}" in anna.body
+    assert f"/einstellungen/email-synchronisierung/#account-{world['jurgen'].pk}" in anna.body
     assert Reminder.objects.filter(sent_at__isnull=False).count() == 2
 
     # Pressed again the same day: nobody is reminded twice.
