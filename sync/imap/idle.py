@@ -1,0 +1,359 @@
+"""IMAP IDLE push: a long-running listener that queues a sync run when new mail arrives.
+
+One listener process serves one shard of the V3 IMAP accounts (account id % N == i),
+with one IDLE connection per account on the INBOX (RFC 2177). An untagged EXISTS or
+RECENT during IDLE queues sync.queue.enqueue_sync(account) (debounced per account);
+the notification is never trusted as content, the ordinary sync run reads the mailbox.
+
+Why threads over imapclient rather than an asyncio client (aioimaplib): every connection
+goes through sync.imap.client.open_mailbox, the same code the sync runs use, so the
+egress guard (the address is checked, then connected to by address while TLS verifies
+the name the user gave), the TLS rules (implicit TLS or STARTTLS, never a password in
+clear text) and the byte caps are the sync's own, not a second implementation.
+aioimaplib 2.0 connects by host name (loop.create_connection(host, ...)): it resolves
+again after the guard checked the address (a DNS-rebinding gap) and has no way to pin an
+address while verifying the certificate against the name. A waiting IDLE thread blocks
+in poll() on its socket; threads are started with a small stack (IDLE_THREAD_STACK).
+
+Ownership of a shard is a PostgreSQL session advisory lock held by the listener's own
+database connection: a listener killed with SIGKILL loses its connection, PostgreSQL
+releases the lock, and a standby listener for that shard (waiting on the same lock)
+takes over within IMAP_IDLE_REFRESH_SECONDS. Each owner writes a heartbeat row
+(portal.models.Heartbeat "imap_idle:i/N") with its connection count, read by /health/
+and by the fan-out (pushed accounts are polled every SYNC_PUSH_POLL_SECONDS).
+
+A wrong password is not retried and marks nothing: the account's sync run records the
+error and the re-connect flow asks the user; once the stored secret changes the
+listener tries again.
+"""
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.db.models import F, Q
+from django.db.models.functions import Mod
+from django.utils import timezone
+
+from sync import queue
+from sync.egress import ascii_host
+from sync.errors import MailboxError
+from sync.imap import client as imap
+from sync.models import AccountStatus, MailAccount
+
+logger = logging.getLogger(__name__)
+
+# Any constant: the advisory lock class of the listener shards (the shard number is the second key).
+IDLE_LOCK = 0x1D_1E_15
+HEARTBEAT_PREFIX = "imap_idle:"
+IDLE_THREAD_STACK = 512 * 1024
+
+
+def heartbeat_name(shard: int, shards: int) -> str:
+    return f"{HEARTBEAT_PREFIX}{shard}/{shards}"
+
+
+def shard_accounts(shard: int, shards: int):
+    """The V3 IMAP accounts this shard listens for: a MailAccount queryset (id % shards == shard)."""
+    return (
+        MailAccount.objects.filter(engine="v3", provider_kind="imap")
+        .exclude(status__in=(AccountStatus.STOPPED, AccountStatus.RECONNECT))
+        .alias(shard_no=Mod(F("pk"), shards)).filter(shard_no=shard)
+    )
+
+
+def pushed_accounts_q(now) -> Q | None:
+    """A Q on MailAccount for the accounts a live listener shard covers at `now`, None when no
+    listener is live. One query (the heartbeat rows fresher than IMAP_IDLE_STALE_SECONDS)."""
+    from portal.models import Heartbeat
+
+    fresh = now - timedelta(seconds=settings.IMAP_IDLE_STALE_SECONDS)
+    rows = Heartbeat.objects.filter(name__startswith=HEARTBEAT_PREFIX, seen_at__gte=fresh).values_list("name", flat=True)
+    covered = None
+    for name in rows:
+        shard, shards = (int(part) for part in name[len(HEARTBEAT_PREFIX):].split("/"))
+        q = Q(pk__in=shard_accounts(shard, shards).values("pk"))
+        covered = q if covered is None else covered | q
+    return covered
+
+
+@dataclass
+class Target:
+    """What one IDLE connection needs; `secret` is the encrypted column, to notice a new password."""
+
+    account_id: int
+    server: imap.ImapSettings
+    password: str = field(repr=False)
+    secret: str = field(repr=False)
+
+
+class Destinations:
+    """At most IMAP_IDLE_MAX_PER_DESTINATION connections per mail server (host, port) in this process."""
+
+    def __init__(self, limit: int):
+        self.limit, self.counts, self.lock = limit, {}, threading.Lock()
+
+    def take(self, key) -> bool:
+        with self.lock:
+            if self.counts.get(key, 0) >= self.limit:
+                return False
+            self.counts[key] = self.counts.get(key, 0) + 1
+            return True
+
+    def give(self, key) -> None:
+        with self.lock:
+            self.counts[key] -= 1
+
+
+class Connection(threading.Thread):
+    """One account's IDLE loop: connect, SELECT INBOX, IDLE, queue a sync on new mail, re-IDLE, reconnect."""
+
+    def __init__(self, target: Target, listener: "Listener"):
+        super().__init__(name=f"idle-{target.account_id}", daemon=True)
+        self.target, self.listener = target, listener
+        self.stop = threading.Event()
+        self.connected = False
+        self.refused = False  # a wrong password: not retried until the secret changes
+        self.client = None
+
+    def run(self) -> None:
+        failures = 0
+        key = (ascii_host(self.target.server.host), self.target.server.port)
+        while not self.stop.is_set():
+            if not self.listener.destinations.take(key):
+                self.stop.wait(_backoff(failures := failures + 1))
+                continue
+            try:
+                client = imap.open_mailbox(self.target.server, self.target.password)
+            except MailboxError as error:
+                self.listener.destinations.give(key)
+                if error.code == "auth_failed":
+                    logger.warning("IDLE for account %s: the password is refused; not retried until it changes",
+                                   self.target.account_id)
+                    self.refused = True
+                    return
+                failures += 1
+                logger.info("IDLE for account %s: %s, retrying", self.target.account_id, error.code)
+                self.stop.wait(_backoff(failures))
+                continue
+            try:
+                # Mail may have arrived while no listener watched (a reconnect, a takeover, a
+                # restart): the account is made due, and the fan-out syncs it within its bounds
+                # (SYNC_FANOUT_MAX), so a listener restart does not queue every account at once.
+                self.listener.catch_up(self.target.account_id)
+                self.client = client
+                self.connected = True
+                failures = 0
+                self._idle(client)
+            except Exception as error:  # noqa: BLE001 - any broken connection: logged, reconnected after a back-off
+                failures += 1
+                logger.info("IDLE for account %s dropped (%s: %s), reconnecting", self.target.account_id,
+                            type(error).__name__, error)
+                self.stop.wait(_backoff(failures))
+            finally:
+                self.connected, self.client = False, None
+                self.listener.destinations.give(key)
+                imap.close(client)
+
+    def _idle(self, client) -> None:
+        client.select_folder("INBOX", readonly=True)
+        while not self.stop.is_set():
+            client.idle()
+            started = time.monotonic()
+            # RFC 2177: servers may drop an IDLE after 30 minutes; leave and re-enter it earlier.
+            while not self.stop.is_set() and time.monotonic() - started < settings.IMAP_IDLE_SECONDS:
+                # Every untagged line during IDLE is an answer of its own: the command time cap
+                # of the sync (IMAP_COMMAND_MAX_SECONDS) must not end a long IDLE.
+                responses = _idle_check(client)
+                if any(len(r) > 1 and r[1] in (b"EXISTS", b"RECENT") for r in responses):
+                    self.listener.trigger(self.target.account_id)
+            client.idle_done()
+
+
+# How long idle_check waits for the rest of what the server is sending once it sent something.
+DRAIN_SECONDS = 1.0
+
+
+def _idle_check(client) -> list:
+    """imapclient's idle_check (waits up to IMAP_IDLE_CHECK_SECONDS for the server), fitted to the
+    sync's capped connection (sync.imap.client._PinnedIMAP4).
+
+    idle_check polls the socket, then reads lines until a read times out. The capped
+    connection waits MAIL_CONNECT_TIMEOUT for each read and ends a connection whose
+    answer takes longer than IMAP_COMMAND_MAX_SECONDS; during IDLE each untagged line is
+    an answer of its own and the end of the burst is the normal case, so the answer
+    clock starts again here and the per-read wait is DRAIN_SECONDS while draining.
+    """
+    imap4 = client._imap
+    imap4._start_answer()
+    saved, imap4._io_timeout = imap4._io_timeout, DRAIN_SECONDS
+    try:
+        return client.idle_check(timeout=settings.IMAP_IDLE_CHECK_SECONDS)
+    finally:
+        imap4._io_timeout = saved
+        imap4._start_answer()
+
+
+def _backoff(failures: int) -> float:
+    """Exponential back-off with jitter (0.5-1.5x), capped at IMAP_IDLE_BACKOFF_MAX_SECONDS."""
+    base = min(settings.IMAP_IDLE_BACKOFF_MAX_SECONDS, settings.IMAP_IDLE_BACKOFF_SECONDS * 2 ** min(failures, 16))
+    return base * random.uniform(0.5, 1.5)
+
+
+class Listener:
+    """One shard's listener: keeps one Connection per account of the shard, queues debounced syncs."""
+
+    def __init__(self, shard: int, shards: int):
+        self.shard, self.shards = shard, shards
+        self.connections: dict[int, Connection] = {}
+        self.destinations = Destinations(settings.IMAP_IDLE_MAX_PER_DESTINATION)
+        self.last_queued: dict[int, float] = {}
+        self.pending: set[int] = set()
+        self.due: set[int] = set()
+        self.lock = threading.Lock()
+        self.enqueued = 0
+
+    def trigger(self, account_id: int) -> None:
+        """New mail for the account: queue a sync now, or at the end of the debounce window."""
+        with self.lock:
+            since = time.monotonic() - self.last_queued.get(account_id, -1e9)
+            if since < settings.IMAP_IDLE_DEBOUNCE_SECONDS:
+                self.pending.add(account_id)
+                return
+            self.last_queued[account_id] = time.monotonic()
+        self._enqueue(account_id)
+
+    def catch_up(self, account_id: int) -> None:
+        """A connection (re)started: the account is made due now (applied by the main thread)."""
+        with self.lock:
+            self.due.add(account_id)
+
+    def mark_due(self) -> None:
+        """Make the accounts of catch_up() due now: one UPDATE (the main thread owns the database)."""
+        with self.lock:
+            ids, self.due = list(self.due), set()
+        if ids:
+            MailAccount.objects.filter(pk__in=ids).update(sync_due_at=timezone.now())
+
+    def flush(self) -> None:
+        """Queue the syncs whose debounce window has passed."""
+        now = time.monotonic()
+        with self.lock:
+            due = [pk for pk in self.pending if now - self.last_queued.get(pk, 0) >= settings.IMAP_IDLE_DEBOUNCE_SECONDS]
+            for pk in due:
+                self.pending.discard(pk)
+                self.last_queued[pk] = now
+        for pk in due:
+            self._enqueue(pk)
+
+    def _enqueue(self, account_id: int) -> None:
+        try:
+            queue.enqueue_sync(account_id)
+            self.enqueued += 1
+            logger.info("New mail for account %s: sync queued", account_id)
+        except Exception as error:  # noqa: BLE001 - a broker outage: the poll fan-out picks the account up
+            logger.error("Could not queue a sync of account %s (%s); the poll picks it up",
+                         account_id, type(error).__name__)
+
+    def refresh(self) -> None:
+        """Start connections for new accounts, stop those that left V3/IMAP or changed their settings."""
+        wanted = {}
+        for account in shard_accounts(self.shard, self.shards).only(
+                "pk", "imap_host", "imap_port", "imap_security", "username", "address", "secret_encrypted"):
+            wanted[account.pk] = account
+        for pk, conn in list(self.connections.items()):
+            account = wanted.get(pk)
+            if account is None or account.secret_encrypted != conn.target.secret or \
+                    imap_server(account) != conn.target.server or (not conn.is_alive() and not conn.refused):
+                conn.stop.set()
+                del self.connections[pk]
+        for pk, account in wanted.items():
+            if pk in self.connections or not account.imap_host:
+                continue
+            from sync.services import password_of
+
+            target = Target(pk, imap_server(account), password_of(account), account.secret_encrypted)
+            conn = Connection(target, self)
+            self.connections[pk] = conn
+            conn.start()
+
+    def connected(self) -> int:
+        return sum(1 for conn in self.connections.values() if conn.connected)
+
+    def beat(self) -> None:
+        from portal.heartbeats import record
+
+        record(heartbeat_name(self.shard, self.shards), count=self.connected())
+
+    def stop(self) -> None:
+        for conn in self.connections.values():
+            conn.stop.set()
+        for conn in self.connections.values():
+            conn.join(timeout=settings.IMAP_IDLE_CHECK_SECONDS + 5)
+        self.connections.clear()
+
+
+def imap_server(account: MailAccount) -> imap.ImapSettings:
+    from sync.services import imap_settings_of
+
+    return imap_settings_of(account)
+
+
+def claim_shard(shard: int) -> bool:
+    """Take the shard's advisory lock on this process's database connection (PostgreSQL); False if held."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [IDLE_LOCK, shard])
+        return bool(cursor.fetchone()[0])
+
+
+def still_owner(shard: int) -> bool:
+    """Whether this session still holds the shard's lock (False when the database connection was lost)."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
+                "AND classid = %s AND objid = %s AND granted", [IDLE_LOCK, shard])
+            return cursor.fetchone()[0] == 1
+    except Exception:  # noqa: BLE001 - the connection is gone, and the lock with it
+        return False
+
+
+def serve(shard: int, shards: int, *, stop: threading.Event) -> None:
+    """Wait for the shard, then listen until `stop` is set or the shard is lost (then return).
+
+    Runs in the main thread; the database connection that holds the lock is
+    only used here (connection threads never touch the database).
+    """
+    threading.stack_size(IDLE_THREAD_STACK)
+    while not stop.is_set():
+        close_old_connections()
+        try:
+            if claim_shard(shard):
+                break
+        except Exception as error:  # noqa: BLE001 - the database is down: wait, try again
+            logger.warning("IDLE shard %s/%s: cannot reach the database (%s)", shard, shards, type(error).__name__)
+            connection.close()
+        stop.wait(settings.IMAP_IDLE_REFRESH_SECONDS)
+    else:
+        return
+    logger.info("IDLE shard %s/%s claimed", shard, shards)
+    listener = Listener(shard, shards)
+    try:
+        while not stop.is_set():
+            if not still_owner(shard):
+                logger.error("IDLE shard %s/%s: lost the database lock; stopping", shard, shards)
+                return
+            listener.refresh()
+            listener.mark_due()
+            listener.beat()
+            for _ in range(max(1, int(settings.IMAP_IDLE_REFRESH_SECONDS * 10))):
+                listener.flush()
+                if stop.wait(0.1):
+                    break
+    finally:
+        listener.stop()
