@@ -296,6 +296,8 @@ IMAP_IDLE_BACKOFF_SECONDS = envint("IMAP_IDLE_BACKOFF_SECONDS", 2, minimum=1)
 IMAP_IDLE_BACKOFF_MAX_SECONDS = envint("IMAP_IDLE_BACKOFF_MAX_SECONDS", 600, minimum=1)
 # At most this many IDLE connections from one listener process to one mail server (host, port).
 IMAP_IDLE_MAX_PER_DESTINATION = envint("IMAP_IDLE_MAX_PER_DESTINATION", 2000, minimum=1)
+# Touched at each listener heartbeat (and while a standby waits), for docker-compose's health check.
+IMAP_IDLE_HEARTBEAT_FILE = envstr("IMAP_IDLE_HEARTBEAT_FILE", "")
 # The poll interval of accounts a live listener covers (polling stays as the safety net).
 SYNC_PUSH_POLL_SECONDS = envint("SYNC_PUSH_POLL_SECONDS", 1800, minimum=5)
 

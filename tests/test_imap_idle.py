@@ -55,14 +55,20 @@ def _beat():
     return Heartbeat.objects.filter(name=idle.heartbeat_name(0, 1)).values_list("seen_at", "count").first()
 
 
+def _health(client):
+    return client.get("/health/").json()["checks"]["imap_idle"]
+
+
 def test_new_mail_is_synced_by_push_and_a_killed_listener_is_replaced(
-        v3_account, dovecot, mailbox, mail_settings, celery_worker_thread, tmp_path):
+        v3_account, dovecot, mailbox, mail_settings, celery_worker_thread, tmp_path, client):
     # No beat runs in this test: only the listener can queue a sync.
+    assert _health(client) == {"status": "missing", "shards": 0, "connections": 0}
     log = open(tmp_path / "idle.log", "w")
     first = _listener(mail_settings, dovecot, log)
     second = None
     try:
         wait_for(lambda: (_beat() or (None, 0))[1] == 1, timeout=30)  # the IDLE connection is up
+        assert _health(client) == {"status": "ok", "shards": 1, "connections": 1}
         dovecot.deliver(mailbox[0], make_message(subject="push eins"))
         wait_for(lambda: "push eins" in _subjects(v3_account), timeout=20)
 
@@ -82,6 +88,8 @@ def test_new_mail_is_synced_by_push_and_a_killed_listener_is_replaced(
                 process.wait(timeout=10)
         log.close()
     assert "Traceback" not in (tmp_path / "idle.log").read_text()
+    Heartbeat.objects.update(seen_at=timezone.now() - timedelta(seconds=mail_settings.IMAP_IDLE_STALE_SECONDS + 1))
+    assert _health(client)["status"] == "stale"
 
 
 class _Recorder(idle.Listener):

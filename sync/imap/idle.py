@@ -29,10 +29,12 @@ listener tries again.
 
 import logging
 import random
+import select
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 from django.conf import settings
 from django.db import close_old_connections, connection
@@ -154,11 +156,11 @@ class Connection(threading.Thread):
                 failures += 1
                 logger.info("IDLE for account %s dropped (%s: %s), reconnecting", self.target.account_id,
                             type(error).__name__, error)
-                self.stop.wait(_backoff(failures))
             finally:
                 self.connected, self.client = False, None
                 self.listener.destinations.give(key)
                 imap.close(client)
+            self.stop.wait(_backoff(failures))
 
     def _idle(self, client) -> None:
         client.select_folder("INBOX", readonly=True)
@@ -181,7 +183,7 @@ DRAIN_SECONDS = 1.0
 
 def _idle_check(client) -> list:
     """imapclient's idle_check (waits up to IMAP_IDLE_CHECK_SECONDS for the server), fitted to the
-    sync's capped connection (sync.imap.client._PinnedIMAP4).
+    sync's capped connection (sync.imap.client._PinnedIMAP4); ConnectionError when the server closed.
 
     idle_check polls the socket, then reads lines until a read times out. The capped
     connection waits MAIL_CONNECT_TIMEOUT for each read and ends a connection whose
@@ -190,13 +192,22 @@ def _idle_check(client) -> list:
     clock starts again here and the per-read wait is DRAIN_SECONDS while draining.
     """
     imap4 = client._imap
+    poller = select.poll()
+    poller.register(client.socket().fileno(), select.POLLIN)
+    if not poller.poll(settings.IMAP_IDLE_CHECK_SECONDS * 1000):
+        return []
     imap4._start_answer()
     saved, imap4._io_timeout = imap4._io_timeout, DRAIN_SECONDS
     try:
-        return client.idle_check(timeout=settings.IMAP_IDLE_CHECK_SECONDS)
+        responses = client.idle_check(timeout=0)
     finally:
         imap4._io_timeout = saved
         imap4._start_answer()
+    if not responses:
+        # The socket was readable yet no line came: the server closed the connection
+        # (imapclient's idle_check swallows the EOF) or a line stalled. Reconnect (and catch up).
+        raise ConnectionError("the server closed the IDLE connection")
+    return responses
 
 
 def _backoff(failures: int) -> float:
@@ -289,6 +300,8 @@ class Listener:
         from portal.heartbeats import record
 
         record(heartbeat_name(self.shard, self.shards), count=self.connected())
+        touch_heartbeat_file()
+
 
     def stop(self) -> None:
         for conn in self.connections.values():
@@ -298,6 +311,15 @@ class Listener:
         self.connections.clear()
 
 
+def touch_heartbeat_file() -> None:
+    """Touch IMAP_IDLE_HEARTBEAT_FILE (when set) for a container health check that needs no database."""
+    if settings.IMAP_IDLE_HEARTBEAT_FILE:
+        try:
+            Path(settings.IMAP_IDLE_HEARTBEAT_FILE).touch()
+        except OSError as error:
+            logger.warning("IDLE heartbeat file %s: %s", settings.IMAP_IDLE_HEARTBEAT_FILE, error.strerror)
+
+
 def imap_server(account: MailAccount) -> imap.ImapSettings:
     from sync.services import imap_settings_of
 
@@ -305,7 +327,14 @@ def imap_server(account: MailAccount) -> imap.ImapSettings:
 
 
 def claim_shard(shard: int) -> bool:
-    """Take the shard's advisory lock on this process's database connection (PostgreSQL); False if held."""
+    """Take the shard's advisory lock on this process's database connection (PostgreSQL); False if held.
+
+    Other databases (SQLite, the embedded default of one machine) have no such lock:
+    there the one supervised listener owns every shard it is started for.
+    """
+    if connection.vendor != "postgresql":
+        connection.ensure_connection()
+        return True
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [IDLE_LOCK, shard])
         return bool(cursor.fetchone()[0])
@@ -314,6 +343,9 @@ def claim_shard(shard: int) -> bool:
 def still_owner(shard: int) -> bool:
     """Whether this session still holds the shard's lock (False when the database connection was lost)."""
     try:
+        if connection.vendor != "postgresql":
+            connection.ensure_connection()
+            return True
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
@@ -331,6 +363,7 @@ def serve(shard: int, shards: int, *, stop: threading.Event) -> None:
     """
     threading.stack_size(IDLE_THREAD_STACK)
     while not stop.is_set():
+        touch_heartbeat_file()  # a standby is alive too: its container stays healthy
         close_old_connections()
         try:
             if claim_shard(shard):
