@@ -37,7 +37,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import DatabaseError, close_old_connections, connection
 from django.db.models import F, Q
 from django.db.models.functions import Mod
 from django.utils import timezone
@@ -288,7 +288,12 @@ class Listener:
                 continue
             from sync.services import password_of
 
-            target = Target(pk, imap_server(account), password_of(account), account.secret_encrypted)
+            try:
+                password = password_of(account)
+            except Exception as error:  # noqa: BLE001 - an unreadable secret (rotated keys): the sync run records it
+                logger.warning("IDLE for account %s: its password cannot be read (%s)", pk, type(error).__name__)
+                continue
+            target = Target(pk, imap_server(account), password, account.secret_encrypted)
             conn = Connection(target, self)
             self.connections[pk] = conn
             conn.start()
@@ -381,8 +386,11 @@ def serve(shard: int, shards: int, *, stop: threading.Event) -> None:
             if not still_owner(shard):
                 logger.error("IDLE shard %s/%s: lost the database lock; stopping", shard, shards)
                 return
-            listener.refresh()
-            listener.mark_due()
+            try:
+                listener.refresh()
+                listener.mark_due()
+            except DatabaseError as error:  # an outage: still_owner() decides at the next tick
+                logger.warning("IDLE shard %s/%s: database error (%s)", shard, shards, type(error).__name__)
             listener.beat()
             for _ in range(max(1, int(settings.IMAP_IDLE_REFRESH_SECONDS * 10))):
                 listener.flush()
