@@ -111,6 +111,9 @@ def test_exists_queues_one_debounced_sync_and_a_dropped_connection_catches_up(v3
         assert MailAccount.objects.get(pk=v3_account.pk).sync_due_at <= timezone.now()
         dovecot.deliver(mailbox[0], make_message(subject="eins"))
         wait_for(lambda: listener.queued == [v3_account.pk], timeout=20)
+        dovecot.deliver(mailbox[0], make_message(subject="eins b"))
+        wait_for(lambda: listener.queued == [v3_account.pk] * 2, timeout=20)
+        assert conn.connects == 1  # reading the announcements left the connection in IDLE
 
         # Dropped by the server side: the connection comes back and the account is made due again.
         MailAccount.objects.filter(pk=v3_account.pk).update(sync_due_at=None)
@@ -120,8 +123,8 @@ def test_exists_queues_one_debounced_sync_and_a_dropped_connection_catches_up(v3
         listener.mark_due()
         assert MailAccount.objects.get(pk=v3_account.pk).sync_due_at is not None
         dovecot.deliver(mailbox[0], make_message(subject="zwei"))
-        wait_for(lambda: listener.queued == [v3_account.pk] * 2, timeout=20)
-        assert listener.connected() == 1
+        wait_for(lambda: listener.queued == [v3_account.pk] * 3, timeout=20)
+        assert listener.connected() == 1 and conn.connects == 2
     finally:
         listener.stop()
 

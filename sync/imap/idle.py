@@ -122,6 +122,7 @@ class Connection(threading.Thread):
         self.connected = False
         self.refused = False  # a wrong password: not retried until the secret changes
         self.client = None
+        self.connects = 0  # successful logins, for tests and logs
 
     def run(self) -> None:
         failures = 0
@@ -150,6 +151,7 @@ class Connection(threading.Thread):
                 self.listener.catch_up(self.target.account_id)
                 self.client = client
                 self.connected = True
+                self.connects += 1
                 failures = 0
                 self._idle(client)
             except Exception as error:  # noqa: BLE001 - any broken connection: logged, reconnected after a back-off
@@ -164,50 +166,85 @@ class Connection(threading.Thread):
 
     def _idle(self, client) -> None:
         client.select_folder("INBOX", readonly=True)
+        client._imap.file = _SocketReader(client._imap.sock)  # nothing is buffered after the tagged OK
         while not self.stop.is_set():
             client.idle()
             started = time.monotonic()
             # RFC 2177: servers may drop an IDLE after 30 minutes; leave and re-enter it earlier.
             while not self.stop.is_set() and time.monotonic() - started < settings.IMAP_IDLE_SECONDS:
-                # Every untagged line during IDLE is an answer of its own: the command time cap
-                # of the sync (IMAP_COMMAND_MAX_SECONDS) must not end a long IDLE.
                 responses = _idle_check(client)
                 if any(len(r) > 1 and r[1] in (b"EXISTS", b"RECENT") for r in responses):
                     self.listener.trigger(self.target.account_id)
             client.idle_done()
 
 
-# How long idle_check waits for the rest of what the server is sending once it sent something.
-DRAIN_SECONDS = 1.0
+class _SocketReader:
+    """A read buffer over the connection's socket, in place of imaplib's socket.makefile() file.
+
+    The capped connection (sync.imap.client._PinnedIMAP4) reads through
+    file.peek(), file.read() and file.read1(). A file from makefile() refuses
+    every read after one read timed out ("cannot read from timed out object"),
+    and its buffer cannot be inspected without a read that may block; IDLE needs
+    both: to know whether a line is already buffered, and to survive a wait that
+    ends. Reads go straight to sock.recv() (its timeout set by the connection).
+    """
+
+    def __init__(self, sock):
+        self.sock, self.buffer = sock, bytearray()
+
+    def buffered(self) -> bool:
+        """Whether bytes are waiting here or in the TLS layer (which poll() does not see)."""
+        return bool(self.buffer) or bool(getattr(self.sock, "pending", lambda: 0)())
+
+    def peek(self, size: int = 1) -> bytes:
+        if not self.buffer:
+            self.buffer += self.sock.recv(65536)
+        return bytes(self.buffer)
+
+    def read1(self, size: int) -> bytes:
+        self.peek()
+        return self.read(size)
+
+    def read(self, size: int) -> bytes:
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
+
+    def close(self) -> None:
+        self.buffer.clear()
+
+
+def _readable(sock, seconds: float) -> bool:
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(seconds * 1000))
+
+
+def _untagged(line: bytes) -> tuple:
+    """b"* 3 EXISTS" -> (b"3", b"EXISTS"); b"* OK Still here" -> (b"OK", b"Still here")."""
+    return tuple(line.removeprefix(b"* ").split(b" ", 1 if line.startswith((b"* OK", b"* NO", b"* BYE")) else 2))
 
 
 def _idle_check(client) -> list:
-    """imapclient's idle_check (waits up to IMAP_IDLE_CHECK_SECONDS for the server), fitted to the
-    sync's capped connection (sync.imap.client._PinnedIMAP4); ConnectionError when the server closed.
+    """What the server sent during IDLE: untagged responses split in words
+    ([] after IMAP_IDLE_CHECK_SECONDS of silence), e.g. [(b"3", b"EXISTS"), (b"1", b"RECENT")].
 
-    idle_check polls the socket, then reads lines until a read times out. The capped
-    connection waits MAIL_CONNECT_TIMEOUT for each read and ends a connection whose
-    answer takes longer than IMAP_COMMAND_MAX_SECONDS; during IDLE each untagged line is
-    an answer of its own and the end of the burst is the normal case, so the answer
-    clock starts again here and the per-read wait is DRAIN_SECONDS while draining.
+    Waits in poll() on the socket, then reads whole lines while more is buffered
+    or readable at once. Every untagged line during IDLE is an answer of its own
+    (the command time cap IMAP_COMMAND_MAX_SECONDS must not end a long IDLE).
+    imaplib's abort (the server closed) and timeouts inside a line propagate:
+    the caller reconnects and catches up.
     """
     imap4 = client._imap
-    poller = select.poll()
-    poller.register(client.socket().fileno(), select.POLLIN)
-    if not poller.poll(settings.IMAP_IDLE_CHECK_SECONDS * 1000):
+    reader = imap4.file
+    if not reader.buffered() and not _readable(imap4.sock, settings.IMAP_IDLE_CHECK_SECONDS):
         return []
-    imap4._start_answer()
-    saved, imap4._io_timeout = imap4._io_timeout, DRAIN_SECONDS
-    try:
-        responses = client.idle_check(timeout=0)
-    finally:
-        imap4._io_timeout = saved
+    responses = []
+    while True:
         imap4._start_answer()
-    if not responses:
-        # The socket was readable yet no line came: the server closed the connection
-        # (imapclient's idle_check swallows the EOF) or a line stalled. Reconnect (and catch up).
-        raise ConnectionError("the server closed the IDLE connection")
-    return responses
+        responses.append(_untagged(imap4._get_line()))
+        if not reader.buffered() and not _readable(imap4.sock, 0):
+            return responses
 
 
 def _backoff(failures: int) -> float:
