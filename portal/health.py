@@ -7,10 +7,14 @@ Celery broker (starting a migration queues a task). Reported but not required
 beat's last tick. Web processes keep serving pages without them, and a load
 balancer or compose restarting the web server would not bring them back; the
 worker and beat have their own container health checks (docker-compose.yml).
+Informational only: the IMAP IDLE listener ("imap_idle": live shards and the IDLE
+connections they hold, from their heartbeat rows); without it mail still arrives
+by polling, so it never changes the status.
 """
 
 import logging
 import os
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.cache import cache
@@ -33,7 +37,9 @@ def report() -> tuple[int, dict]:
     body: {"status": "ok" | "degraded" | "error",
            "checks": {"database": "ok" | "down", "cache": ..., "broker": ...,
                       "worker": {"status": "ok" | "stale" | "missing" | "unknown", "age_seconds": int | None},
-                      "beat": {...}}}
+                      "beat": {...},
+                      "imap_idle": {"status": "ok" | "stale" | "missing" | "unknown",
+                                    "shards": int, "connections": int | None}}}
     Ages are whole seconds since the last heartbeat; "unknown" when the database is down.
     """
     checks = {
@@ -42,6 +48,7 @@ def report() -> tuple[int, dict]:
         "broker": _state(_broker_answers, "broker"),
     }
     checks.update(_heartbeats(database_up=checks["database"] == "ok"))
+    checks["imap_idle"] = _imap_idle(database_up=checks["database"] == "ok")
     if any(checks[name] != "ok" for name in REQUIRED):
         status = "error"
     elif any(checks[name]["status"] != "ok" for name in (WORKER, BEAT)):
@@ -104,3 +111,17 @@ def _heartbeats(*, database_up: bool) -> dict:
         age = max(0, int((now - seen[name]).total_seconds()))
         result[name] = {"status": "ok" if age <= settings.HEARTBEAT_STALE_SECONDS else "stale", "age_seconds": age}
     return result
+
+
+def _imap_idle(*, database_up: bool) -> dict:
+    """The IMAP IDLE listener shards with a heartbeat fresher than IMAP_IDLE_STALE_SECONDS, and
+    the IDLE connections they hold (sync.imap.idle). "stale": rows exist, none is fresh."""
+    from portal.models import Heartbeat
+
+    if not database_up:
+        return {"status": "unknown", "shards": 0, "connections": None}
+    rows = list(Heartbeat.objects.filter(name__startswith="imap_idle:").values_list("seen_at", "count"))
+    fresh_after = timezone.now() - timedelta(seconds=settings.IMAP_IDLE_STALE_SECONDS)
+    fresh = [count for seen_at, count in rows if seen_at >= fresh_after]
+    status = "ok" if fresh else ("stale" if rows else "missing")
+    return {"status": status, "shards": len(fresh), "connections": sum(fresh)}

@@ -25,10 +25,11 @@ WORKER = "worker"
 BEAT = "beat"
 
 
-def record(name: str) -> None:
+def record(name: str, *, count: int = 0) -> None:
     """Store "name is alive now"; never raises (a failed heartbeat must not stop the worker or beat).
 
-    name: WORKER or BEAT. The database write is one UPDATE (an INSERT the first
+    name: WORKER, BEAT or an IMAP IDLE listener shard ("imap_idle:i/N", which
+    passes its open connections as count). The database write is one UPDATE (an INSERT the first
     time); a database outage is logged and the next beat tries again.
     """
     from django.conf import settings
@@ -37,7 +38,7 @@ def record(name: str) -> None:
 
     from portal.models import Heartbeat
 
-    path = settings.WORKER_HEARTBEAT_FILE if name == WORKER else settings.BEAT_TICK_FILE
+    path = {WORKER: settings.WORKER_HEARTBEAT_FILE, BEAT: settings.BEAT_TICK_FILE}.get(name, "")
     if path:
         try:
             Path(path).touch()
@@ -50,11 +51,11 @@ def record(name: str) -> None:
         close_old_connections()
     now = timezone.now()
     try:
-        if not Heartbeat.objects.filter(name=name).update(seen_at=now):
+        if not Heartbeat.objects.filter(name=name).update(seen_at=now, count=count):
             try:
-                Heartbeat.objects.create(name=name, seen_at=now)
+                Heartbeat.objects.create(name=name, seen_at=now, count=count)
             except IntegrityError:  # another process created it meanwhile
-                Heartbeat.objects.filter(name=name).update(seen_at=now)
+                Heartbeat.objects.filter(name=name).update(seen_at=now, count=count)
     except DatabaseError as error:
         logger.warning("%s heartbeat not recorded: %s", name, type(error).__name__)
         connection.close()

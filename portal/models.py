@@ -14,6 +14,8 @@ class Heartbeat(models.Model):
 
     name = models.CharField(primary_key=True, max_length=20)
     seen_at = models.DateTimeField()
+    # What the role reports with its beat: the IMAP IDLE listener its open connections.
+    count = models.PositiveIntegerField(default=0)
 
     def __str__(self) -> str:
         return f"{self.name} @ {self.seen_at:%Y-%m-%d %H:%M:%S}"

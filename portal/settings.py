@@ -282,6 +282,29 @@ SYNC_FANOUT_MAX = envint("SYNC_FANOUT_MAX", 500, minimum=1)
 # account is still synced once per interval, the queue is topped up in smaller steps.
 SYNC_DISPATCH_SECONDS = min(envint("SYNC_DISPATCH_SECONDS", 15, minimum=1), CELERY_BEAT_SYNC_SECONDS)
 
+# --- Push: the IMAP IDLE listener (manage.py imap_idle, sync.imap.idle) ------------
+# Leave IDLE and enter it again after this (RFC 2177: a server may end an IDLE after 30 minutes).
+IMAP_IDLE_SECONDS = envint("IMAP_IDLE_SECONDS", 28 * 60, minimum=1)
+if IMAP_IDLE_SECONDS > 29 * 60:
+    raise ImproperlyConfigured("IMAP_IDLE_SECONDS must be at most 1740 (29 minutes, RFC 2177)")
+# How long one wait for the server lasts before the connection looks whether it should stop.
+IMAP_IDLE_CHECK_SECONDS = envint("IMAP_IDLE_CHECK_SECONDS", 10, minimum=1)
+# How often a listener re-reads its accounts, writes its heartbeat, and a standby tries to take a shard.
+IMAP_IDLE_REFRESH_SECONDS = envint("IMAP_IDLE_REFRESH_SECONDS", 30, minimum=1)
+# A listener heartbeat older than this no longer counts: its accounts are polled at the normal interval.
+IMAP_IDLE_STALE_SECONDS = envint("IMAP_IDLE_STALE_SECONDS", 180, minimum=2)
+# At most one queued sync per account per this many seconds (a burst of EXISTS is one sync).
+IMAP_IDLE_DEBOUNCE_SECONDS = envint("IMAP_IDLE_DEBOUNCE_SECONDS", 5, minimum=0)
+# Reconnect back-off: this doubled per failure, with jitter, at most the maximum.
+IMAP_IDLE_BACKOFF_SECONDS = envint("IMAP_IDLE_BACKOFF_SECONDS", 2, minimum=1)
+IMAP_IDLE_BACKOFF_MAX_SECONDS = envint("IMAP_IDLE_BACKOFF_MAX_SECONDS", 600, minimum=1)
+# At most this many IDLE connections from one listener process to one mail server (host, port).
+IMAP_IDLE_MAX_PER_DESTINATION = envint("IMAP_IDLE_MAX_PER_DESTINATION", 2000, minimum=1)
+# Touched at each listener heartbeat (and while a standby waits), for docker-compose's health check.
+IMAP_IDLE_HEARTBEAT_FILE = envstr("IMAP_IDLE_HEARTBEAT_FILE", "")
+# The poll interval of accounts a live listener covers (polling stays as the safety net).
+SYNC_PUSH_POLL_SECONDS = envint("SYNC_PUSH_POLL_SECONDS", 1800, minimum=5)
+
 # --- Health (GET /health/, portal.health) -------------------------------------
 # The worker and beat record a heartbeat this often; GET /health/ calls one older
 # than HEARTBEAT_STALE_SECONDS "stale" (the portal is then "degraded", not down).

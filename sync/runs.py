@@ -5,7 +5,7 @@ sync.tasks calls these, the provider engines know nothing of scheduling.
 """
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -15,6 +15,7 @@ from django.utils.module_loading import import_string
 from sync import leases, queue, v2
 from sync.exchange import engine as v3_ews
 from sync.imap import engine as v3_imap
+from sync.imap import idle
 from sync.microsoft import engine as v3_graph
 from sync.models import AccountStatus, MailAccount
 from sync.selectors import accounts_due_for_sync
@@ -61,7 +62,8 @@ def accounts_to_sync() -> list[int]:
     until the commit), so two beats cannot both fill the same free room. The
     runs are queued once the claim has committed, each with its queued mark
     so that it clears its own. Two queries for the count and the claim, one
-    UPDATE.
+    UPDATE (and, for accounts an IMAP IDLE listener covers, one query for
+    the listeners' heartbeats and one UPDATE: push_poll_later).
     """
     running = v2_running()
     stop_v2_after_shutdown(v2_running=running)
@@ -75,8 +77,25 @@ def accounts_to_sync() -> list[int]:
             accounts_due_for_sync(v2_running=running, now=now), now=now,
             limit=min(settings.SYNC_FANOUT_BATCH, room),
         )
+        push_poll_later(account_ids, now=now)
         transaction.on_commit(lambda: [queue.enqueue_sync(pk, queued_at=now) for pk in account_ids])
     return account_ids
+
+
+def push_poll_later(account_ids: list[int], *, now: datetime) -> int:
+    """Of the just claimed accounts, those a live IMAP IDLE listener covers are due again after
+    SYNC_PUSH_POLL_SECONDS instead of the normal interval: push queues their runs when mail
+    arrives, the poll only catches what a dropped connection missed. Returns how many.
+
+    One query for the listener heartbeats; one UPDATE when any is live (sync.imap.idle).
+    """
+    if not account_ids:
+        return 0
+    covered = idle.pushed_accounts_q(now)
+    if covered is None:
+        return 0
+    later = now + timedelta(seconds=settings.SYNC_PUSH_POLL_SECONDS * leases.DUE_FRACTION)
+    return MailAccount.objects.filter(covered, pk__in=account_ids).update(sync_due_at=later)
 
 
 def sync_account(account_id: int, *, queued_at: datetime | None = None) -> int:

@@ -15,13 +15,14 @@ COMPOSE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
 
 def test_it_defines_web_worker_beat_postgres_and_redis():
     services = yaml.safe_load(COMPOSE.read_text())["services"]
-    assert set(services) == {"web", "worker", "beat", "db", "redis"}
+    assert set(services) == {"web", "worker", "beat", "imap-idle", "db", "redis"}
+    assert "imap_idle" in services["imap-idle"]["command"]
     assert "gunicorn" in services["web"]["command"]
     assert "worker" in services["worker"]["command"]
     assert "beat" in services["beat"]["command"]
     assert services["db"]["image"].startswith("postgres")
     assert services["redis"]["image"].startswith("redis")
-    for name in ("web", "worker", "beat"):
+    for name in ("web", "worker", "beat", "imap-idle"):
         env = services[name]["environment"]
         assert env["DATABASE_URL"].startswith("postgres://")
         assert env["CELERY_BROKER_URL"].startswith("redis://")
@@ -36,7 +37,7 @@ def test_it_passes_docker_compose_config():
     assert result.returncode == 0, result.stderr
 
 
-LONG_RUNNING = ("web", "worker", "beat", "db", "redis")
+LONG_RUNNING = ("web", "worker", "beat", "imap-idle", "db", "redis")
 
 
 @pytest.mark.parametrize("name", LONG_RUNNING)
@@ -54,15 +55,18 @@ def test_it_checks_each_service_by_what_shows_it_works():
     assert "/health/" in command["web"]
     assert "WORKER_HEARTBEAT_FILE" in command["worker"] and services["worker"]["environment"]["WORKER_HEARTBEAT_FILE"]
     assert "BEAT_TICK_FILE" in command["beat"] and services["beat"]["environment"]["BEAT_TICK_FILE"]
+    assert "IMAP_IDLE_HEARTBEAT_FILE" in command["imap-idle"] \
+        and services["imap-idle"]["environment"]["IMAP_IDLE_HEARTBEAT_FILE"]
     assert command["db"].startswith("pg_isready")
     assert command["redis"] == "redis-cli ping"
     # The app waits for healthy dependencies instead of crashing into a starting database.
-    for name in ("web", "worker", "beat"):
+    for name in ("web", "worker", "beat", "imap-idle"):
         assert {dependency: condition["condition"] for dependency, condition in services[name]["depends_on"].items()} \
             == {"db": "service_healthy", "redis": "service_healthy"}
 
 
-@pytest.mark.parametrize("name, variable", [("worker", "WORKER_HEARTBEAT_FILE"), ("beat", "BEAT_TICK_FILE")])
+@pytest.mark.parametrize("name, variable", [("worker", "WORKER_HEARTBEAT_FILE"), ("beat", "BEAT_TICK_FILE"),
+                                           ("imap-idle", "IMAP_IDLE_HEARTBEAT_FILE")])
 def test_its_heartbeat_checks_pass_on_a_fresh_file_and_fail_on_an_old_or_missing_one(name, variable, tmp_path):
     test = yaml.safe_load(COMPOSE.read_text())["services"][name]["healthcheck"]["test"]
     assert test[:2] == ["CMD", "python"]

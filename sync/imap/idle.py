@@ -1,0 +1,437 @@
+"""IMAP IDLE push: a long-running listener that queues a sync run when new mail arrives.
+
+One listener process serves one shard of the V3 IMAP accounts (account id % N == i),
+with one IDLE connection per account on the INBOX (RFC 2177). An untagged EXISTS or
+RECENT during IDLE queues sync.queue.enqueue_sync(account) (debounced per account);
+the notification is never trusted as content, the ordinary sync run reads the mailbox.
+
+Why threads over imapclient rather than an asyncio client (aioimaplib): every connection
+goes through sync.imap.client.open_mailbox, the same code the sync runs use, so the
+egress guard (the address is checked, then connected to by address while TLS verifies
+the name the user gave), the TLS rules (implicit TLS or STARTTLS, never a password in
+clear text) and the byte caps are the sync's own, not a second implementation.
+aioimaplib 2.0 connects by host name (loop.create_connection(host, ...)): it resolves
+again after the guard checked the address (a DNS-rebinding gap) and has no way to pin an
+address while verifying the certificate against the name. A waiting IDLE thread blocks
+in poll() on its socket; threads are started with a small stack (IDLE_THREAD_STACK).
+
+Ownership of a shard is a PostgreSQL session advisory lock held by the listener's own
+database connection: a listener killed with SIGKILL loses its connection, PostgreSQL
+releases the lock, and a standby listener for that shard (waiting on the same lock)
+takes over within IMAP_IDLE_REFRESH_SECONDS. Each owner writes a heartbeat row
+(portal.models.Heartbeat "imap_idle:i/N") with its connection count, read by /health/
+and by the fan-out (pushed accounts are polled every SYNC_PUSH_POLL_SECONDS).
+
+A wrong password is not retried and marks nothing: the account's sync run records the
+error and the re-connect flow asks the user; once the stored secret changes the
+listener tries again.
+"""
+
+import logging
+import random
+import select
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connection
+from django.db.models import F, Q
+from django.db.models.functions import Mod
+from django.utils import timezone
+
+from sync import queue
+from sync.egress import ascii_host
+from sync.errors import MailboxError
+from sync.imap import client as imap
+from sync.models import AccountStatus, MailAccount
+
+logger = logging.getLogger(__name__)
+
+# Any constant: the advisory lock class of the listener shards (the shard number is the second key).
+IDLE_LOCK = 0x1D_1E_15
+HEARTBEAT_PREFIX = "imap_idle:"
+IDLE_THREAD_STACK = 512 * 1024
+
+
+def heartbeat_name(shard: int, shards: int) -> str:
+    return f"{HEARTBEAT_PREFIX}{shard}/{shards}"
+
+
+def shard_accounts(shard: int, shards: int):
+    """The V3 IMAP accounts this shard listens for: a MailAccount queryset (id % shards == shard)."""
+    return (
+        MailAccount.objects.filter(engine="v3", provider_kind="imap")
+        .exclude(status__in=(AccountStatus.STOPPED, AccountStatus.RECONNECT))
+        .alias(shard_no=Mod(F("pk"), shards)).filter(shard_no=shard)
+    )
+
+
+def pushed_accounts_q(now) -> Q | None:
+    """A Q on MailAccount for the accounts a live listener shard covers at `now`, None when no
+    listener is live. One query (the heartbeat rows fresher than IMAP_IDLE_STALE_SECONDS)."""
+    from portal.models import Heartbeat
+
+    fresh = now - timedelta(seconds=settings.IMAP_IDLE_STALE_SECONDS)
+    rows = Heartbeat.objects.filter(name__startswith=HEARTBEAT_PREFIX, seen_at__gte=fresh).values_list("name", flat=True)
+    covered = None
+    for name in rows:
+        shard, shards = (int(part) for part in name[len(HEARTBEAT_PREFIX):].split("/"))
+        q = Q(pk__in=shard_accounts(shard, shards).values("pk"))
+        covered = q if covered is None else covered | q
+    return covered
+
+
+@dataclass
+class Target:
+    """What one IDLE connection needs; `secret` is the encrypted column, to notice a new password."""
+
+    account_id: int
+    server: imap.ImapSettings
+    password: str = field(repr=False)
+    secret: str = field(repr=False)
+
+
+class Destinations:
+    """At most IMAP_IDLE_MAX_PER_DESTINATION connections per mail server (host, port) in this process."""
+
+    def __init__(self, limit: int):
+        self.limit, self.counts, self.lock = limit, {}, threading.Lock()
+
+    def take(self, key) -> bool:
+        with self.lock:
+            if self.counts.get(key, 0) >= self.limit:
+                return False
+            self.counts[key] = self.counts.get(key, 0) + 1
+            return True
+
+    def give(self, key) -> None:
+        with self.lock:
+            self.counts[key] -= 1
+
+
+class Connection(threading.Thread):
+    """One account's IDLE loop: connect, SELECT INBOX, IDLE, queue a sync on new mail, re-IDLE, reconnect."""
+
+    def __init__(self, target: Target, listener: "Listener"):
+        super().__init__(name=f"idle-{target.account_id}", daemon=True)
+        self.target, self.listener = target, listener
+        self.stop = threading.Event()
+        self.connected = False
+        self.refused = False  # a wrong password: not retried until the secret changes
+        self.client = None
+        self.connects = 0  # successful logins, for tests and logs
+
+    def run(self) -> None:
+        failures = 0
+        key = (ascii_host(self.target.server.host), self.target.server.port)
+        while not self.stop.is_set():
+            if not self.listener.destinations.take(key):
+                self.stop.wait(_backoff(failures := failures + 1))
+                continue
+            try:
+                client = imap.open_mailbox(self.target.server, self.target.password)
+            except MailboxError as error:
+                self.listener.destinations.give(key)
+                if error.code == "auth_failed":
+                    logger.warning("IDLE for account %s: the password is refused; not retried until it changes",
+                                   self.target.account_id)
+                    self.refused = True
+                    return
+                failures += 1
+                logger.info("IDLE for account %s: %s, retrying", self.target.account_id, error.code)
+                self.stop.wait(_backoff(failures))
+                continue
+            try:
+                # Mail may have arrived while no listener watched (a reconnect, a takeover, a
+                # restart): the account is made due, and the fan-out syncs it within its bounds
+                # (SYNC_FANOUT_MAX), so a listener restart does not queue every account at once.
+                self.listener.catch_up(self.target.account_id)
+                self.client = client
+                self.connected = True
+                self.connects += 1
+                failures = 0
+                self._idle(client)
+            except Exception as error:  # noqa: BLE001 - any broken connection: logged, reconnected after a back-off
+                failures += 1
+                logger.info("IDLE for account %s dropped (%s: %s), reconnecting", self.target.account_id,
+                            type(error).__name__, error)
+            finally:
+                self.connected, self.client = False, None
+                self.listener.destinations.give(key)
+                imap.close(client)
+            self.stop.wait(_backoff(failures))
+
+    def _idle(self, client) -> None:
+        client.select_folder("INBOX", readonly=True)
+        client._imap.file = _SocketReader(client._imap.sock)  # nothing is buffered after the tagged OK
+        while not self.stop.is_set():
+            client.idle()
+            started = time.monotonic()
+            # RFC 2177: servers may drop an IDLE after 30 minutes; leave and re-enter it earlier.
+            while not self.stop.is_set() and time.monotonic() - started < settings.IMAP_IDLE_SECONDS:
+                responses = _idle_check(client)
+                if any(len(r) > 1 and r[1] in (b"EXISTS", b"RECENT") for r in responses):
+                    self.listener.trigger(self.target.account_id)
+            client.idle_done()
+
+
+class _SocketReader:
+    """A read buffer over the connection's socket, in place of imaplib's socket.makefile() file.
+
+    The capped connection (sync.imap.client._PinnedIMAP4) reads through
+    file.peek(), file.read() and file.read1(). A file from makefile() refuses
+    every read after one read timed out ("cannot read from timed out object"),
+    and its buffer cannot be inspected without a read that may block; IDLE needs
+    both: to know whether a line is already buffered, and to survive a wait that
+    ends. Reads go straight to sock.recv() (its timeout set by the connection).
+    """
+
+    def __init__(self, sock):
+        self.sock, self.buffer = sock, bytearray()
+
+    def buffered(self) -> bool:
+        """Whether bytes are waiting here or in the TLS layer (which poll() does not see)."""
+        return bool(self.buffer) or bool(getattr(self.sock, "pending", lambda: 0)())
+
+    def peek(self, size: int = 1) -> bytes:
+        if not self.buffer:
+            self.buffer += self.sock.recv(65536)
+        return bytes(self.buffer)
+
+    def read1(self, size: int) -> bytes:
+        self.peek()
+        return self.read(size)
+
+    def read(self, size: int) -> bytes:
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
+
+    def close(self) -> None:
+        self.buffer.clear()
+
+
+def _readable(sock, seconds: float) -> bool:
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(seconds * 1000))
+
+
+def _untagged(line: bytes) -> tuple:
+    """b"* 3 EXISTS" -> (b"3", b"EXISTS"); b"* OK Still here" -> (b"OK", b"Still here")."""
+    return tuple(line.removeprefix(b"* ").split(b" ", 1 if line.startswith((b"* OK", b"* NO", b"* BYE")) else 2))
+
+
+def _idle_check(client) -> list:
+    """What the server sent during IDLE: untagged responses split in words
+    ([] after IMAP_IDLE_CHECK_SECONDS of silence), e.g. [(b"3", b"EXISTS"), (b"1", b"RECENT")].
+
+    Waits in poll() on the socket, then reads whole lines while more is buffered
+    or readable at once. Every untagged line during IDLE is an answer of its own
+    (the command time cap IMAP_COMMAND_MAX_SECONDS must not end a long IDLE).
+    imaplib's abort (the server closed) and timeouts inside a line propagate:
+    the caller reconnects and catches up.
+    """
+    imap4 = client._imap
+    reader = imap4.file
+    if not reader.buffered() and not _readable(imap4.sock, settings.IMAP_IDLE_CHECK_SECONDS):
+        return []
+    responses = []
+    while True:
+        imap4._start_answer()
+        responses.append(_untagged(imap4._get_line()))
+        if not reader.buffered() and not _readable(imap4.sock, 0):
+            return responses
+
+
+def _backoff(failures: int) -> float:
+    """Exponential back-off with jitter (0.5-1.5x), capped at IMAP_IDLE_BACKOFF_MAX_SECONDS."""
+    base = min(settings.IMAP_IDLE_BACKOFF_MAX_SECONDS, settings.IMAP_IDLE_BACKOFF_SECONDS * 2 ** min(failures, 16))
+    return base * random.uniform(0.5, 1.5)
+
+
+class Listener:
+    """One shard's listener: keeps one Connection per account of the shard, queues debounced syncs."""
+
+    def __init__(self, shard: int, shards: int):
+        self.shard, self.shards = shard, shards
+        self.connections: dict[int, Connection] = {}
+        self.destinations = Destinations(settings.IMAP_IDLE_MAX_PER_DESTINATION)
+        self.last_queued: dict[int, float] = {}
+        self.pending: set[int] = set()
+        self.due: set[int] = set()
+        self.lock = threading.Lock()
+        self.enqueued = 0
+
+    def trigger(self, account_id: int) -> None:
+        """New mail for the account: queue a sync now, or at the end of the debounce window."""
+        with self.lock:
+            since = time.monotonic() - self.last_queued.get(account_id, -1e9)
+            if since < settings.IMAP_IDLE_DEBOUNCE_SECONDS:
+                self.pending.add(account_id)
+                return
+            self.last_queued[account_id] = time.monotonic()
+        self._enqueue(account_id)
+
+    def catch_up(self, account_id: int) -> None:
+        """A connection (re)started: the account is made due now (applied by the main thread)."""
+        with self.lock:
+            self.due.add(account_id)
+
+    def mark_due(self) -> None:
+        """Make the accounts of catch_up() due now: one UPDATE (the main thread owns the database)."""
+        with self.lock:
+            ids, self.due = list(self.due), set()
+        if ids:
+            MailAccount.objects.filter(pk__in=ids).update(sync_due_at=timezone.now())
+
+    def flush(self) -> None:
+        """Queue the syncs whose debounce window has passed."""
+        now = time.monotonic()
+        with self.lock:
+            due = [pk for pk in self.pending if now - self.last_queued.get(pk, 0) >= settings.IMAP_IDLE_DEBOUNCE_SECONDS]
+            for pk in due:
+                self.pending.discard(pk)
+                self.last_queued[pk] = now
+        for pk in due:
+            self._enqueue(pk)
+
+    def _enqueue(self, account_id: int) -> None:
+        try:
+            queue.enqueue_sync(account_id)
+            self.enqueued += 1
+            logger.info("New mail for account %s: sync queued", account_id)
+        except Exception as error:  # noqa: BLE001 - a broker outage: the poll fan-out picks the account up
+            logger.error("Could not queue a sync of account %s (%s); the poll picks it up",
+                         account_id, type(error).__name__)
+
+    def refresh(self) -> None:
+        """Start connections for new accounts, stop those that left V3/IMAP or changed their settings."""
+        wanted = {}
+        for account in shard_accounts(self.shard, self.shards).only(
+                "pk", "imap_host", "imap_port", "imap_security", "username", "address", "secret_encrypted"):
+            wanted[account.pk] = account
+        for pk, conn in list(self.connections.items()):
+            account = wanted.get(pk)
+            if account is None or account.secret_encrypted != conn.target.secret or \
+                    imap_server(account) != conn.target.server or (not conn.is_alive() and not conn.refused):
+                conn.stop.set()
+                del self.connections[pk]
+        for pk, account in wanted.items():
+            if pk in self.connections or not account.imap_host:
+                continue
+            from sync.services import password_of
+
+            try:
+                password = password_of(account)
+            except Exception as error:  # noqa: BLE001 - an unreadable secret (rotated keys): the sync run records it
+                logger.warning("IDLE for account %s: its password cannot be read (%s)", pk, type(error).__name__)
+                continue
+            target = Target(pk, imap_server(account), password, account.secret_encrypted)
+            conn = Connection(target, self)
+            self.connections[pk] = conn
+            conn.start()
+
+    def connected(self) -> int:
+        return sum(1 for conn in self.connections.values() if conn.connected)
+
+    def beat(self) -> None:
+        from portal.heartbeats import record
+
+        record(heartbeat_name(self.shard, self.shards), count=self.connected())
+        touch_heartbeat_file()
+
+
+    def stop(self) -> None:
+        for conn in self.connections.values():
+            conn.stop.set()
+        for conn in self.connections.values():
+            conn.join(timeout=settings.IMAP_IDLE_CHECK_SECONDS + 5)
+        self.connections.clear()
+
+
+def touch_heartbeat_file() -> None:
+    """Touch IMAP_IDLE_HEARTBEAT_FILE (when set) for a container health check that needs no database."""
+    if settings.IMAP_IDLE_HEARTBEAT_FILE:
+        try:
+            Path(settings.IMAP_IDLE_HEARTBEAT_FILE).touch()
+        except OSError as error:
+            logger.warning("IDLE heartbeat file %s: %s", settings.IMAP_IDLE_HEARTBEAT_FILE, error.strerror)
+
+
+def imap_server(account: MailAccount) -> imap.ImapSettings:
+    from sync.services import imap_settings_of
+
+    return imap_settings_of(account)
+
+
+def claim_shard(shard: int) -> bool:
+    """Take the shard's advisory lock on this process's database connection (PostgreSQL); False if held.
+
+    Other databases (SQLite, the embedded default of one machine) have no such lock:
+    there the one supervised listener owns every shard it is started for.
+    """
+    if connection.vendor != "postgresql":
+        connection.ensure_connection()
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [IDLE_LOCK, shard])
+        return bool(cursor.fetchone()[0])
+
+
+def still_owner(shard: int) -> bool:
+    """Whether this session still holds the shard's lock (False when the database connection was lost)."""
+    try:
+        if connection.vendor != "postgresql":
+            connection.ensure_connection()
+            return True
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
+                "AND classid = %s AND objid = %s AND granted", [IDLE_LOCK, shard])
+            return cursor.fetchone()[0] == 1
+    except Exception:  # noqa: BLE001 - the connection is gone, and the lock with it
+        return False
+
+
+def serve(shard: int, shards: int, *, stop: threading.Event) -> None:
+    """Wait for the shard, then listen until `stop` is set or the shard is lost (then return).
+
+    Runs in the main thread; the database connection that holds the lock is
+    only used here (connection threads never touch the database).
+    """
+    threading.stack_size(IDLE_THREAD_STACK)
+    while not stop.is_set():
+        touch_heartbeat_file()  # a standby is alive too: its container stays healthy
+        close_old_connections()
+        try:
+            if claim_shard(shard):
+                break
+        except Exception as error:  # noqa: BLE001 - the database is down: wait, try again
+            logger.warning("IDLE shard %s/%s: cannot reach the database (%s)", shard, shards, type(error).__name__)
+            connection.close()
+        stop.wait(settings.IMAP_IDLE_REFRESH_SECONDS)
+    else:
+        return
+    logger.info("IDLE shard %s/%s claimed", shard, shards)
+    listener = Listener(shard, shards)
+    try:
+        while not stop.is_set():
+            if not still_owner(shard):
+                logger.error("IDLE shard %s/%s: lost the database lock; stopping", shard, shards)
+                return
+            try:
+                listener.refresh()
+                listener.mark_due()
+            except DatabaseError as error:  # an outage: still_owner() decides at the next tick
+                logger.warning("IDLE shard %s/%s: database error (%s)", shard, shards, type(error).__name__)
+            listener.beat()
+            for _ in range(max(1, int(settings.IMAP_IDLE_REFRESH_SECONDS * 10))):
+                listener.flush()
+                if stop.wait(0.1):
+                    break
+    finally:
+        listener.stop()

@@ -1,0 +1,177 @@
+"""Push through IMAP IDLE (sync.imap.idle, manage.py imap_idle) against the real Dovecot."""
+
+import os
+import signal
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from portal.devservers import make_message
+from portal.models import Heartbeat
+from sync import crypto, leases
+from sync.imap import idle
+from sync.models import AccountStatus, MailAccount, SyncedMessage
+from sync.runs import accounts_to_sync
+from tests.conftest import wait_for, worker_environment
+from tests.test_sync_engines import _switch_to_v3
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = dict(IMAP_IDLE_CHECK_SECONDS="1", IMAP_IDLE_REFRESH_SECONDS="1", IMAP_IDLE_SECONDS="3",
+             IMAP_IDLE_DEBOUNCE_SECONDS="0", IMAP_IDLE_BACKOFF_SECONDS="1", IMAP_IDLE_BACKOFF_MAX_SECONDS="2")
+
+
+@pytest.fixture
+def quick(settings):
+    for name, value in QUICK.items():
+        setattr(settings, name, int(value))
+    return settings
+
+
+@pytest.fixture
+def v3_account(imap_account, dovecot, mailbox, mail_settings):
+    _switch_to_v3(imap_account, dovecot, mailbox)
+    return imap_account
+
+
+def _listener(settings, dovecot, log):
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "imap_idle", "--shard", "0/1"], cwd=ROOT,
+        env=worker_environment(settings, dovecot, **QUICK), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _subjects(account):
+    return set(SyncedMessage.objects.filter(account=account).values_list("subject", flat=True))
+
+
+def _beat():
+    return Heartbeat.objects.filter(name=idle.heartbeat_name(0, 1)).values_list("seen_at", "count").first()
+
+
+def _health(client):
+    return client.get("/health/").json()["checks"]["imap_idle"]
+
+
+def test_new_mail_is_synced_by_push_and_a_killed_listener_is_replaced(
+        v3_account, dovecot, mailbox, mail_settings, celery_worker_thread, tmp_path, client):
+    # No beat runs in this test: only the listener can queue a sync.
+    assert _health(client) == {"status": "missing", "shards": 0, "connections": 0}
+    log = open(tmp_path / "idle.log", "w")
+    first = _listener(mail_settings, dovecot, log)
+    second = None
+    try:
+        wait_for(lambda: (_beat() or (None, 0))[1] == 1, timeout=30)  # the IDLE connection is up
+        assert _health(client) == {"status": "ok", "shards": 1, "connections": 1}
+        dovecot.deliver(mailbox[0], make_message(subject="push eins"))
+        wait_for(lambda: "push eins" in _subjects(v3_account), timeout=20)
+
+        second = _listener(mail_settings, dovecot, log)  # a standby: waits on the shard's lock
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+        killed_at = timezone.now()
+        # The standby takes the shard and holds the account's IDLE connection.
+        wait_for(lambda: (_beat() or (killed_at, 0))[0] > killed_at + timedelta(seconds=0.5) and _beat()[1] == 1,
+                 timeout=30)
+        dovecot.deliver(mailbox[0], make_message(subject="push zwei"))
+        wait_for(lambda: "push zwei" in _subjects(v3_account), timeout=20)
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        log.close()
+    assert "Traceback" not in (tmp_path / "idle.log").read_text()
+    Heartbeat.objects.update(seen_at=timezone.now() - timedelta(seconds=mail_settings.IMAP_IDLE_STALE_SECONDS + 1))
+    assert _health(client)["status"] == "stale"
+
+
+class _Recorder(idle.Listener):
+    def __init__(self):
+        super().__init__(0, 1)
+        self.queued = []
+
+    def _enqueue(self, account_id):
+        self.queued.append(account_id)
+
+
+def test_exists_queues_one_debounced_sync_and_a_dropped_connection_catches_up(v3_account, dovecot, mailbox, quick):
+    listener = _Recorder()
+    try:
+        listener.refresh()
+        conn = listener.connections[v3_account.pk]
+        wait_for(lambda: conn.connected, timeout=20)
+        listener.mark_due()  # the first connect made the account due (mail may have come before it)
+        assert MailAccount.objects.get(pk=v3_account.pk).sync_due_at <= timezone.now()
+        dovecot.deliver(mailbox[0], make_message(subject="eins"))
+        wait_for(lambda: listener.queued == [v3_account.pk], timeout=20)
+        dovecot.deliver(mailbox[0], make_message(subject="eins b"))
+        wait_for(lambda: listener.queued == [v3_account.pk] * 2, timeout=20)
+        assert conn.connects == 1  # reading the announcements left the connection in IDLE
+
+        # Dropped by the server side: the connection comes back and the account is made due again.
+        MailAccount.objects.filter(pk=v3_account.pk).update(sync_due_at=None)
+        conn.client._imap.sock.shutdown(2)
+        wait_for(lambda: not conn.connected, timeout=10)
+        wait_for(lambda: conn.connected, timeout=20)
+        listener.mark_due()
+        assert MailAccount.objects.get(pk=v3_account.pk).sync_due_at is not None
+        dovecot.deliver(mailbox[0], make_message(subject="zwei"))
+        wait_for(lambda: listener.queued == [v3_account.pk] * 3, timeout=20)
+        assert listener.connected() == 1 and conn.connects == 2
+    finally:
+        listener.stop()
+
+
+def test_it_stops_for_accounts_that_leave_and_never_retries_a_wrong_password(v3_account, dovecot, mailbox, quick):
+    listener = _Recorder()
+    try:
+        listener.refresh()
+        conn = listener.connections[v3_account.pk]
+        wait_for(lambda: conn.connected, timeout=20)
+        MailAccount.objects.filter(pk=v3_account.pk).update(status=AccountStatus.RECONNECT)
+        listener.refresh()
+        assert listener.connections == {}
+        conn.join(timeout=10)
+        assert not conn.is_alive()
+
+        MailAccount.objects.filter(pk=v3_account.pk).update(
+            status=AccountStatus.ACTIVE, secret_encrypted=crypto.encrypt_json({"password": "falsch"}))
+        listener.refresh()
+        wrong = listener.connections[v3_account.pk]
+        wrong.join(timeout=20)
+        assert wrong.refused and not wrong.is_alive()
+        listener.refresh()
+        assert listener.connections[v3_account.pk] is wrong  # not started again with the same secret
+        account = MailAccount.objects.get(pk=v3_account.pk)
+        assert account.status == AccountStatus.ACTIVE and account.last_sync_error == ""  # marks nothing
+        assert listener.queued == []
+    finally:
+        listener.stop()
+
+
+def test_pushed_accounts_are_polled_at_the_longer_interval(v3_account, make_account, user, quick):
+    other = make_account(user, "pop@example.com", imap_host="127.0.0.1", imap_port=993, engine="v2")
+    quick.SYNC_PUSH_POLL_SECONDS = 1800
+    MailAccount.objects.update(sync_due_at=None, sync_queued_at=None)
+    from portal.heartbeats import record
+
+    record(idle.heartbeat_name(0, 1), count=1)
+    now = timezone.now()
+    assert set(accounts_to_sync()) == {v3_account.pk, other.pk}
+    pushed = MailAccount.objects.get(pk=v3_account.pk).sync_due_at
+    polled = MailAccount.objects.get(pk=other.pk).sync_due_at
+    assert pushed - now >= timedelta(seconds=1800 * leases.DUE_FRACTION) - timedelta(seconds=5)
+    assert polled - now <= timedelta(seconds=quick.CELERY_BEAT_SYNC_SECONDS)
+
+    # A stale listener heartbeat: its accounts are polled at the normal interval again.
+    Heartbeat.objects.update(seen_at=now - timedelta(seconds=quick.IMAP_IDLE_STALE_SECONDS + 1))
+    MailAccount.objects.update(sync_due_at=None, sync_queued_at=None)
+    accounts_to_sync()
+    assert MailAccount.objects.get(pk=v3_account.pk).sync_due_at - timezone.now() <= timedelta(
+        seconds=quick.CELERY_BEAT_SYNC_SECONDS)
