@@ -14,7 +14,7 @@ from sync.runs import sync_account
 from tests.fakes.fixtures import EWS_PASSWORD, EWS_USER, fake_ews  # noqa: F401
 
 pytestmark = pytest.mark.django_db
-GERMAN = "dieses Konto darf das Postfach nicht öffnen"
+GERMAN = "darf das Postfach nicht öffnen"  # "dieser Benutzer …" (migration) or "dieses Konto …" (message page)
 ENGLISH = "may not open the mailbox"
 GENERIC = ("Die Migration ist fehlgeschlagen", "Der Inhalt dieser Nachricht konnte nicht geladen werden",
            "Exchange hat die Anmeldung abgelehnt")
