@@ -12,6 +12,7 @@ from migration.exchange import online as exchange_online
 from migration.exchange.forms import ExchangeCredentialsForm
 from migration.forms import ImapCredentialsForm
 from migration.mask import CHOICES_BY_KEY, ChoiceRefused, choose_provider, unavailable
+from migration.google import views as google_views
 from migration.microsoft import views as microsoft_views
 from migration.models import Status
 from sync import egress
@@ -142,6 +143,7 @@ def _render_detail(request, migration, form, status=200):
         "error_message": errors.message_for(migration.error_code) if migration.error_code else "",
         "nav": "settings",
         **microsoft_views.detail_context(migration, request),
+        **google_views.detail_context(migration),
     }, status=status)
 
 
