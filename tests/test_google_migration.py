@@ -216,3 +216,28 @@ def test_personal_gmail_keeps_the_app_password_route_with_its_hint(user, make_ac
     from migration.mask import CHOICES_BY_KEY
 
     assert CHOICES_BY_KEY["google"].kind == "imap" and "App-Passwort" in str(CHOICES_BY_KEY["google"].label)
+
+
+def test_a_token_gmail_refuses_mid_life_also_asks_for_a_google_reconnect(client, user, gmail, gmail_account):
+    fake, dovecot = gmail
+    account = _v3_google_account(gmail, gmail_account, client, user)
+    fake.revoke(account.address)  # the access token is still "fresh" for the portal; Dovecot asks Google: unknown
+    assert sync_account(account.pk) == 0
+    account.refresh_from_db()
+    assert (account.status, account.last_sync_error) == ("reconnect", "google_reconnect")
+
+
+def test_an_admin_who_restricts_the_app_later_puts_the_account_into_reconnect_with_the_steps(
+    client, user, gmail, gmail_account
+):
+    fake, _dovecot = gmail
+    account = _v3_google_account(gmail, gmail_account, client, user)
+    fake.admin_restricted.add(account.address.rpartition("@")[2])
+    _expire_access_token(account)  # the refresh meets admin_policy_enforced
+    assert sync_account(account.pk) == 0
+    account.refresh_from_db()
+    assert (account.status, account.last_sync_error) == ("reconnect", "google_admin_policy")
+    page = client.get(reverse("settings-mail")).content.decode()
+    assert "Google-Workspace-Verwaltung erlaubt dem CRM den Zugriff" in page
+    assert 'href="https://support.google.com/a/answer/7281227"' in page
+    assert reverse("google-reconnect", args=[account.pk]) in page

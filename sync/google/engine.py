@@ -21,7 +21,7 @@ from sync.google import oauth
 from sync.google.oauth import GoogleError
 from sync.imap import engine as imap_engine
 from sync.models import AccountStatus, MailAccount
-from sync.services import _enter_reconnect, record_sync_result
+from sync.services import enter_reconnect, record_sync_result
 
 
 def grant_of(account: MailAccount) -> dict:
@@ -48,7 +48,7 @@ def access_token_for(account: MailAccount) -> str:
     except GoogleError as error:
         if error.permanent:
             code = error.code if error.code == "google_admin_policy" else "google_reconnect"
-            _enter_reconnect(MailAccount.objects.filter(pk=account.pk, token_cache_encrypted=started_from), code)
+            enter_reconnect(MailAccount.objects.filter(pk=account.pk, token_cache_encrypted=started_from), code)
         raise
     if renewed is not grant:
         # Compare-and-swap: a re-connect while this ran keeps its own, newer grant.
@@ -65,7 +65,12 @@ def sync(account: MailAccount) -> int:
         if not error.permanent:
             record_sync_result(account_id=account.pk, error_code=error.code)
         return 0
-    return imap_engine.sync(account, access_token=access_token)
+    added = imap_engine.sync(account, access_token=access_token)
+    # Gmail refused a token Google had just issued (revoked in between): the IMAP engine put the
+    # account into "Neu verbinden" as for a refused password; the user re-connects with Google.
+    MailAccount.objects.filter(pk=account.pk, status=AccountStatus.RECONNECT, last_sync_error="auth_failed").update(
+        last_sync_error="google_reconnect")
+    return added
 
 
 def reconnect(*, account_id: int, grant: dict) -> None:
