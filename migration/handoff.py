@@ -36,15 +36,7 @@ def _hand_over_to_imap(migration: Migration, account: MailAccount, *, now) -> No
     sync_services.set_imap_credentials(account=account, server=server, password=_password(migration))
     account.provider_kind = ProviderKind.IMAP  # also when the user chose IMAP in the login mask
     _switch_to_v3(account, now=now)
-
-    def apply(state: FolderState, cursor: dict) -> None:
-        state.uidvalidity = cursor["uidvalidity"]
-        state.uidnext = cursor["uidnext"]
-        state.highestmodseq = cursor["highestmodseq"]
-        state.last_seen_uid = cursor["uidnext"] - 1
-        state.v3_synced_at = None
-
-    _set_folder_rows(account, migration.cursors, apply,
+    _set_folder_rows(account, migration.cursors, _apply_imap_cursor,
                      ["uidvalidity", "uidnext", "highestmodseq", "last_seen_uid", "v3_synced_at"])
 
 

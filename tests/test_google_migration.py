@@ -241,3 +241,22 @@ def test_an_admin_who_restricts_the_app_later_puts_the_account_into_reconnect_wi
     assert "Google-Workspace-Verwaltung erlaubt dem CRM den Zugriff" in page
     assert 'href="https://support.google.com/a/answer/7281227"' in page
     assert reverse("google-reconnect", args=[account.pk]) in page
+
+
+def test_a_verify_while_google_is_unreachable_waits_and_keeps_the_grant(client, user, gmail, gmail_account, settings):
+    from migration import steps
+    from portal.devservers import free_port
+
+    client.force_login(user)
+    migration = _migration(gmail_account)
+    _sign_in(client, migration)
+    migration.refresh_from_db()
+    secret = crypto.decrypt_json(migration.secret_encrypted)
+    Migration.objects.filter(pk=migration.pk).update(secret_encrypted=crypto.encrypt_json(
+        {"grant": {**secret["grant"], "expires_at": 0}}))  # the worker must refresh first
+    settings.GOOGLE_TOKEN_URL = f"https://127.0.0.1:{free_port()}/token"  # nobody listens
+    assert steps.run_migration(migration.pk) == "verifying"
+    migration.refresh_from_db()
+    assert (migration.status, migration.error_code, migration.step_attempts) == ("verifying", "google_unreachable", 1)
+    assert crypto.decrypt_json(migration.secret_encrypted)["grant"]["refresh_token"] == secret["grant"]["refresh_token"]
+    assert MailAccount.objects.get(pk=gmail_account.pk).engine == "v2"

@@ -6,8 +6,6 @@ every folder's cursor (migration.imap.flow), exactly as for an IMAP mailbox;
 the handoff (migration.handoff) moves the grant to the account.
 """
 
-import logging
-
 from django.conf import settings
 from django.db import transaction
 
@@ -20,7 +18,6 @@ from sync.google import oauth
 from sync.google.oauth import GoogleError
 from sync.imap.client import ImapSettings
 
-logger = logging.getLogger(__name__)
 SIGN_IN_STATUSES = (Status.AWAITING_USER,)
 
 
