@@ -36,15 +36,7 @@ def _hand_over_to_imap(migration: Migration, account: MailAccount, *, now) -> No
     sync_services.set_imap_credentials(account=account, server=server, password=_password(migration))
     account.provider_kind = ProviderKind.IMAP  # also when the user chose IMAP in the login mask
     _switch_to_v3(account, now=now)
-
-    def apply(state: FolderState, cursor: dict) -> None:
-        state.uidvalidity = cursor["uidvalidity"]
-        state.uidnext = cursor["uidnext"]
-        state.highestmodseq = cursor["highestmodseq"]
-        state.last_seen_uid = cursor["uidnext"] - 1
-        state.v3_synced_at = None
-
-    _set_folder_rows(account, migration.cursors, apply,
+    _set_folder_rows(account, migration.cursors, _apply_imap_cursor,
                      ["uidvalidity", "uidnext", "highestmodseq", "last_seen_uid", "v3_synced_at"])
 
 
@@ -131,7 +123,36 @@ def _hand_over_to_graph(migration: Migration, account: MailAccount, *, now) -> N
     _set_folder_rows(account, migration.cursors, apply, ["graph_folder_id", "delta_link", "v3_synced_at"])
 
 
+def _hand_over_to_google(migration: Migration, account: MailAccount, *, now) -> None:
+    """Google: the grant from the sign-in moves to the account, which syncs Gmail's IMAP with XOAUTH2.
+
+    The folder rows are the IMAP ones (UIDVALIDITY/UIDNEXT per folder, INBOX is
+    V2's row); v3_synced_at=None, so each folder's first run reads it whole. The
+    V2 password is dropped: Google accounts sync with the grant now.
+    """
+    from sync import crypto
+
+    connection = migration.connection
+    account.imap_host, account.imap_port = connection["host"], int(connection["port"])
+    account.imap_security, account.username = connection["security"], connection["username"]
+    account.token_cache_encrypted = crypto.encrypt_json(crypto.decrypt_json(migration.secret_encrypted)["grant"])
+    account.secret_encrypted = ""
+    account.provider_kind = ProviderKind.GOOGLE
+    _switch_to_v3(account, now=now)
+    _set_folder_rows(account, migration.cursors, _apply_imap_cursor,
+                     ["uidvalidity", "uidnext", "highestmodseq", "last_seen_uid", "v3_synced_at"])
+
+
+def _apply_imap_cursor(state: FolderState, cursor: dict) -> None:
+    state.uidvalidity = cursor["uidvalidity"]
+    state.uidnext = cursor["uidnext"]
+    state.highestmodseq = cursor["highestmodseq"]
+    state.last_seen_uid = cursor["uidnext"] - 1
+    state.v3_synced_at = None
+
+
 HAND_OVER = {
+    ProviderKind.GOOGLE: _hand_over_to_google,
     ProviderKind.IMAP: _hand_over_to_imap,
     ProviderKind.EXCHANGE: _hand_over_to_ews,
     ProviderKind.MICROSOFT: _hand_over_to_graph,

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_POST
 
 from migration import errors, proposal, selectors, services
 from migration.models import Migration, MigrationEvent, Status
+from sync.google import oauth as google_oauth
 from sync.microsoft import client as microsoft_client
 from sync.models import ProviderKind
 from sync.providers import IMAP_PROVIDERS
@@ -29,10 +30,13 @@ class Choice:
     kind: str
 
 
+# Google's IMAP entry of the table is the app-password fallback (personal Gmail with 2-Step Verification).
+_IMAP_LABELS = {"google": _("Gmail mit App-Passwort (IMAP)")}
 CHOICES = [
+    Choice("google_signin", _("Google (Gmail, Google Workspace)"), ProviderKind.GOOGLE),
     Choice("microsoft365", _("Microsoft 365 / Outlook.com"), ProviderKind.MICROSOFT),
     Choice("exchange", _("Microsoft Exchange"), ProviderKind.EXCHANGE),
-    *[Choice(p.key, p.label, ProviderKind.IMAP) for p in IMAP_PROVIDERS.values()],
+    *[Choice(p.key, _IMAP_LABELS.get(p.key, p.label), ProviderKind.IMAP) for p in IMAP_PROVIDERS.values()],
     Choice("imap_other", _("Anderer IMAP-Anbieter"), ProviderKind.IMAP),
 ]
 CHOICES_BY_KEY = {choice.key: choice for choice in CHOICES}
@@ -46,9 +50,12 @@ class ChoiceRefused(Exception):
 
 def unavailable() -> dict:
     """{choice key: why it cannot be used here}: said on the button, before anyone is sent to the provider."""
-    if microsoft_client.configured():
-        return {}
-    return {"microsoft365": errors.message_for("ms_not_configured")}
+    reasons = {}
+    if not microsoft_client.configured():
+        reasons["microsoft365"] = errors.message_for("ms_not_configured")
+    if not google_oauth.configured():
+        reasons["google_signin"] = errors.message_for("google_not_configured")
+    return reasons
 
 
 def choose_provider(*, migration: Migration, key: str, actor: str, reason: str = "", extra: dict | None = None

@@ -18,6 +18,7 @@ from django.utils import translation
 from migration import detection
 from migration.exchange import online
 from sync import egress
+from sync.google import oauth as google_oauth
 from sync.models import MailAccount, ProviderKind
 from sync.providers import APP_PASSWORD_HINT, IMAP_PROVIDERS, username_for
 
@@ -46,6 +47,10 @@ def initial(account: MailAccount) -> tuple[str, dict]:
         # Microsoft 365 turned off password sign-in for IMAP: V3 goes through Graph. Found by
         # Autodiscover, it is Exchange Online, whose EWS is being switched off: the page says why.
         return ProviderKind.MICROSOFT, {**facts, "exchange_online": result.source == "autodiscover"}
+    if result.provider == "google" and google_oauth.configured():
+        # Google refuses account passwords over IMAP: Sign in with Google (IMAP with XOAUTH2). Without
+        # an OAuth client the IMAP form below stays, for an app password.
+        return ProviderKind.GOOGLE, {**facts, "chosen": "google_signin"}
     if result.provider == "exchange" and not account.imap_host:
         return ProviderKind.EXCHANGE, _exchange(account, facts)
     # The provider V2 knew the account by beats a guess from the domain.
@@ -56,7 +61,7 @@ def initial(account: MailAccount) -> tuple[str, dict]:
 def for_choice(account: MailAccount, detected: dict, key: str, kind: str) -> dict:
     """detected after the user picked provider `key` of `kind` in the mask."""
     facts = {**detected, "chosen": key}
-    if kind == ProviderKind.MICROSOFT:
+    if kind in (ProviderKind.MICROSOFT, ProviderKind.GOOGLE):
         return facts
     if kind == ProviderKind.EXCHANGE:
         return _exchange(account, facts)

@@ -14,6 +14,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from migration import done_mail, handoff, proposal, services
 from migration.exchange import flow as exchange_flow
+from migration.google import steps as google_steps
 from migration.imap import flow as imap_flow
 from migration.microsoft import consent
 from migration.microsoft import flow as microsoft_flow
@@ -100,6 +101,9 @@ def _detecting(migration: Migration) -> None:
 def _verifying(migration: Migration) -> None:
     if migration.provider_kind == ProviderKind.MICROSOFT:
         microsoft_flow.verify(migration)
+        return
+    if migration.provider_kind == ProviderKind.GOOGLE:
+        google_steps.verify(migration, heartbeat=lambda: services.heartbeat(migration))
         return
     try:
         password = crypto.decrypt_json(migration.secret_encrypted)["password"]

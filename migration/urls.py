@@ -15,4 +15,5 @@ urlpatterns = [
     path("konto/<int:account_id>/passwort/", new_password.new_password, name="account-new-password"),
     path("erinnerungen/abbestellen/<str:token>/", unsubscribe.unsubscribe, name="reminders-unsubscribe"),
     path("microsoft/", include("migration.microsoft.urls")),
+    path("google/", include("migration.google.urls")),
 ]

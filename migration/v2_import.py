@@ -163,7 +163,9 @@ def _parse_account(index: int, item, errors: list[str]) -> AccountRow:
     where = f"accounts[{index}]"
     reader = _Reader(item, where, ACCOUNT_KEYS, errors)
     address = reader.email("address")
-    kind = reader.choice("provider_kind", list(ProviderKind.values), default=ProviderKind.IMAP)
+    # V2 never knew Google as a kind of its own (a Gmail account was IMAP there); "google" is V3's.
+    kind = reader.choice("provider_kind", [k for k in ProviderKind.values if k != ProviderKind.GOOGLE],
+                         default=ProviderKind.IMAP)
     server, password = None, ""
     # V2 polled over IMAP: an IMAP account needs its server and password; for
     # Microsoft/Exchange accounts they are optional (V3 signs in differently).

@@ -12,6 +12,8 @@ from migration.exchange import online as exchange_online
 from migration.exchange.forms import ExchangeCredentialsForm
 from migration.forms import ImapCredentialsForm
 from migration.mask import CHOICES_BY_KEY, ChoiceRefused, choose_provider, unavailable
+from migration.google import flow as google_flow
+from migration.google import views as google_views
 from migration.microsoft import views as microsoft_views
 from migration.models import Status
 from sync import attempt_queue, egress
@@ -67,6 +69,8 @@ def settings_page(request):
         rows.append({
             "account": a, "active": running, "latest": last,
             "sync_error": errors.message_for(a.last_sync_error) if a.last_sync_error else "",
+            # A Workspace admin restricts the app: the steps at Google, for the user to pass on.
+            "admin_help_url": google_flow.ADMIN_HELP_URL if a.last_sync_error == "google_admin_policy" else "",
             "migration_text": ROW_TEXT.get(running.status, "") if running else "",
             "failure": errors.message_for(last.error_code) if last and last.status == Status.FAILED and last.error_code
             else "",
@@ -143,6 +147,7 @@ def _render_detail(request, migration, form, status=200):
         "error_message": errors.message_for(migration.error_code) if migration.error_code else "",
         "nav": "settings",
         **microsoft_views.detail_context(migration, request),
+        **google_views.detail_context(migration),
     }, status=status)
 
 

@@ -16,19 +16,27 @@ def microsoft_sign_in_origin() -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def google_sign_in_origin() -> str:
+    """"https://accounts.google.com" for GOOGLE_AUTH_URL "https://accounts.google.com/o/oauth2/v2/auth"."""
+    parts = urlsplit(settings.GOOGLE_AUTH_URL)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 class PortalCSPMiddleware(CSPMiddleware):
-    """CSPMiddleware whose form-action also allows the Microsoft sign-in origin.
+    """CSPMiddleware whose form-action also allows the Microsoft and Google sign-in origins.
 
     The sign-in, admin-consent and re-connect buttons post to the portal, which
-    answers with a redirect to Microsoft; browsers check form-action on that
-    redirect too (CSP Level 3, "form-action"). MS_AUTHORITY is read per request
-    so that a changed setting (tests' local identity platform) applies at once.
+    answers with a redirect to Microsoft or Google; browsers check form-action on
+    that redirect too (CSP Level 3, "form-action"). MS_AUTHORITY and
+    GOOGLE_AUTH_URL are read per request so that a changed setting (tests'
+    local identity platforms) applies at once.
     """
 
     def get_policy_parts(self, request, response, report_only: bool = False) -> PolicyParts:
         parts = super().get_policy_parts(request, response, report_only)
         if not report_only:
             update = dict(parts.update or {})
-            update["form-action"] = [*(update.get("form-action") or []), microsoft_sign_in_origin()]
+            update["form-action"] = [*(update.get("form-action") or []), microsoft_sign_in_origin(),
+                                     google_sign_in_origin()]
             parts.update = update
         return parts

@@ -414,6 +414,10 @@ GOOGLE_CA_FILE = envstr("GOOGLE_CA_FILE", "")
 if GOOGLE_CA_FILE and not Path(GOOGLE_CA_FILE).is_file():
     raise ImproperlyConfigured(f"GOOGLE_CA_FILE: no file at {GOOGLE_CA_FILE!r}")
 GOOGLE_TIMEOUT = envint("GOOGLE_TIMEOUT", 15, minimum=1)
+# Gmail's IMAP server (https://developers.google.com/gmail/imap/imap-smtp): V3 syncs Google mailboxes
+# there with XOAUTH2. Settable for the tests' local Dovecot only.
+GOOGLE_IMAP_HOST = envstr("GOOGLE_IMAP_HOST", "imap.gmail.com")
+GOOGLE_IMAP_PORT = envint("GOOGLE_IMAP_PORT", 993, minimum=1)
 
 # --- Microsoft 365 / Outlook.com (the CRM's app in Microsoft Entra ID) ----------
 # Client id and secret of the app registration (README: "Microsoft Entra ID").

@@ -30,6 +30,8 @@ from sync import crypto, mime
 from sync.errors import MailboxError
 from sync.exchange import bodies as ews_bodies
 from sync.exchange.client import error_code as ews_error_code
+from sync.google import engine as google_engine
+from sync.google.oauth import GoogleError
 from sync.imap import bodies as imap_bodies
 from sync.microsoft import bodies as graph_bodies
 from sync.microsoft.client import MicrosoftError
@@ -118,6 +120,10 @@ def _fetch(message: SyncedMessage) -> mime.Content:
             if not account.token_cache_encrypted:
                 raise BodyUnavailable("not_connected")
             return graph_bodies.fetch_content(account, message)
+        if account.provider_kind == ProviderKind.GOOGLE:
+            if not account.token_cache_encrypted or not account.imap_host:
+                raise BodyUnavailable("not_connected")
+            return imap_bodies.fetch_content(account, message, access_token=google_engine.access_token_for(account))
         if account.provider_kind == ProviderKind.EXCHANGE:
             if not account.secret_encrypted or not account.ews_url:
                 raise BodyUnavailable("not_connected")
@@ -133,6 +139,8 @@ def _fetch(message: SyncedMessage) -> mime.Content:
         if error.code == "ms_reconnect":
             mark_reconnect(account_id=account.pk, expected=account.token_cache_encrypted)
         raise BodyUnavailable(_CODES.get(error.code, "failed")) from None
+    except GoogleError as error:
+        raise BodyUnavailable("reconnect" if error.permanent else "failed") from None
     except crypto.SecretUnreadable:
         logger.warning("Credentials of account %s cannot be decrypted with the configured keys", account.pk)
         raise BodyUnavailable("failed") from None

@@ -12,6 +12,8 @@ class ProviderKind(models.TextChoices):
     IMAP = "imap", _("IMAP")
     MICROSOFT = "microsoft", _("Microsoft 365 / Outlook.com")
     EXCHANGE = "exchange", _("Microsoft Exchange")
+    # Gmail / Google Workspace signed in with Google: IMAP with XOAUTH2 (sync.google).
+    GOOGLE = "google", _("Google (Gmail, Google Workspace)")
 
 
 class Security(models.TextChoices):
@@ -43,7 +45,8 @@ class MailAccount(models.Model):
     username = models.CharField(_("Benutzername"), max_length=255, blank=True)
     # MultiFernet ciphertext of {"password": ...}; never shown anywhere.
     secret_encrypted = models.TextField(blank=True, editable=False)
-    # Microsoft: MultiFernet ciphertext of {"cache": <MSAL token cache>, "home_account_id": ...}.
+    # Microsoft: MultiFernet ciphertext of {"cache": <MSAL token cache>, "home_account_id": ...};
+    # Google: MultiFernet ciphertext of the grant (sync.google.oauth: refresh and access token).
     token_cache_encrypted = models.TextField(blank=True, editable=False)
     # Exchange on-premises (EWS): the service URL, "ntlm" or "basic", and the
     # customer's own CA certificate (PEM, public) when the server's chain needs it.

@@ -14,6 +14,7 @@ from django.utils.module_loading import import_string
 
 from sync import leases, queue, v2
 from sync.exchange import engine as v3_ews
+from sync.google import engine as v3_google
 from sync.imap import engine as v3_imap
 from sync.imap import idle
 from sync.microsoft import engine as v3_graph
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 # The error code of a run that ended in an exception no engine expected.
 UNEXPECTED_ERROR = "sync_internal"
 # The engine module per provider kind; each has sync(account) -> new messages.
-V3_ENGINES = {"imap": v3_imap, "microsoft": v3_graph, "exchange": v3_ews}
+V3_ENGINES = {"imap": v3_imap, "microsoft": v3_graph, "exchange": v3_ews, "google": v3_google}
 
 
 def stop_v2_after_shutdown(*, v2_running: bool) -> int:

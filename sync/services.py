@@ -197,6 +197,11 @@ def _enter_reconnect(accounts, error_code: str) -> None:
     accounts.filter(status=AccountStatus.RECONNECT).update(last_sync_error=error_code)
 
 
+def enter_reconnect(accounts, error_code: str) -> None:
+    """Put the accounts of the queryset into "Neu verbinden" with error_code (one mail to each owner)."""
+    _enter_reconnect(accounts, error_code)
+
+
 def reconnect_microsoft(*, account_id: int, cache: str, home_account_id: str) -> None:
     with transaction.atomic():
         account = MailAccount.objects.select_for_update().get(pk=account_id)

@@ -127,7 +127,7 @@ def test_gunicorn_sends_the_security_headers(gunicorn):
     policy = dict(part.strip().split(" ", 1) for part in response.headers["Content-Security-Policy"].split(";"))
     assert policy["default-src"] == policy["script-src"] == policy["style-src"] == "'self'"
     assert policy["object-src"] == policy["frame-ancestors"] == policy["base-uri"] == "'none'"
-    assert policy["form-action"] == "'self' https://login.microsoftonline.com"
+    assert policy["form-action"] == "'self' https://login.microsoftonline.com https://accounts.google.com"
     assert "unsafe" not in response.headers["Content-Security-Policy"]
     permissions = response.headers["Permissions-Policy"]
     assert "camera=()" in permissions and "geolocation=()" in permissions and "microphone=()" in permissions

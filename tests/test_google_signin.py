@@ -1,6 +1,7 @@
 """Google sign-in (OAuth 2.0 code + PKCE + login_hint, offline access) against the fake Google over HTTPS.
 
-The flow functions only: the Google provider is not wired into the migration yet (README: Google).
+The flow functions only; the migration through the views, the worker and Gmail's IMAP is
+tests/test_google_migration.py.
 """
 
 import time

@@ -142,6 +142,8 @@ def test_it_says_microsoft_is_not_set_up_on_the_button(signed_in, user, make_acc
 
 def test_it_offers_microsoft_when_it_is_set_up(signed_in, user, make_account, settings):
     settings.MS_CLIENT_ID, settings.MS_CLIENT_SECRET = "client-id", "client-secret"
+    # The picker's other sign-in button (Google) is set up too: no button of the page may be disabled.
+    settings.GOOGLE_CLIENT_ID, settings.GOOGLE_CLIENT_SECRET = "google-id", "google-secret"
     migration = migration_of(make_account(user, "anna@ionos-kunde.de"), Status.AWAITING_USER)
 
     html = html_of(signed_in.get(reverse("migration-picker", args=[migration.pk])))

@@ -1,4 +1,4 @@
-"""Signing in with Google: the authorization request and its callback (no views yet, see README).
+"""Signing in with Google: the authorization request and its callback (views: migration.google.views).
 
 OAuth 2.0 for web server applications (https://developers.google.com/identity/protocols/oauth2/web-server)
 with PKCE S256 (RFC 7636), login_hint (the account's address), access_type=offline and

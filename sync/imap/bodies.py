@@ -47,9 +47,12 @@ class MessageGone(Exception):
     """No folder of the mailbox holds this message any more."""
 
 
-def fetch_content(account: MailAccount, message: SyncedMessage) -> mime.Content:
-    """The message's text, HTML (not sanitized) and attachment list. Raises MessageGone, or MailboxError (code)."""
-    client = imap.open_mailbox(imap_settings_of(account), password_of(account))
+def fetch_content(account: MailAccount, message: SyncedMessage, *, access_token: str = "") -> mime.Content:
+    """The message's text, HTML (not sanitized) and attachment list. Raises MessageGone, or MailboxError (code).
+
+    access_token: log in with XOAUTH2 instead of the stored password (Google)."""
+    password = "" if access_token else password_of(account)
+    client = imap.open_mailbox(imap_settings_of(account), password, access_token=access_token)
     try:
         return _find(client, message)
     except (OSError, imap.IMAPClientError) as error:

@@ -225,8 +225,14 @@ class ImapSettings:
     username: str
 
 
-def open_mailbox(server: ImapSettings, password: str) -> IMAPClient:
-    """Connect, secure and log in; raise MailboxError with a code on failure."""
+def open_mailbox(server: ImapSettings, password: str, *, access_token: str = "") -> IMAPClient:
+    """Connect, secure and log in; raise MailboxError with a code on failure.
+
+    access_token: log in with SASL XOAUTH2 instead of the password (Google's
+    IMAP, https://developers.google.com/gmail/imap/xoauth2-protocol: the initial
+    response "user=<user>^Aauth=Bearer <token>^A^A"); a refused token is
+    "auth_failed" like a refused password.
+    """
     context = tls_context()
     client = None
     try:
@@ -240,7 +246,10 @@ def open_mailbox(server: ImapSettings, password: str) -> IMAPClient:
             if b"STARTTLS" not in client.capabilities():
                 raise MailboxError("tls_failed", permanent=True)
             client.starttls(context)
-        client.login(server.username, password)
+        if access_token:
+            client.oauth2_login(server.username, access_token)
+        else:
+            client.login(server.username, password)
         return client
     except MailboxError:
         _close_quietly(client)

@@ -24,8 +24,10 @@ from sync.services import (
 )
 
 
-def sync(account: MailAccount) -> int:
+def sync(account: MailAccount, *, access_token: str = "") -> int:
     """One run over all syncable folders; returns the number of new messages.
+
+    access_token: log in with XOAUTH2 instead of the stored password (sync.google.engine).
 
     Errors: a login failure is recorded on the account (record_v3_failure) and
     ends the run. A folder the server refuses to open, a folder name too long
@@ -37,7 +39,8 @@ def sync(account: MailAccount) -> int:
     IMAP_MAX_MESSAGE_BYTES is recorded as skipped (too_large).
     """
     try:
-        connection = Session(imap_settings_of(account), password_of(account))
+        password = "" if access_token else password_of(account)
+        connection = Session(imap_settings_of(account), password, access_token=access_token)
     except MailboxError as error:
         record_v3_failure(account_id=account.pk, error_code=error.code)
         return 0

@@ -19,14 +19,15 @@ MAX_BAD_MESSAGES = 20
 class Session:
     """An open, logged-in connection (self.client) that can be opened again. Raises MailboxError on login."""
 
-    def __init__(self, settings: ImapSettings, password: str):
-        self.settings, self.password = settings, password
-        self.client = imap.open_mailbox(settings, password)
+    def __init__(self, settings: ImapSettings, password: str, *, access_token: str = ""):
+        # access_token: XOAUTH2 instead of the password (Google); reused for a reopen within the run.
+        self.settings, self.password, self.access_token = settings, password, access_token
+        self.client = imap.open_mailbox(settings, password, access_token=access_token)
 
     def reopen(self, folder: str):
         """A new connection with `folder` selected read-only; the old one is closed."""
         imap.close(self.client)
-        self.client = imap.open_mailbox(self.settings, self.password)
+        self.client = imap.open_mailbox(self.settings, self.password, access_token=self.access_token)
         self.client.select_folder(folder, readonly=True)
         return self.client
 

@@ -12,6 +12,12 @@ and /gmail/v1/users/me/settings/sendAs check the bearer token.
     fake.unticks_mail_scope = True            # granular consent: mail access unticked
     fake.admin_restricted.add("firma.test")   # Workspace domain whose admin blocks the app
     fake.revoke("anna@gmail.com")             # the user removes the app's access
+
+For Gmail's IMAP, a real Dovecot (tests.fakes.google_fixtures.gmail_dovecot) checks each
+XOAUTH2 token at this fake's tokeninfo endpoint (Google's
+https://oauth2.googleapis.com/tokeninfo?access_token=..., which answers the token's
+email and scope, or 400 for a token that is unknown, expired or revoked), served
+over plain HTTP on 127.0.0.1 (tokeninfo_base) so Dovecot needs no CA for it.
 """
 
 import base64
@@ -41,7 +47,7 @@ class FakeGoogle:
         self.workdir = Path(tempfile.mkdtemp(prefix="fake-google-"))
         self.cert_path, self.key_path = make_certificate(self.workdir)
         self.lock = threading.RLock()
-        self.server = None
+        self.server = self.tokeninfo_server = None
         self.reset()
 
     def reset(self):
@@ -56,6 +62,7 @@ class FakeGoogle:
             self.unticks_mail_scope = False
             self.denies = False
             self.requests: list[dict] = []
+            self.tokeninfo_checks = 0
 
     # --- test controls ---------------------------------------------------------------------------------------
     def add_user(self, address: str, *, aliases=()):
@@ -77,11 +84,18 @@ class FakeGoogle:
         handler = type("Handler", (_Handler,), {"fake": self})
         self.server = listen(handler, context, do_handshake_on_connect=False)
         serve_in_background(self.server)
+        self.tokeninfo_server = listen(handler)  # plain HTTP, for Dovecot's oauth2 passdb
+        serve_in_background(self.tokeninfo_server)
         return self
 
+    @property
+    def tokeninfo_base(self) -> str:
+        return f"http://127.0.0.1:{self.tokeninfo_server.server_address[1]}"
+
     def stop(self) -> None:
-        if self.server:
-            shut(self.server)
+        for server in (self.server, self.tokeninfo_server):
+            if server:
+                shut(server)
 
     # --- protocol ---------------------------------------------------------------------------------------------
     def authorize(self, q: dict) -> tuple[int, dict, bytes]:
@@ -156,6 +170,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.fake.requests.append({"method": "GET", "path": parts.path, "query": query})
             if parts.path == "/o/oauth2/v2/auth":
                 return self._send(*self.fake.authorize(query))
+            if parts.path == "/tokeninfo":
+                self.fake.tokeninfo_checks += 1
+                address = self.fake.access_tokens.get(query.get("access_token", ""))
+                if address is None:
+                    return self._json(400, {"error_description": "Invalid Value"})
+                return self._json(200, {"email": address, "email_verified": "true", "expires_in": "3500",
+                                        "scope": MAIL_SCOPE})
             address = self.fake.bearer(self.headers)
             if address is None:
                 return self._json(401, {"error": {"code": 401, "status": "UNAUTHENTICATED"}})
