@@ -244,23 +244,29 @@ class AttemptBudget(models.Model):
         return f"{self.key} @{self.window}: {self.attempts}"
 
     @classmethod
+    def _add(cls, *, key: str, window: int, limit: int | None = None) -> int | None:
+        """One atomic upsert adding an attempt (only below `limit`, if given); the new count, or None if refused."""
+        table, quote = cls._meta.db_table, connection.ops.quote_name
+        below = f"WHERE {quote(table)}.{quote('attempts')} < %s " if limit is not None else ""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {quote(table)} ({quote('key')}, {quote('window')}, {quote('attempts')}) "
+                f"VALUES (%s, %s, 1) ON CONFLICT ({quote('key')}, {quote('window')}) "
+                f"DO UPDATE SET {quote('attempts')} = {quote(table)}.{quote('attempts')} + 1 "
+                f"{below}RETURNING {quote('attempts')}",
+                [key, window] + ([limit] if limit is not None else []),
+            )
+            row = cursor.fetchone()
+        return row[0] if row is not None else None
+
+    @classmethod
     def take(cls, *, key: str, window: int, limit: int) -> bool:
         """Add one attempt to `key` in `window` if it holds fewer than `limit`; whether it did.
 
         One conditional upsert (INSERT ... ON CONFLICT DO UPDATE ... WHERE, PostgreSQL and SQLite >= 3.35):
         concurrent takes from any number of processes never put more than `limit` into a window.
         """
-        table, quote = cls._meta.db_table, connection.ops.quote_name
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {quote(table)} ({quote('key')}, {quote('window')}, {quote('attempts')}) "
-                f"VALUES (%s, %s, 1) ON CONFLICT ({quote('key')}, {quote('window')}) "
-                f"DO UPDATE SET {quote('attempts')} = {quote(table)}.{quote('attempts')} + 1 "
-                f"WHERE {quote(table)}.{quote('attempts')} < %s "
-                f"RETURNING {quote('attempts')}",
-                [key, window, limit],
-            )
-            return cursor.fetchone() is not None
+        return cls._add(key=key, window=window, limit=limit) is not None
 
     @classmethod
     def count(cls, *, key: str, window: int) -> int:
@@ -271,16 +277,7 @@ class AttemptBudget(models.Model):
         processes are counted exactly. The first attempt of a window deletes
         the rows of windows before the previous one.
         """
-        table, quote = cls._meta.db_table, connection.ops.quote_name
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {quote(table)} ({quote('key')}, {quote('window')}, {quote('attempts')}) "
-                f"VALUES (%s, %s, 1) ON CONFLICT ({quote('key')}, {quote('window')}) "
-                f"DO UPDATE SET {quote('attempts')} = {quote(table)}.{quote('attempts')} + 1 "
-                f"RETURNING {quote('attempts')}",
-                [key, window],
-            )
-            attempts = cursor.fetchone()[0]
+        attempts = cls._add(key=key, window=window)
         if attempts == 1:
             cls.objects.filter(window__lt=window - 1).delete()
         return attempts

@@ -149,3 +149,21 @@ def test_a_trickling_answer_from_the_token_endpoint_is_cut_at_the_time_cap(cappe
     with pytest.raises(MicrosoftError) as error:
         ms_client.prove_admin_consent(CONTOSO)
     assert error.value.code == "ms_too_slow"
+
+
+# --- Google: token endpoint and Gmail API ---------------------------------------------------------------------
+
+
+def test_a_compressed_bomb_from_google_is_stopped_and_a_trickle_is_cut(settings, web):  # noqa: F811
+    from sync.google import oauth
+    from sync.google.oauth import GoogleError
+
+    settings.GOOGLE_CLIENT_ID, settings.GOOGLE_CLIENT_SECRET, settings.GOOGLE_TIMEOUT = "id", "secret", 1
+    server = web({"/token": bomb_route(), "/gmail/v1/users/me/settings/sendAs": drip_route()})
+    settings.GOOGLE_TOKEN_URL, settings.GOOGLE_GMAIL_URL = server.url("/token"), server.url("")
+    raised, peak = peak_of(lambda: oauth.token_request({"grant_type": "refresh_token", "refresh_token": "x"}))
+    assert isinstance(raised, GoogleError) and raised.code == "google_protocol" and not raised.permanent
+    assert peak < PEAK_BOUND
+    with pytest.raises(GoogleError) as slow:
+        oauth.send_as_addresses("token")
+    assert slow.value.code == "google_unreachable"  # cut after 4 × GOOGLE_TIMEOUT, not after the whole drip

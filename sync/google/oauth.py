@@ -26,6 +26,8 @@ import time
 import requests
 from django.conf import settings
 
+from sync import http_caps
+
 SCOPES = ("openid", "email", "https://mail.google.com/")
 # A token that expires within this many seconds is refreshed before use.
 EXPIRY_MARGIN = 60
@@ -52,19 +54,10 @@ def token_request(form: dict) -> dict:
     The client authenticates with client_secret in the body (client_secret_post, as Google documents).
     """
     data = {**form, "client_id": settings.GOOGLE_CLIENT_ID, "client_secret": settings.GOOGLE_CLIENT_SECRET}
-    try:
-        response = requests.post(settings.GOOGLE_TOKEN_URL, data=data, timeout=settings.GOOGLE_TIMEOUT,
-                                 verify=_verify(), allow_redirects=False)
-    except requests.RequestException:
-        raise GoogleError("google_unreachable", permanent=False) from None
+    response = _call("POST", settings.GOOGLE_TOKEN_URL, data=data)
     if response.status_code >= 500 or response.status_code == 429:
         raise GoogleError("google_unreachable", permanent=False)
-    try:
-        body = response.json()
-    except ValueError:
-        raise GoogleError("google_protocol", permanent=False) from None
-    if not isinstance(body, dict):
-        raise GoogleError("google_protocol", permanent=False)
+    body = _json_object(response)
     if response.status_code != 200 or "error" in body:
         raise error_for(str(body.get("error", "")))
     if not isinstance(body.get("access_token"), str):
@@ -118,16 +111,44 @@ def send_as_addresses(access_token: str) -> list[str]:
 
 
 def _get_json(url: str, access_token: str) -> dict:
-    try:
-        response = requests.get(url, headers={"Authorization": f"Bearer {access_token}"},
-                                timeout=settings.GOOGLE_TIMEOUT, verify=_verify(), allow_redirects=False)
-    except requests.RequestException:
-        raise GoogleError("google_unreachable", permanent=False) from None
+    response = _call("GET", url, headers={"Authorization": f"Bearer {access_token}"})
     if response.status_code == 401:
         raise GoogleError("google_reconnect", permanent=True)
     if response.status_code != 200:
         raise GoogleError("google_unreachable" if response.status_code >= 500 or response.status_code == 429
                           else "google_protocol", permanent=False)
+    return _json_object(response)
+
+
+# Google's answers here are small JSON documents. Like every answer from a provider's host (issue 10), they are
+# read with a byte cap (after decompression: a gzip bomb stops at it) and a time cap for the whole request.
+MAX_RESPONSE_BYTES = 1024 * 1024
+MAX_RESPONSE_SECONDS_FACTOR = 4  # the whole request may take this many GOOGLE_TIMEOUTs (each bounds one wait)
+
+
+def _call(method: str, url: str, **kwargs) -> requests.Response:
+    """One request to Google, its body read under the caps. GoogleError: google_unreachable (network, too slow)
+    or google_protocol (an answer over MAX_RESPONSE_BYTES)."""
+    session = requests.Session()
+    adapter = http_caps.WatchedAdapter()  # connections the deadline can shut down
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    try:
+        with http_caps.deadline(settings.GOOGLE_TIMEOUT * MAX_RESPONSE_SECONDS_FACTOR):
+            response = session.request(method, url, timeout=settings.GOOGLE_TIMEOUT, verify=_verify(),
+                                       allow_redirects=False, stream=True, **kwargs)
+            http_caps.read_body(response, max_bytes=MAX_RESPONSE_BYTES)
+    except http_caps.TooLarge:
+        raise GoogleError("google_protocol", permanent=False) from None
+    except (http_caps.TooSlow, requests.RequestException):
+        raise GoogleError("google_unreachable", permanent=False) from None
+    finally:
+        session.close()
+    return response
+
+
+def _json_object(response: requests.Response) -> dict:
+    """The answer's JSON object; GoogleError google_protocol when it is not one."""
     try:
         body = response.json()
     except ValueError:
