@@ -7,8 +7,8 @@ Celery broker (starting a migration queues a task). Reported but not required
 beat's last tick. Web processes keep serving pages without them, and a load
 balancer or compose restarting the web server would not bring them back; the
 worker and beat have their own container health checks (docker-compose.yml).
-Informational only: the IMAP IDLE listener ("imap_idle": live shards and the IDLE
-connections they hold, from their heartbeat rows); without it mail still arrives
+Informational only: the IMAP IDLE listener ("imap_idle": live shards, the IDLE
+connections and the EWS pull subscriptions they hold, from their heartbeat rows); without it mail still arrives
 by polling, so it never changes the status.
 """
 
@@ -39,7 +39,8 @@ def report() -> tuple[int, dict]:
                       "worker": {"status": "ok" | "stale" | "missing" | "unknown", "age_seconds": int | None},
                       "beat": {...},
                       "imap_idle": {"status": "ok" | "stale" | "missing" | "unknown",
-                                    "shards": int, "connections": int | None}}}
+                                    "shards": int, "connections": int | None,
+                                    "ews_subscriptions": int | None}}}
     Ages are whole seconds since the last heartbeat; "unknown" when the database is down.
     """
     checks = {
@@ -115,13 +116,16 @@ def _heartbeats(*, database_up: bool) -> dict:
 
 def _imap_idle(*, database_up: bool) -> dict:
     """The IMAP IDLE listener shards with a heartbeat fresher than IMAP_IDLE_STALE_SECONDS, and
-    the IDLE connections they hold (sync.imap.idle). "stale": rows exist, none is fresh."""
+    the IDLE connections and EWS pull subscriptions they hold (sync.imap.idle: one "imap_idle:i/N" and one
+    "ews_pull:i/N" row per shard). "stale": rows exist, none is fresh. One query."""
     from portal.models import Heartbeat
 
     if not database_up:
-        return {"status": "unknown", "shards": 0, "connections": None}
-    rows = list(Heartbeat.objects.filter(name__startswith="imap_idle:").values_list("seen_at", "count"))
+        return {"status": "unknown", "shards": 0, "connections": None, "ews_subscriptions": None}
+    rows = list(Heartbeat.objects.filter(name__regex=r"^(imap_idle|ews_pull):").values_list("name", "seen_at", "count"))
     fresh_after = timezone.now() - timedelta(seconds=settings.IMAP_IDLE_STALE_SECONDS)
-    fresh = [count for seen_at, count in rows if seen_at >= fresh_after]
-    status = "ok" if fresh else ("stale" if rows else "missing")
-    return {"status": status, "shards": len(fresh), "connections": sum(fresh)}
+    idle = [(seen_at, count) for name, seen_at, count in rows if name.startswith("imap_idle:")]
+    fresh = [count for seen_at, count in idle if seen_at >= fresh_after]
+    ews = sum(count for name, seen_at, count in rows if name.startswith("ews_pull:") and seen_at >= fresh_after)
+    status = "ok" if fresh else ("stale" if idle else "missing")
+    return {"status": status, "shards": len(fresh), "connections": sum(fresh), "ews_subscriptions": ews}

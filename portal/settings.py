@@ -302,6 +302,13 @@ IMAP_IDLE_BACKOFF_MAX_SECONDS = envint("IMAP_IDLE_BACKOFF_MAX_SECONDS", 600, min
 IMAP_IDLE_MAX_PER_DESTINATION = envint("IMAP_IDLE_MAX_PER_DESTINATION", 2000, minimum=1)
 # Touched at each listener heartbeat (and while a standby waits), for docker-compose's health check.
 IMAP_IDLE_HEARTBEAT_FILE = envstr("IMAP_IDLE_HEARTBEAT_FILE", "")
+# Exchange (EWS) accounts in the same listener: a pull subscription on the Inbox, asked for events
+# (GetEvents) every EWS_PULL_SECONDS; Exchange drops a subscription not asked for EWS_PULL_TIMEOUT_MINUTES
+# (1-1440, Microsoft: PullSubscriptionRequest "Timeout"), so a dead listener leaves nothing behind for long.
+EWS_PULL_SECONDS = envint("EWS_PULL_SECONDS", 15, minimum=1)
+EWS_PULL_TIMEOUT_MINUTES = envint("EWS_PULL_TIMEOUT_MINUTES", 10, minimum=1)
+if EWS_PULL_TIMEOUT_MINUTES > 1440 or EWS_PULL_TIMEOUT_MINUTES * 60 <= EWS_PULL_SECONDS:
+    raise ImproperlyConfigured("EWS_PULL_TIMEOUT_MINUTES must be at most 1440 and longer than EWS_PULL_SECONDS")
 # The poll interval of accounts a live listener covers (polling stays as the safety net).
 SYNC_PUSH_POLL_SECONDS = envint("SYNC_PUSH_POLL_SECONDS", 1800, minimum=5)
 

@@ -44,7 +44,7 @@ class MailAccountAdmin(admin.ModelAdmin):
     search_fields = ("address", "owner__email")
     # secret_encrypted is not editable and therefore never in a form or list.
     readonly_fields = ("engine", "last_sync_at", "last_sync_error", "last_sync_error_text", "v2_stopped_at",
-                       "sync_lease_until", "sync_queued_at", "skipped_messages")
+                       "push_error", "sync_lease_until", "sync_queued_at", "skipped_messages")
 
     @admin.display(description=_("Fehlermeldung"))
     def last_sync_error_text(self, obj):

@@ -56,6 +56,10 @@ class MailAccount(models.Model):
     last_sync_at = models.DateTimeField(_("Letzte Synchronisierung"), null=True, blank=True)
     last_sync_error = models.CharField(_("Letzter Fehler"), max_length=300, blank=True)
     v2_stopped_at = models.DateTimeField(_("V2 gestoppt am"), null=True, blank=True)
+    # Why push cannot serve this account (a code, e.g. "ews_push_unsupported": the Exchange server refused
+    # notifications): it stays on normal polling. Written by the push listener (sync.exchange.push), cleared
+    # when the account's connection settings are set again.
+    push_error = models.CharField(_("Push-Fehler"), max_length=40, blank=True, editable=False)
     # When the account last entered "Neu verbinden", and when its owner got the follow-up mail for that
     # (sync.notifications.send_reconnect_followups: one follow-up per time it entered, claimed by compare-and-swap).
     reconnect_since = models.DateTimeField(_("Neu verbinden nötig seit"), null=True, blank=True, editable=False)

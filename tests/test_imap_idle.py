@@ -61,13 +61,13 @@ def _health(client):
 def test_new_mail_is_synced_by_push_and_a_killed_listener_is_replaced(
         v3_account, dovecot, mailbox, mail_settings, celery_worker_thread, tmp_path, client):
     # No beat runs in this test: only the listener can queue a sync.
-    assert _health(client) == {"status": "missing", "shards": 0, "connections": 0}
+    assert _health(client) == {"status": "missing", "shards": 0, "connections": 0, "ews_subscriptions": 0}
     log = open(tmp_path / "idle.log", "w")
     first = _listener(mail_settings, dovecot, log)
     second = None
     try:
         wait_for(lambda: (_beat() or (None, 0))[1] == 1, timeout=30)  # the IDLE connection is up
-        assert _health(client) == {"status": "ok", "shards": 1, "connections": 1}
+        assert _health(client) == {"status": "ok", "shards": 1, "connections": 1, "ews_subscriptions": 0}
         dovecot.deliver(mailbox[0], make_message(subject="push eins"))
         wait_for(lambda: "push eins" in _subjects(v3_account), timeout=20)
 

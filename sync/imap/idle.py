@@ -25,6 +25,13 @@ and by the fan-out (pushed accounts are polled every SYNC_PUSH_POLL_SECONDS).
 A wrong password is not retried and marks nothing: the account's sync run records the
 error and the re-connect flow asks the user; once the stored secret changes the
 listener tries again.
+
+V3 Exchange (EWS) accounts are served by the same listener (one shard, lock, heartbeat
+and per-destination cap for both): each gets a sync.exchange.push.EwsWatch thread in
+place of an IDLE connection, holding a pull subscription on its Inbox. An account whose
+server refuses notifications is recorded with MailAccount.push_error and left out of
+the shard (it stays on normal polling). Each owner also writes an "ews_pull:i/N"
+heartbeat row with its live EWS subscriptions, read by /health/.
 """
 
 import logging
@@ -45,6 +52,9 @@ from django.utils import timezone
 from sync import queue
 from sync.egress import ascii_host
 from sync.errors import MailboxError
+from sync.exchange.client import EwsSettings
+from sync.exchange.client import settings_of as ews_settings_of
+from sync.exchange.push import EwsWatch
 from sync.imap import client as imap
 from sync.models import AccountStatus, MailAccount
 
@@ -53,6 +63,8 @@ logger = logging.getLogger(__name__)
 # Any constant: the advisory lock class of the listener shards (the shard number is the second key).
 IDLE_LOCK = 0x1D_1E_15
 HEARTBEAT_PREFIX = "imap_idle:"
+EWS_HEARTBEAT_PREFIX = "ews_pull:"  # the same shard's count of EWS subscriptions (Heartbeat has one count)
+PUSH_KINDS = ("imap", "exchange")
 IDLE_THREAD_STACK = 512 * 1024
 
 
@@ -61,9 +73,12 @@ def heartbeat_name(shard: int, shards: int) -> str:
 
 
 def shard_accounts(shard: int, shards: int):
-    """The V3 IMAP accounts this shard listens for: a MailAccount queryset (id % shards == shard)."""
+    """The V3 IMAP and Exchange accounts this shard listens for: a MailAccount queryset (id % shards == shard).
+
+    Accounts with a push_error (their server refused notifications) are left out: they stay on normal polling.
+    """
     return (
-        MailAccount.objects.filter(engine="v3", provider_kind="imap")
+        MailAccount.objects.filter(engine="v3", provider_kind__in=PUSH_KINDS, push_error="")
         .exclude(status__in=(AccountStatus.STOPPED, AccountStatus.RECONNECT))
         .alias(shard_no=Mod(F("pk"), shards)).filter(shard_no=shard)
     )
@@ -86,10 +101,10 @@ def pushed_accounts_q(now) -> Q | None:
 
 @dataclass
 class Target:
-    """What one IDLE connection needs; `secret` is the encrypted column, to notice a new password."""
+    """What one IDLE connection (or EWS watch) needs; `secret` is the encrypted column, to notice a new password."""
 
     account_id: int
-    server: imap.ImapSettings
+    server: "imap.ImapSettings | EwsSettings"
     password: str = field(repr=False)
     secret: str = field(repr=False)
 
@@ -309,19 +324,23 @@ class Listener:
                          account_id, type(error).__name__)
 
     def refresh(self) -> None:
-        """Start connections for new accounts, stop those that left V3/IMAP or changed their settings."""
+        """Start connections for new accounts, stop those that left V3/IMAP/Exchange or changed their settings;
+        record push_error for EWS accounts whose server refused notifications (they leave the shard)."""
+        self._record_unsupported()
         wanted = {}
         for account in shard_accounts(self.shard, self.shards).only(
-                "pk", "imap_host", "imap_port", "imap_security", "username", "address", "secret_encrypted"):
+                "pk", "provider_kind", "imap_host", "imap_port", "imap_security", "username", "address",
+                "secret_encrypted", "ews_url", "ews_auth_type", "tls_ca_pem"):
             wanted[account.pk] = account
         for pk, conn in list(self.connections.items()):
             account = wanted.get(pk)
             if account is None or account.secret_encrypted != conn.target.secret or \
-                    imap_server(account) != conn.target.server or (not conn.is_alive() and not conn.refused):
+                    server_of(account) != conn.target.server or (not conn.is_alive() and not conn.refused):
                 conn.stop.set()
                 del self.connections[pk]
         for pk, account in wanted.items():
-            if pk in self.connections or not account.imap_host:
+            if pk in self.connections or not (account.ews_url if account.provider_kind == "exchange"
+                                              else account.imap_host):
                 continue
             from sync.services import password_of
 
@@ -330,18 +349,32 @@ class Listener:
             except Exception as error:  # noqa: BLE001 - an unreadable secret (rotated keys): the sync run records it
                 logger.warning("IDLE for account %s: its password cannot be read (%s)", pk, type(error).__name__)
                 continue
-            target = Target(pk, imap_server(account), password, account.secret_encrypted)
-            conn = Connection(target, self)
+            target = Target(pk, server_of(account), password, account.secret_encrypted)
+            conn = (EwsWatch if account.provider_kind == "exchange" else Connection)(target, self)
             self.connections[pk] = conn
             conn.start()
 
+    def _record_unsupported(self) -> None:
+        """EWS watches that ended because the server refuses notifications: their code goes on the account
+        (one UPDATE per code), which takes it out of the shard; it stays on normal polling."""
+        ended = [(pk, conn.unsupported) for pk, conn in self.connections.items()
+                 if getattr(conn, "unsupported", "") and not conn.is_alive()]
+        for pk, code in ended:
+            MailAccount.objects.filter(pk=pk, push_error="").update(push_error=code)
+
     def connected(self) -> int:
-        return sum(1 for conn in self.connections.values() if conn.connected)
+        """IMAP IDLE connections up now."""
+        return sum(1 for conn in self.connections.values() if conn.connected and not isinstance(conn, EwsWatch))
+
+    def subscribed(self) -> int:
+        """EWS pull subscriptions held now."""
+        return sum(1 for conn in self.connections.values() if conn.connected and isinstance(conn, EwsWatch))
 
     def beat(self) -> None:
         from portal.heartbeats import record
 
         record(heartbeat_name(self.shard, self.shards), count=self.connected())
+        record(f"{EWS_HEARTBEAT_PREFIX}{self.shard}/{self.shards}", count=self.subscribed())
         touch_heartbeat_file()
 
 
@@ -362,7 +395,10 @@ def touch_heartbeat_file() -> None:
             logger.warning("IDLE heartbeat file %s: %s", settings.IMAP_IDLE_HEARTBEAT_FILE, error.strerror)
 
 
-def imap_server(account: MailAccount) -> imap.ImapSettings:
+def server_of(account: MailAccount) -> "imap.ImapSettings | EwsSettings":
+    """The connection settings the account's watcher uses (IMAP, or EWS for provider_kind "exchange")."""
+    if account.provider_kind == "exchange":
+        return ews_settings_of(account)
     from sync.services import imap_settings_of
 
     return imap_settings_of(account)
