@@ -191,3 +191,38 @@ def test_forged_and_unknown_events_do_nothing_harmful(account, fake_ews):  # noq
         assert watch.connects == 1 and watch.resubscribed == 0 and watch.connected
     finally:
         listener.stop()
+
+
+def test_the_per_destination_cap_counts_ews_subscriptions(account, fake_ews, make_account, user, quick):  # noqa: F811
+    second = _exchange_account(make_account, user, fake_ews, address="bernd@firma.test")
+    quick.IMAP_IDLE_MAX_PER_DESTINATION = 1
+    listener = _Recorder()
+    try:
+        listener.refresh()
+        wait_for(lambda: listener.subscribed() == 1, timeout=20)
+        asked = fake_ews.calls.count("GetEvents")
+        wait_for(lambda: fake_ews.calls.count("GetEvents") >= asked + 3, timeout=20)
+        assert listener.subscribed() == 1 and len(fake_ews.notify.subscriptions) == 1
+        assert fake_ews.calls.count("Subscribe") == 1  # the other account waited for a free slot
+        held = next(pk for pk, conn in listener.connections.items() if conn.connected)
+        listener.connections[held].stop.set()  # the slot is given back: the other account takes it
+        wait_for(lambda: listener.connections[({account.pk, second.pk} - {held}).pop()].connected, timeout=20)
+    finally:
+        listener.stop()
+
+
+def test_a_watermark_the_server_refuses_is_a_lost_subscription(account, fake_ews):  # noqa: F811
+    listener = _Recorder()
+    try:
+        listener.refresh()
+        watch = listener.connections[account.pk]
+        wait_for(lambda: watch.connected, timeout=20)
+        with fake_ews._lock:
+            # A server restored from backup: it knows the subscription, but not the watermark it issued.
+            next(iter(fake_ews.notify.subscriptions.values()))["issued"] = -1
+        wait_for(lambda: watch.resubscribed == 1, timeout=20)
+        fake_ews.deliver("inbox", subject="neu")
+        wait_for(lambda: listener.queued == [account.pk], timeout=20)
+        assert watch.connects == 1
+    finally:
+        listener.stop()
