@@ -175,3 +175,32 @@ def test_pushed_accounts_are_polled_at_the_longer_interval(v3_account, make_acco
     accounts_to_sync()
     assert MailAccount.objects.get(pk=v3_account.pk).sync_due_at - timezone.now() <= timedelta(
         seconds=quick.CELERY_BEAT_SYNC_SECONDS)
+
+
+def test_notify_watches_the_other_synced_folders_on_one_connection(v3_account, dovecot, mailbox, quick):
+    # RFC 5465 against the real Dovecot: mail filed into another folder triggers a sync too.
+    for folder in ("Kunden", "Drafts"):
+        dovecot.deliver(mailbox[0], make_message(subject=f"alt {folder}"), folder=folder)
+    listener = _Recorder()
+    try:
+        listener.refresh()
+        conn = listener.connections[v3_account.pk]
+        wait_for(lambda: conn.connected and conn.watched is not None, timeout=20)
+        assert conn.client.has_capability("NOTIFY")  # Dovecot 2.3 offers it once signed in
+        assert conn.watched == ["Kunden"]  # the folders the sync reads; never Drafts (autosaves)
+        dovecot.deliver(mailbox[0], make_message(subject="gefiltert"), folder="Kunden")
+        wait_for(lambda: listener.queued == [v3_account.pk], timeout=20)
+        dovecot.deliver(mailbox[0], make_message(subject="Entwurf"), folder="Drafts")
+        dovecot.deliver(mailbox[0], make_message(subject="eingang"), folder="INBOX")
+        wait_for(lambda: listener.queued == [v3_account.pk] * 2, timeout=20)  # INBOX once; Drafts nothing
+        with dovecot.client(mailbox[0]) as other:  # an expunge in a watched folder is no new mail
+            other.select_folder("Kunden")
+            other.delete_messages(other.search("ALL"))
+            other.expunge()
+        dovecot.deliver(mailbox[0], make_message(subject="noch einer"), folder="INBOX")
+        # The server sends its announcements in order: once the INBOX one is seen, the expunge's was too.
+        wait_for(lambda: len(listener.queued) >= 3, timeout=20)
+        assert listener.queued == [v3_account.pk] * 3
+        assert conn.connects == 1
+    finally:
+        listener.stop()

@@ -4,6 +4,8 @@ One listener process serves one shard of the V3 IMAP accounts (account id % N ==
 with one IDLE connection per account on the INBOX (RFC 2177). An untagged EXISTS or
 RECENT during IDLE queues sync.queue.enqueue_sync(account) (debounced per account);
 the notification is never trusted as content, the ordinary sync run reads the mailbox.
+Where the server offers NOTIFY (RFC 5465), the same connection also hears of new mail
+in the other synced folders (an untagged STATUS; sync.imap.notify).
 
 Why threads over imapclient rather than an asyncio client (aioimaplib): every connection
 goes through sync.imap.client.open_mailbox, the same code the sync runs use, so the
@@ -56,6 +58,7 @@ from sync.exchange.client import EwsSettings
 from sync.exchange.client import settings_of as ews_settings_of
 from sync.exchange.push import EwsWatch
 from sync.imap import client as imap
+from sync.imap import notify
 from sync.models import AccountStatus, MailAccount
 
 logger = logging.getLogger(__name__)
@@ -138,6 +141,7 @@ class Connection(threading.Thread):
         self.refused = False  # a wrong password: not retried until the secret changes
         self.client = None
         self.connects = 0  # successful logins, for tests and logs
+        self.watched: list[str] | None = None  # folders besides INBOX under NOTIFY; None: plain IDLE
 
     def run(self) -> None:
         failures = 0
@@ -182,13 +186,18 @@ class Connection(threading.Thread):
     def _idle(self, client) -> None:
         client.select_folder("INBOX", readonly=True)
         client._imap.file = _SocketReader(client._imap.sock)  # nothing is buffered after the tagged OK
+        statuses = notify.NewMail()
         while not self.stop.is_set():
+            # RFC 5465 where offered: the other synced folders announce new mail too (sync.imap.notify).
+            self.watched = notify.watch_folders(client)
             client.idle()
             started = time.monotonic()
             # RFC 2177: servers may drop an IDLE after 30 minutes; leave and re-enter it earlier.
             while not self.stop.is_set() and time.monotonic() - started < settings.IMAP_IDLE_SECONDS:
                 responses = _idle_check(client)
-                if any(len(r) > 1 and r[1] in (b"EXISTS", b"RECENT") for r in responses):
+                # Every STATUS is looked at (not any(): it keeps each folder's UIDNEXT).
+                news = [statuses.announced(r) or (len(r) > 1 and r[1] in (b"EXISTS", b"RECENT")) for r in responses]
+                if any(news):
                     self.listener.trigger(self.target.account_id)
             client.idle_done()
 
