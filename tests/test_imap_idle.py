@@ -204,3 +204,36 @@ def test_notify_watches_the_other_synced_folders_on_one_connection(v3_account, d
         assert conn.connects == 1
     finally:
         listener.stop()
+
+
+@pytest.fixture
+def dovecot_without_notify():
+    from portal.devservers import Dovecot
+
+    server = Dovecot({}, pool_size=2, extra_config="imap_capability = IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE\n")
+    yield server.start()
+    server.stop()
+
+
+def test_a_server_without_notify_keeps_the_plain_inbox_idle(dovecot_without_notify, make_account, user, settings,
+                                                            quick):
+    server = dovecot_without_notify
+    settings.EGRESS_ALLOW_NETWORKS, settings.MAIL_TLS_CA_FILE = ["127.0.0.1/32"], str(server.cert_path)
+    address, password = server.take_mailbox()
+    server.deliver(address, make_message(subject="alt"), folder="Kunden")
+    account = make_account(user, address, imap_host="127.0.0.1", imap_port=server.tls_port, imap_security="ssl",
+                           username=address, secret_encrypted=crypto.encrypt_json({"password": password}))
+    _switch_to_v3(account, server, (address, password))
+    listener = _Recorder()
+    try:
+        listener.refresh()
+        conn = listener.connections[account.pk]
+        wait_for(lambda: conn.connected, timeout=20)
+        assert not conn.client.has_capability("NOTIFY")
+        server.deliver(address, make_message(subject="gefiltert"), folder="Kunden")  # waits for the poll
+        server.deliver(address, make_message(subject="eingang"), folder="INBOX")
+        wait_for(lambda: len(listener.queued) >= 1, timeout=20)
+        # The IDLE that announced it began after the NOTIFY decision: plain IDLE, nothing else watched.
+        assert conn.watched is None and listener.queued == [account.pk] and conn.connects == 1
+    finally:
+        listener.stop()
