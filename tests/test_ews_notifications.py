@@ -226,3 +226,36 @@ def test_a_watermark_the_server_refuses_is_a_lost_subscription(account, fake_ews
         assert watch.connects == 1
     finally:
         listener.stop()
+
+
+def test_the_listener_command_serves_exchange_accounts(account, fake_ews, celery_worker_thread, settings,  # noqa: F811
+                                                       tmp_path):
+    """manage.py imap_idle as deployed: a separate process, its own database connection and heartbeat."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from portal.models import Heartbeat
+    from tests.conftest import worker_environment
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text(fake_ews.cert_pem)
+    env = worker_environment(settings, SimpleNamespace(cert_path=ca), EWS_PULL_SECONDS="1",
+                             IMAP_IDLE_REFRESH_SECONDS="1", IMAP_IDLE_DEBOUNCE_SECONDS="0")
+    log = open(tmp_path / "listener.log", "w")
+    process = subprocess.Popen([sys.executable, "manage.py", "imap_idle", "--shard", "0/1"],
+                               cwd=Path(__file__).resolve().parent.parent, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: Heartbeat.objects.filter(name="ews_pull:0/1", count=1).exists(), timeout=30)
+        fake_ews.deliver("inbox", subject="über den Dienst")
+        wait_for(lambda: "über den Dienst" in _subjects(account), timeout=20)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+        log.close()
+    assert "Traceback" not in (tmp_path / "listener.log").read_text()
+    assert "Unsubscribe" in fake_ews.calls  # a clean stop leaves no subscription behind
