@@ -365,7 +365,7 @@ class Listener:
 
     def _record_unsupported(self) -> None:
         """EWS watches that ended because the server refuses notifications: their code goes on the account
-        (one UPDATE per code), which takes it out of the shard; it stays on normal polling."""
+        (one UPDATE per account), which takes it out of the shard; it stays on normal polling."""
         ended = [(pk, conn.unsupported) for pk, conn in self.connections.items()
                  if getattr(conn, "unsupported", "") and not conn.is_alive()]
         for pk, code in ended:
