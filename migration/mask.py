@@ -63,7 +63,9 @@ def choose_provider(*, migration: Migration, key: str, actor: str, reason: str =
     """Switch the login step to another provider (compare-and-swap on the step).
 
     reason: what the event trail says (default "provider chosen: <key>"); extra: facts merged
-    into Migration.detected (e.g. {"exchange_online": True} for the Microsoft step's explanation)."""
+    into Migration.detected (e.g. {"exchange_online": True} for the Microsoft step's explanation).
+    The previous login's error goes with it: a refused Google sign-in must not greet the user
+    again on the IMAP form, nor after they come back to Google."""
     reason = reason or f"provider chosen: {key}"
     choice = CHOICES_BY_KEY.get(key)
     if choice is None or migration.status not in CHOOSABLE:
@@ -73,13 +75,13 @@ def choose_provider(*, migration: Migration, key: str, actor: str, reason: str =
     if migration.status == Status.AWAITING_ADMIN_CONSENT and choice.kind != ProviderKind.MICROSOFT:
         # Leaving the wait for a Microsoft admin: the new provider's step is a plain login step.
         try:
-            return services.transition(migration, to=Status.AWAITING_USER, reason=reason,
-                                       actor=actor, provider_kind=choice.kind, detected=detected, connection={})
+            return services.transition(migration, to=Status.AWAITING_USER, reason=reason, actor=actor,
+                                       provider_kind=choice.kind, detected=detected, connection={}, error_code="")
         except services.TransitionConflict:
             raise ChoiceRefused(key) from None
     with transaction.atomic():
         changed = Migration.objects.filter(pk=migration.pk, status=migration.status).update(
-            provider_kind=choice.kind, detected=detected, connection={}
+            provider_kind=choice.kind, detected=detected, connection={}, error_code=""
         )
         if not changed:
             raise ChoiceRefused(key)
