@@ -57,7 +57,7 @@ AUTODISCOVER_REQUEST = (
 SPECIAL_USE_TLDS = ("localhost", "invalid")
 ASKS_FOR_LOGIN = re.compile(r"ntlm|negotiate|basic", re.I)
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-CACHE_VERSION = 3  # 2: the market table (new providers, MX host overrides); 3: MX user-name forms
+CACHE_VERSION = 3  # 2: the market table (new providers, MX host overrides); 3: Host Europe, Mittwald, GMX business
 
 
 @dataclass
@@ -144,7 +144,7 @@ def _detect_domain(domain: str, address: str) -> tuple[dict, bool]:
         rule = _rule_for_mx(host)
         if rule:
             imap_host = host if rule.host == "{mx}" else rule.host
-            return _facts(rule.provider, "mx", mx=mx, imap_host=imap_host, username_form=rule.username_form), True
+            return _facts(rule.provider, "mx", mx=mx, imap_host=imap_host), True
     if settings.DETECTION_HTTP_LOOKUPS:
         found, answered = _http_lookups(domain, address, mx)
         definitive = definitive and answered
@@ -156,12 +156,11 @@ def _detect_domain(domain: str, address: str) -> tuple[dict, bool]:
     return {"provider": "unknown", "candidates": [], "source": "none", "mx": []}, definitive
 
 
-def _facts(provider: str, source: str, *, mx=(), server: dict | None = None, imap_host: str = "",
-           username_form: str = "") -> dict:
+def _facts(provider: str, source: str, *, mx=(), server: dict | None = None, imap_host: str = "") -> dict:
     if server is None and provider in IMAP_PROVIDERS and (imap_host or IMAP_PROVIDERS[provider].host):
         p = IMAP_PROVIDERS[provider]
         server = {"protocol": "imap", "host": imap_host or p.host, "port": p.port, "security": p.security,
-                  "username_form": username_form or p.username_form}
+                  "username_form": p.username_form}
     return {"provider": provider, "candidates": list(AMBIGUOUS.get(provider, [provider])), "source": source,
             "server": server, "mx": list(mx)}
 

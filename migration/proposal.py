@@ -84,12 +84,8 @@ def _imap(account: MailAccount, key: str, facts: dict) -> dict:
                 "username": server.get("username") or account.address,
                 "confirm_host": _stranger(account, server["host"])}
     elif provider:
-        # The local part is the login only on the provider's own domains (WEB.DE, iCloud); a company
-        # domain hosted there logs in with its full address.
-        own = account.address.rpartition("@")[2].lower() in provider.domains
         fill = {"host": provider.host, "port": provider.port, "security": provider.security,
-                "username": username_for(account.address, provider.username_form if own else "address"),
-                "confirm_host": ""}
+                "username": username_for(account.address, provider.username_form), "confirm_host": ""}
     else:
         fill = {"host": "", "port": 993, "security": "ssl", "username": account.address, "confirm_host": ""}
     hints = [*(provider.hints if provider else ()), APP_PASSWORD_HINT]

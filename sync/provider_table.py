@@ -13,11 +13,10 @@ otherwise; no entry proposes a plain-text login.
                 kind "microsoft": Microsoft 365 / Outlook.com, reached through Graph;
                 kind "google": Gmail / Google Workspace; host is the IMAP server for the
                 app-password fallback.
-    MX_RULES    MxRule(pattern, provider, host, username_form): fnmatch patterns against
-                the domain's MX hosts, most specific first. host "" takes the provider's
-                host; "{mx}" means the MX host itself serves IMAP (hosters with one server
-                per customer, e.g. ALL-INKL's w0….kasserver.com). username_form "" takes
-                the provider's; a company domain at WEB.DE logs in with the full address.
+    MX_RULES    MxRule(pattern, provider, host): fnmatch patterns against the domain's MX
+                hosts, most specific first. host "" takes the provider's host; "{mx}"
+                means the MX host itself serves IMAP (hosters with one server per
+                customer, e.g. ALL-INKL's w0….kasserver.com).
     AMBIGUOUS   provider -> candidates the user chooses from (never guessed).
 
 Hints are German msgids (translated in locale/en); help_url is the provider's
@@ -49,7 +48,6 @@ class MxRule:
     pattern: str
     provider: str
     host: str = ""
-    username_form: str = ""  # "" = the provider's
 
 
 PROVIDERS: tuple[Provider, ...] = (
@@ -243,10 +241,10 @@ MX_RULES: tuple[MxRule, ...] = (
     # GMX/WEB.DE business (a company's own domain with GMX or WEB.DE mailboxes): the IMAP servers are
     # ISPDB gmx.net.xml / web.de.xml; 1&1 Mail & Media's inbound for customer domains is
     # mx00/mx01.emig.gmx.net (as seen in such domains' DNS; no provider page for it was at hand).
-    # On a company domain the user name is the full address, never the WEB.DE local part.
-    MxRule("mx*.emig.gmx.net", "gmx", username_form="address"),
+    # GMX logs in with the full address; WEB.DE with the WEB.DE user name (ISPDB web.de.xml).
+    MxRule("mx*.emig.gmx.net", "gmx"),
     MxRule("mx*.gmx.net", "gmx"),
-    MxRule("mx-ha*.web.de", "webde", username_form="address"),
+    MxRule("mx-ha*.web.de", "webde"),
     MxRule("mx*.t-online.de", "tonline"),
     MxRule("smtpin.rzone.de", "strato"),
     MxRule("mx*.ionos.de", "ionos"), MxRule("mx*.ionos.com", "ionos"), MxRule("mx*.kundenserver.de", "ionos"),

@@ -56,7 +56,7 @@ BY_DOMAIN = [
 
 # Company domains hosted somewhere, answered by the local nameserver: (address, MX records, provider,
 # IMAP host or None (Microsoft 365: Graph, no IMAP; unknown: the user types it), user name or None).
-# Every proposed server is 993 with implicit TLS; a company domain logs in with its full address.
+# Every proposed server is 993 with implicit TLS.
 BY_MX = [
     ("info@kanzlei-mueller.test", ["0 kanzlei-mueller-test.mail.protection.outlook.com."], "microsoft365", None, None),
     ("info@praxis-berg.test", ["0 praxis-berg-test.o-v1.mx.microsoft."], "microsoft365", None, None),
@@ -87,7 +87,7 @@ BY_MX = [
     ("info@friseur-schnitt.test", ["10 mx00.emig.gmx.net.", "10 mx01.emig.gmx.net."], "gmx", "imap.gmx.net",
      "info@friseur-schnitt.test"),  # GMX/WEB.DE business: a company domain at 1&1 Mail & Media
     ("info@malerei-farbe.test", ["10 mx-ha01.web.de.", "10 mx-ha02.web.de."], "webde", "imap.web.de",
-     "info@malerei-farbe.test"),  # not the local part: "info" is no WEB.DE user name
+     "info"),  # WEB.DE's user name (ISPDB web.de.xml: %EMAILLOCALPART%)
     ("info@elektro-strom.test", ["10 mx00.t-online.de.", "10 mx01.t-online.de."], "tonline", "secureimap.t-online.de",
      "info@elektro-strom.test"),
     ("info@gaertnerei-gruen.test", ["5 smtpin.rzone.de."], "strato", "imap.strato.de", "info@gaertnerei-gruen.test"),
