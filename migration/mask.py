@@ -16,6 +16,7 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
 from migration import errors, proposal, selectors, services
+from migration.google import flow as google_flow
 from migration.models import Migration, MigrationEvent, Status
 from sync.google import oauth as google_oauth
 from sync.microsoft import client as microsoft_client
@@ -119,4 +120,7 @@ def choose(request, pk: int):
         choose_provider(migration=migration, key=request.POST.get("provider", ""), actor=f"user:{request.user.pk}")
     except ChoiceRefused:
         messages.error(request, _("Dieser Anbieter kann in diesem Schritt nicht gewählt werden."))
+    else:
+        # A Google sign-in still open in another tab belongs to the step the user just left.
+        google_flow.forget(session=request.session, purpose=f"m{migration.pk}")
     return redirect("migration-detail", pk=pk)

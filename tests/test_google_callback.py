@@ -127,3 +127,32 @@ def test_starting_the_sign_in_again_forgets_the_last_attempts_error(client, user
     client.post(reverse("google-sign-in", args=[migration.pk]))  # to Google; the user comes back with "Zurück"
     assert Migration.objects.get(pk=migration.pk).error_code == ""
     assert "Die Anmeldung bei Google wurde abgebrochen" not in _page(client, migration)
+
+
+def test_an_answer_to_a_sign_in_the_user_left_for_another_provider_changes_nothing(client, user, migration, google):
+    client.force_login(user)
+    back = _answer(client, migration)  # Google's answer is on its way (say, in another tab)
+    client.post(reverse("migration-choose", args=[migration.pk]), {"provider": "imap_other"})
+    before = _snapshot(migration)
+    response = client.get(back)
+    assert response.status_code == 400 and "gehört nicht zu Ihrer Anmeldung" in response.content.decode()
+    assert _snapshot(migration) == before and before[3] == "imap"
+
+
+@pytest.mark.parametrize("denies", [True, False])
+def test_a_sign_in_answer_arriving_after_a_provider_switch_elsewhere_touches_neither_step_nor_error(
+    client, user, migration, google, denies
+):
+    from migration.mask import choose_provider
+
+    google.denies = denies
+    client.force_login(user)
+    back = _answer(client, migration)
+    # The switch happened without this session (another browser of the same user): the flow is still here.
+    choose_provider(migration=Migration.objects.get(pk=migration.pk), key="imap_other", actor="test")
+    before = _snapshot(migration)
+    assert client.get(back).status_code == 302
+    assert _snapshot(migration) == before  # no Google error on the IMAP form, no switch to verifying
+
+    page = _page(client, migration)
+    assert "Die Anmeldung bei Google wurde abgebrochen" not in page and 'name="password"' in page

@@ -104,8 +104,12 @@ def _callback_failed(request, purpose: str, code: str):
 
 
 def _note(migration: Migration, code: str) -> None:
-    """Keep a sign-in error on the migration's login step, for its page (nothing else changes)."""
-    Migration.objects.filter(pk=migration.pk, status=Status.AWAITING_USER).update(error_code=code)
+    """Keep a sign-in error on the migration's Google step, for its page (nothing else changes).
+
+    Only while the step is Google's: the answer to a sign-in the user left for another provider
+    must not put a Google error on that provider's form."""
+    Migration.objects.filter(pk=migration.pk, status=Status.AWAITING_USER,
+                             provider_kind=ProviderKind.GOOGLE).update(error_code=code)
 
 
 @login_required
