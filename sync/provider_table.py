@@ -80,7 +80,7 @@ PROVIDERS: tuple[Provider, ...] = (
                _("iCloud meldet Sie mit dem Teil vor dem @ an.")),
         help_url="https://support.apple.com/de-de/102654",
     ),
-    # Yahoo: ISPDB yahoo.com (imap.mail.yahoo.com 993 SSL, full address). Third-party apps need an
+    # Yahoo: ISPDB yahoo.com.xml (imap.mail.yahoo.com 993 SSL, full address). Third-party apps need an
     # app password: https://help.yahoo.com/kb/SLN15241.html
     Provider(
         "yahoo", "Yahoo Mail", host="imap.mail.yahoo.com",
@@ -98,7 +98,7 @@ PROVIDERS: tuple[Provider, ...] = (
                  "Passwort wird hier nicht angenommen."),),
         help_url="https://help.aol.com/articles/Create-and-manage-app-password",
     ),
-    # Zoho: ISPDB zoho.com and https://www.zoho.com/mail/help/imap-access.html (imap.zoho.com /
+    # Zoho: ISPDB zoho.com.xml and https://www.zoho.com/mail/help/imap-access.html (imap.zoho.com /
     # imap.zoho.eu for personal accounts, imappro.* for organisations; IMAP must be enabled).
     Provider(
         "zoho", "Zoho Mail", host="imap.zoho.eu", domains=("zoho.eu", "zohomail.eu"),
@@ -122,7 +122,7 @@ PROVIDERS: tuple[Provider, ...] = (
                _("WEB.DE meldet Sie mit dem Teil vor dem @ an.")),
         help_url="https://hilfe.web.de/pop-imap/einschalten.html",
     ),
-    # T-Online / Telekom: ISPDB t-online.de.xml (secureimap.t-online.de 993 SSL, full address); mail
+    # T-Online / Telekom (private customers): ISPDB t-online.de.xml (secureimap.t-online.de 993 SSL, full address); mail
     # programs need the separate e-mail password:
     # https://www.telekom.de/hilfe/apps-dienste/e-mail/programme/passwort-verwalten
     Provider(
@@ -186,8 +186,9 @@ PROVIDERS: tuple[Provider, ...] = (
     # --- hosters: customers' own domains, found by MX ------------------------------------------------------------
     # Hetzner: ISPDB hetzner.de.xml (mail.your-server.de 993 SSL, full address; MX your-server.de).
     Provider("hetzner", "Hetzner", host="mail.your-server.de"),
-    # ALL-INKL: the customer's own server w0….kasserver.com (shown in the KAS) receives mail (MX) and
-    # serves IMAP (993 SSL); older mailboxes log in with the mailbox name m0….
+    # ALL-INKL: ALL-INKL's instructions for mail programs (https://all-inkl.com/wichtig/anleitungen/,
+    # section E-Mail): the customer's own server w0….kasserver.com (shown in the KAS) receives mail
+    # (MX) and serves IMAP (993 SSL); older mailboxes log in with the mailbox name m0….
     Provider(
         "allinkl", "ALL-INKL", host="",
         hints=(_("Den IMAP-Server (w0….kasserver.com) zeigt Ihnen das KAS von ALL-INKL."),
