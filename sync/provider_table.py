@@ -62,7 +62,7 @@ PROVIDERS: tuple[Provider, ...] = (
                  "App-Passwort; das gibt es nur mit aktivierter Bestätigung in zwei Schritten."),),
         help_url="https://support.google.com/accounts/answer/185833",
     ),
-    # Microsoft: ISPDB hotmail.com.xml and office365.com (outlook.office365.com 993 SSL), Microsoft's
+    # Microsoft: ISPDB hotmail.com.xml and office365.com.xml (outlook.office365.com 993 SSL), Microsoft's
     # "POP, IMAP, and SMTP settings for Outlook.com" (support.microsoft.com). Microsoft 365 and
     # Outlook.com sync through Graph with Microsoft sign-in, so no IMAP server is proposed.
     Provider(
