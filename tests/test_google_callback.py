@@ -156,3 +156,15 @@ def test_a_sign_in_answer_arriving_after_a_provider_switch_elsewhere_touches_nei
 
     page = _page(client, migration)
     assert "Die Anmeldung bei Google wurde abgebrochen" not in page and 'name="password"' in page
+
+
+@pytest.mark.parametrize("name, provider, code", [("google-callback", "Google", "google_state_mismatch"),
+                                                  ("microsoft-callback", "Microsoft", "ms_state_mismatch")])
+def test_google_and_microsoft_answer_a_stray_callback_alike(client, user, name, provider, code, caplog):
+    client.force_login(user)
+    with caplog.at_level(logging.WARNING):
+        response = client.get(reverse(name), {"code": "x", "state": "stray"})
+    page = response.content.decode()
+    assert response.status_code == 400 and f"<h1>Anmeldung bei {provider}</h1>" in page
+    assert 'data-testid="callback-error"' in page and "Es wurde nichts geändert" in page
+    assert f"callback refused for user {user.pk}: {code}" in caplog.text
