@@ -14,6 +14,7 @@ from cryptography.fernet import Fernet
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
+from kombu import Exchange, Queue
 
 from portal.env import envbool, envdatabase, envdate, envint, envlist, envstr, parse_nameserver
 
@@ -270,7 +271,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # without -Q consumes both (task_queues below), so nothing is left unconsumed.
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_CONTROL_QUEUE = "control"
-CELERY_TASK_QUEUES = {"celery": {}, CELERY_CONTROL_QUEUE: {}}
+CELERY_TASK_QUEUES = [Queue(name, Exchange(name), routing_key=name) for name in ("celery", CELERY_CONTROL_QUEUE)]
 CELERY_TASK_ROUTES = {
     name: {"queue": CELERY_CONTROL_QUEUE}
     for name in ("sync.tasks.sync_all_accounts", "migration.tasks.sweep_stuck_migrations",
