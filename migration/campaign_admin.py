@@ -20,6 +20,8 @@ from migration.campaign import CampaignState
 from migration.models import ACTIVE_STATUSES, CampaignAccount, Migration, Reminder, Status
 from migration.selectors import current_campaign
 from sync.models import Engine, ProviderKind
+from sync.runs import v2_running
+from sync.selectors import sync_backlog
 
 NEVER_STARTED = "never_started"
 
@@ -230,6 +232,7 @@ class CampaignAccountAdmin(admin.ModelAdmin):
             "today": _("Heute"),
         })
         list_url = reverse("admin:migration_campaignaccount_changelist")
+        backlog = sync_backlog(v2_running=v2_running())  # the same figures as GET /health/
 
         def link(**params):
             return f"{list_url}?{urlencode(params)}" if params else list_url
@@ -256,5 +259,6 @@ class CampaignAccountAdmin(admin.ModelAdmin):
             "stuck": campaign.oldest_stuck(), "never": campaign.never_started(), "now": timezone.now(),
             "bd": bd, "chart": chart, "list_url": list_url,
             "recent_reminders": Reminder.objects.select_related("user", "sent_by")[:10],
+            "sync_backlog": backlog, "oldest_due_since": timezone.now() - timedelta(seconds=backlog["oldest_due_seconds"]),
         }
         return TemplateResponse(request, "admin/campaign/dashboard.html", context)
