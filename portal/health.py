@@ -133,10 +133,16 @@ def _imap_idle(*, database_up: bool) -> dict:
 
 
 def _sync_backlog(*, database_up: bool) -> dict:
-    """sync.selectors.sync_backlog now; all None when the database is down."""
+    """sync.selectors.sync_backlog now; all None when the database is down or the figures cannot be
+    read (the V2 shutdown date comes through the cache, which may be the part that is down)."""
     from sync.runs import v2_running
     from sync.selectors import sync_backlog
 
+    unknown = {"due": None, "queued": None, "running": None, "oldest_due_seconds": None}
     if not database_up:
-        return {"due": None, "queued": None, "running": None, "oldest_due_seconds": None}
-    return sync_backlog(v2_running=v2_running())
+        return unknown
+    try:
+        return sync_backlog(v2_running=v2_running())
+    except Exception as error:  # noqa: BLE001 - informational only: /health/ must still answer
+        logger.warning("health: sync backlog unknown (%s)", type(error).__name__)
+        return unknown
