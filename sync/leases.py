@@ -215,13 +215,15 @@ def mark_queued(due: QuerySet, *, now: datetime, limit: int, busy: dict[str, int
     """
     if limit <= 0:
         return []
-    picked = destinations.fair_turns(due, limit=limit, cap=settings.SYNC_MAX_PER_DESTINATION, busy=busy or {})
+    # The pick takes no locks (PostgreSQL allows no FOR UPDATE with window functions): the lock
+    # follows. Twice the batch is picked, in the same fair order and within the same caps, so
+    # that rows another transaction holds are skipped and the next ones taken, not waited for.
+    picked = destinations.fair_turns(due, limit=2 * limit, cap=settings.SYNC_MAX_PER_DESTINATION, busy=busy or {})
     if not picked:
         return []
-    # The pick takes no locks (PostgreSQL allows no FOR UPDATE with window functions): lock here.
     locked = set(due.filter(pk__in=picked).order_by("pk").select_for_update(skip_locked=True)
                  .values_list("pk", flat=True))
-    ids = [pk for pk in picked if pk in locked]
+    ids = [pk for pk in picked if pk in locked][:limit]
     next_due = now + timedelta(seconds=settings.SYNC_INTERVAL_MIN_SECONDS * DUE_FRACTION)
     MailAccount.objects.filter(pk__in=ids).update(sync_queued_at=now, sync_due_at=next_due)
     return ids
