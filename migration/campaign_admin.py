@@ -259,6 +259,7 @@ class CampaignAccountAdmin(admin.ModelAdmin):
             "stuck": campaign.oldest_stuck(), "never": campaign.never_started(), "now": timezone.now(),
             "bd": bd, "chart": chart, "list_url": list_url,
             "recent_reminders": Reminder.objects.select_related("user", "sent_by")[:10],
-            "sync_backlog": backlog, "oldest_due_since": timezone.now() - timedelta(seconds=backlog["oldest_due_seconds"]),
+            "sync_backlog": backlog,
+            "oldest_due_since": timezone.now() - timedelta(seconds=backlog["oldest_due_seconds"]),
         }
         return TemplateResponse(request, "admin/campaign/dashboard.html", context)

@@ -44,7 +44,8 @@ def destination() -> Case:
 
 def in_flight_by_destination(in_flight: QuerySet) -> dict[str, int]:
     """{destination: accounts} of `in_flight` (accounts queued or running); one GROUP BY query."""
-    return dict(in_flight.order_by().annotate(dest=destination()).values("dest").annotate(n=Count("pk")).values_list("dest", "n"))
+    rows = in_flight.order_by().annotate(dest=destination()).values("dest").annotate(n=Count("pk"))
+    return dict(rows.values_list("dest", "n"))
 
 
 def fair_turns(due: QuerySet, *, limit: int, cap: int, busy: dict[str, int]) -> list[int]:

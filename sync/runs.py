@@ -61,8 +61,9 @@ def accounts_to_sync() -> list[int]:
     settings.SYNC_MAX_PER_DESTINATION of one destination (one mail server,
     one Microsoft 365 organisation, Google: sync.destinations), taken in fair
     turns across destinations; within one, the longest due go first. Accounts
-    with a run under way or already queued are left out (sync.leases). On PostgreSQL fan-outs take turns (an advisory lock held
-    until the commit), so two beats cannot both fill the same free room. The
+    with a run under way or already queued are left out (sync.leases). On
+    PostgreSQL fan-outs take turns (an advisory lock held until the commit),
+    so two beats cannot both fill the same free room. The
     runs are queued once the claim has committed, each with its queued mark
     so that it clears its own. A constant number of queries whatever the
     number of accounts: the count per destination, the pick, the lock, one

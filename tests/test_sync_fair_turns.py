@@ -53,7 +53,8 @@ def test_it_names_each_kind_of_destination(user):
         "imap": dict(provider_kind="imap", engine="v3", imap_host="IMAP.Firma.example"),
         "google": dict(provider_kind="google", engine="v3", imap_host="imap.gmail.com"),
         "microsoft": dict(provider_kind="microsoft", engine="v3", address="Anna@Kunde.Example"),
-        "exchange": dict(provider_kind="exchange", engine="v3", ews_url="https://Mail.Kunde.example:8443/EWS/Exchange.asmx"),
+        "exchange": dict(provider_kind="exchange", engine="v3",
+                         ews_url="https://Mail.Kunde.example:8443/EWS/Exchange.asmx"),
         "exchange-bare": dict(provider_kind="exchange", engine="v3", ews_url="https://ews.kunde.example"),
         "v2-microsoft": dict(provider_kind="microsoft", engine="v2", imap_host="outlook.office365.com"),
     }
