@@ -7,7 +7,8 @@ run (also a failed one: a server that refuses is not asked more often) doubles
 the interval, starting from SYNC_INTERVAL_SECONDS, up to
 SYNC_INTERVAL_MAX_SECONDS, the longest an account waits for its next look.
 Accounts a live IMAP IDLE listener covers go up to SYNC_PUSH_POLL_SECONDS
-instead: push queues their runs when mail arrives, the poll is the safety net.
+instead, and new mail does not shorten their interval: push queues their runs
+when mail arrives, the poll is only the safety net.
 
 The interval is stored on the account (sync_interval_seconds) and turned into
 its next due time (sync_due_at), which the fan-out reads through an index.
@@ -27,7 +28,9 @@ def next_interval(current: int | None, *, new_messages: int, pushed: bool) -> in
     """The interval in seconds after a run that stored `new_messages`; `current`: the stored one
     (None: never set, the base SYNC_INTERVAL_SECONDS). Never above the maximum for the account."""
     longest = settings.SYNC_PUSH_POLL_SECONDS if pushed else settings.SYNC_INTERVAL_MAX_SECONDS
-    if new_messages > 0:
+    # Pushed accounts: push queued this run when the mail came; polling sooner would only add
+    # a poll a minute after every pushed message.
+    if new_messages > 0 and not pushed:
         return min(settings.SYNC_INTERVAL_MIN_SECONDS, longest)
     if current is None:
         return min(settings.CELERY_BEAT_SYNC_SECONDS, longest)

@@ -43,7 +43,8 @@ def due_in(account_id: int) -> float:
     (60, 0, False, 120),
     (900, 0, True, 1800),     # push covers it: up to the push poll
     (1800, 0, True, 1800),
-    (1800, 2, True, 60),
+    (1800, 2, True, 1800),    # push brought the mail: no sooner poll
+    (240, 2, True, 480),
     (10, 0, False, 60),       # an interval stored under an older, smaller minimum grows from the minimum
 ])
 def test_the_next_interval(intervals, current, new_messages, pushed, expected):
