@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('sync', '0012_google_kind'),
+        ('sync', '0013_sched_adaptive_interval'),
     ]
 
     operations = [
