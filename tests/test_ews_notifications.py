@@ -259,3 +259,21 @@ def test_the_listener_command_serves_exchange_accounts(account, fake_ews, celery
         log.close()
     assert "Traceback" not in (tmp_path / "listener.log").read_text()
     assert "Unsubscribe" in fake_ews.calls  # a clean stop leaves no subscription behind
+
+
+def test_a_refused_password_is_not_retried_and_is_no_push_error(account, fake_ews):  # noqa: F811
+    from sync import crypto
+
+    MailAccount.objects.filter(pk=account.pk).update(secret_encrypted=crypto.encrypt_json({"password": "falsch"}))
+    listener = _Recorder()
+    try:
+        listener.refresh()
+        watch = listener.connections[account.pk]
+        watch.join(timeout=20)
+        assert watch.refused and not watch.is_alive() and not watch.unsupported
+        listener.refresh()
+        assert listener.connections[account.pk] is watch  # not started again with the same secret
+        assert "Subscribe" not in fake_ews.calls and listener.queued == []
+        assert MailAccount.objects.get(pk=account.pk).push_error == ""  # the sync run records the password
+    finally:
+        listener.stop()
