@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from portal.devservers import make_message
@@ -237,3 +238,20 @@ def test_a_server_without_notify_keeps_the_plain_inbox_idle(dovecot_without_noti
         assert conn.watched is None and listener.queued == [account.pk] and conn.connects == 1
     finally:
         listener.stop()
+
+
+def test_the_shard_lock_survives_django_closing_its_connection():
+    """Each heartbeat calls close_old_connections(), which closes Django's connection once it is older
+    than CONN_MAX_AGE: the shard's lock lives on a connection of its own, so the listener keeps its shard."""
+    owner, rival = idle.lock_connection(), idle.lock_connection()
+    try:
+        assert idle.claim_shard(7, owner)
+        connection.close()  # what close_old_connections() does past CONN_MAX_AGE
+        assert idle.still_owner(7, owner)
+        assert not idle.claim_shard(7, rival)  # a standby still finds it taken
+        owner.close()  # the process dies: its session ends, and the lock with it
+        assert not idle.still_owner(7, owner)
+        assert idle.claim_shard(7, rival)
+    finally:
+        owner.close()
+        rival.close()

@@ -46,7 +46,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections, connection, connections
 from django.db.models import F, Q
 from django.db.models.functions import Mod
 from django.utils import timezone
@@ -413,27 +413,38 @@ def server_of(account: MailAccount) -> "imap.ImapSettings | EwsSettings":
     return imap_settings_of(account)
 
 
-def claim_shard(shard: int) -> bool:
-    """Take the shard's advisory lock on this process's database connection (PostgreSQL); False if held.
+def lock_connection():
+    """A database connection of its own for the shard's advisory lock (a Django DatabaseWrapper).
+
+    Why not Django's connection: `close_old_connections()` (called by every
+    heartbeat) closes that one once it is older than CONN_MAX_AGE, and a
+    session-level advisory lock goes with its session; the listener then lost
+    its shard every minute. This one is closed only by `serve()`.
+    """
+    return connections.create_connection(DEFAULT_DB_ALIAS)
+
+
+def claim_shard(shard: int, db=connection) -> bool:
+    """Take the shard's advisory lock on the session of `db` (PostgreSQL); False if another session holds it.
 
     Other databases (SQLite, the embedded default of one machine) have no such lock:
     there the one supervised listener owns every shard it is started for.
     """
-    if connection.vendor != "postgresql":
-        connection.ensure_connection()
+    if db.vendor != "postgresql":
+        db.ensure_connection()
         return True
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [IDLE_LOCK, shard])
         return bool(cursor.fetchone()[0])
 
 
-def still_owner(shard: int) -> bool:
-    """Whether this session still holds the shard's lock (False when the database connection was lost)."""
+def still_owner(shard: int, db=connection) -> bool:
+    """Whether the session of `db` still holds the shard's lock (False when that connection was lost)."""
     try:
-        if connection.vendor != "postgresql":
-            connection.ensure_connection()
+        if db.vendor != "postgresql":
+            db.ensure_connection()
             return True
-        with connection.cursor() as cursor:
+        with db.cursor() as cursor:
             cursor.execute(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
                 "AND classid = %s AND objid = %s AND granted", [IDLE_LOCK, shard])
@@ -445,19 +456,27 @@ def still_owner(shard: int) -> bool:
 def serve(shard: int, shards: int, *, stop: threading.Event) -> None:
     """Wait for the shard, then listen until `stop` is set or the shard is lost (then return).
 
-    Runs in the main thread; the database connection that holds the lock is
-    only used here (connection threads never touch the database).
+    Runs in the main thread. The lock is held on a database connection of its
+    own (`lock_connection`), used only here; connection threads never touch the database.
     """
     threading.stack_size(IDLE_THREAD_STACK)
+    db = lock_connection()
+    try:
+        _serve(shard, shards, stop=stop, db=db)
+    finally:
+        db.close()
+
+
+def _serve(shard: int, shards: int, *, stop: threading.Event, db) -> None:
     while not stop.is_set():
         touch_heartbeat_file()  # a standby is alive too: its container stays healthy
         close_old_connections()
         try:
-            if claim_shard(shard):
+            if claim_shard(shard, db):
                 break
         except Exception as error:  # noqa: BLE001 - the database is down: wait, try again
             logger.warning("IDLE shard %s/%s: cannot reach the database (%s)", shard, shards, type(error).__name__)
-            connection.close()
+            db.close()
         stop.wait(settings.IMAP_IDLE_REFRESH_SECONDS)
     else:
         return
@@ -465,7 +484,7 @@ def serve(shard: int, shards: int, *, stop: threading.Event) -> None:
     listener = Listener(shard, shards)
     try:
         while not stop.is_set():
-            if not still_owner(shard):
+            if not still_owner(shard, db):
                 logger.error("IDLE shard %s/%s: lost the database lock; stopping", shard, shards)
                 return
             try:
