@@ -45,6 +45,7 @@ MAX_VALIDATION_TOKEN = 2048
 def _over_limit(ip: str) -> bool:
     """Count this request in the minute's counters (the cache); True when one is over its limit."""
     minute = int(time.time() // 60)
+    over = False
     for key, limit in ((f"graphpush:rate:ip:{ip}:{minute}", settings.MS_GRAPH_NOTIFY_RATE_PER_IP),
                        (f"graphpush:rate:all:{minute}", settings.MS_GRAPH_NOTIFY_RATE_TOTAL)):
         cache.add(key, 0, timeout=120)
@@ -53,9 +54,8 @@ def _over_limit(ip: str) -> bool:
         except ValueError:  # expired between add and incr
             cache.add(key, 1, timeout=120)
             count = 1
-        if count > limit:
-            return True
-    return False
+        over = over or count > limit
+    return over
 
 
 def queue_sync(account_id: int) -> None:
