@@ -8,8 +8,9 @@ beat's last tick. Web processes keep serving pages without them, and a load
 balancer or compose restarting the web server would not bring them back; the
 worker and beat have their own container health checks (docker-compose.yml).
 Informational only: the IMAP IDLE listener ("imap_idle": live shards and the IDLE
-connections they hold, from their heartbeat rows); without it mail still arrives
-by polling, so it never changes the status.
+connections they hold, from their heartbeat rows) and Graph change notifications
+("graph_push": on or off, live and failed subscriptions); without them mail still
+arrives by polling, so they never change the status.
 """
 
 import logging
@@ -39,7 +40,9 @@ def report() -> tuple[int, dict]:
                       "worker": {"status": "ok" | "stale" | "missing" | "unknown", "age_seconds": int | None},
                       "beat": {...},
                       "imap_idle": {"status": "ok" | "stale" | "missing" | "unknown",
-                                    "shards": int, "connections": int | None}}}
+                                    "shards": int, "connections": int | None},
+                      "graph_push": {"status": "on" | "off" | "unknown", "subscriptions": int | None,
+                                     "failed": int | None}}}
     Ages are whole seconds since the last heartbeat; "unknown" when the database is down.
     """
     checks = {
@@ -49,6 +52,7 @@ def report() -> tuple[int, dict]:
     }
     checks.update(_heartbeats(database_up=checks["database"] == "ok"))
     checks["imap_idle"] = _imap_idle(database_up=checks["database"] == "ok")
+    checks["graph_push"] = _graph_push(database_up=checks["database"] == "ok")
     if any(checks[name] != "ok" for name in REQUIRED):
         status = "error"
     elif any(checks[name]["status"] != "ok" for name in (WORKER, BEAT)):
@@ -125,3 +129,22 @@ def _imap_idle(*, database_up: bool) -> dict:
     fresh = [count for seen_at, count in rows if seen_at >= fresh_after]
     status = "ok" if fresh else ("stale" if rows else "missing")
     return {"status": status, "shards": len(fresh), "connections": sum(fresh)}
+
+
+def _graph_push(*, database_up: bool) -> dict:
+    """Microsoft Graph change notifications (sync.microsoft.subscriptions): whether they are on
+    (MS_GRAPH_NOTIFICATIONS, SITE_URL public), the live subscriptions, and the rows whose last
+    subscribe or renewal failed (their error_code is in the admin). One query when on."""
+    from django.db.models import Count, Q
+
+    from sync.microsoft import subscriptions
+    from sync.models import GraphSubscription
+
+    if not subscriptions.enabled():
+        return {"status": "off", "subscriptions": 0, "failed": 0}
+    if not database_up:
+        return {"status": "unknown", "subscriptions": None, "failed": None}
+    counts = GraphSubscription.objects.aggregate(
+        live=Count("pk", filter=Q(expires_at__gt=timezone.now()) & ~Q(subscription_id="")),
+        failed=Count("pk", filter=~Q(error_code="")))
+    return {"status": "on", "subscriptions": counts["live"], "failed": counts["failed"]}

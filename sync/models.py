@@ -235,14 +235,16 @@ class GraphSubscription(models.Model):
     """
 
     account = models.OneToOneField(MailAccount, models.CASCADE, related_name="graph_subscription")
-    subscription_id = models.CharField(max_length=200, blank=True)
+    subscription_id = models.CharField(_("Abonnement-ID"), max_length=200, blank=True)
     client_state_encrypted = models.TextField(blank=True, editable=False)
     expires_at = models.DateTimeField(_("Abonnement gültig bis"), null=True, blank=True)
     error_code = models.CharField(_("Letzter Fehler"), max_length=60, blank=True)
-    attempted_at = models.DateTimeField(null=True, blank=True)
+    attempted_at = models.DateTimeField(_("Letzter Versuch"), null=True, blank=True)
     notified_at = models.DateTimeField(_("Letzte Benachrichtigung"), null=True, blank=True)
 
     class Meta:
+        verbose_name = _("Graph-Abonnement")
+        verbose_name_plural = _("Graph-Abonnements (Push für Microsoft)")
         constraints = [models.UniqueConstraint(fields=["subscription_id"], condition=~models.Q(subscription_id=""),
                                                name="graph_subscription_id_unique")]
 

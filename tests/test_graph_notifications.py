@@ -79,7 +79,7 @@ def test_the_endpoint_answers_the_validation_handshake(push, live_server):
     assert requests.get(_url(live_server, "graph-notifications"), timeout=10).status_code == 405
 
 
-def test_the_first_sync_subscribes_after_graph_validated_both_urls(subscribed, microsoft, live_server):
+def test_the_first_sync_subscribes_after_graph_validated_both_urls(subscribed, microsoft, live_server, client):
     sub = microsoft.subscriptions[subscribed.subscription_id]
     assert sub["resource"] == "me/mailFolders('inbox')/messages" and sub["changeType"] == "created"
     assert sub["notificationUrl"] == _url(live_server, "graph-notifications")
@@ -90,9 +90,10 @@ def test_the_first_sync_subscribes_after_graph_validated_both_urls(subscribed, m
     assert sub["clientState"] and sub["clientState"] not in subscribed.client_state_encrypted
     assert subscriptions.client_state_of(subscribed) == sub["clientState"]
     assert subscribed.expires_at > timezone.now() + timedelta(days=2) and subscribed.error_code == ""
+    assert client.get("/health/").json()["checks"]["graph_push"] == {"status": "on", "subscriptions": 1, "failed": 0}
 
 
-def test_a_failed_validation_is_recorded_and_the_account_keeps_polling(push, migrated, microsoft, caplog):
+def test_a_failed_validation_is_recorded_and_the_account_keeps_polling(push, migrated, microsoft, caplog, client):
     microsoft.validation_echo_wrong = True
     old = GraphSubscription.objects.get(account=migrated).subscription_id
     with caplog.at_level(logging.WARNING):
@@ -100,6 +101,7 @@ def test_a_failed_validation_is_recorded_and_the_account_keeps_polling(push, mig
     row = GraphSubscription.objects.get(account=migrated)
     assert row.subscription_id == "" and row.error_code == "ms_subscription_refused"
     assert "ms_subscription_refused" in caplog.text
+    assert client.get("/health/").json()["checks"]["graph_push"] == {"status": "on", "subscriptions": 0, "failed": 1}
     assert old not in microsoft.subscriptions  # the old one was deleted before the new try
     assert not MailAccount.objects.filter(subscriptions.pushed_accounts_q(timezone.now()), pk=migrated.pk).exists()
     # The next sync run does not hammer Graph again before MS_GRAPH_SUBSCRIBE_RETRY_SECONDS.
@@ -259,11 +261,12 @@ def test_pushed_accounts_poll_at_the_longer_interval(subscribed, push, broker):
     assert due > before + timedelta(seconds=7200 * 0.8)
 
 
-def test_no_subscription_when_site_url_is_the_embedded_default(settings, migrated, microsoft, broker):
+def test_no_subscription_when_site_url_is_the_embedded_default(settings, migrated, microsoft, broker, client):
     # settings.SITE_URL is the embedded default (http://127.0.0.1:8000) and MS_GRAPH_NOTIFICATIONS "auto".
     assert settings.MS_GRAPH_NOTIFICATIONS == "auto" and settings.SITE_URL.startswith("http://127.0.0.1")
     assert subscriptions.enabled() is False
     assert not GraphSubscription.objects.exists() and microsoft.subscriptions == {}
+    assert client.get("/health/").json()["checks"]["graph_push"]["status"] == "off"
     assert subscriptions.maintain() == {"removed": 0, "renewed": 0, "created": 0}
     assert not microsoft.seen("/v1.0/subscriptions")
     MailAccount.objects.filter(pk=migrated.pk).update(sync_due_at=None, sync_queued_at=None, sync_lease_until=None)

@@ -116,8 +116,11 @@ class _Session:
         token, refreshed = client.access_token(tokens.get("cache", ""),
                                                home_account_id=tokens.get("home_account_id", ""))
         if refreshed:
-            save_microsoft_cache(account_id=account.pk, cache=refreshed, home_account_id=tokens["home_account_id"],
-                                 expected=account.token_cache_encrypted)
+            stored = save_microsoft_cache(account_id=account.pk, cache=refreshed,
+                                          home_account_id=tokens["home_account_id"],
+                                          expected=account.token_cache_encrypted)
+            # The next session of this object starts from the rotated refresh token, not the old one.
+            account.token_cache_encrypted = stored or account.token_cache_encrypted
         self.graph = Graph(token, mailbox=tokens.get("home_account_id") or account.address)
 
     def __enter__(self) -> Graph:
@@ -155,7 +158,7 @@ def subscribe(account_id: int) -> bool:
         return False
     row, _ = GraphSubscription.objects.get_or_create(account=account)
     if row.subscription_id:
-        remove_at_graph(account, row.subscription_id)
+        remove_at_graph(account, row.subscription_id)  # one subscription per account, never two
     GraphSubscription.objects.filter(pk=row.pk).update(subscription_id="", attempted_at=timezone.now())
     client_state = secrets.token_urlsafe(64)[:128]  # Graph allows up to 128 characters
     expires = timezone.now() + timedelta(minutes=settings.MS_GRAPH_SUBSCRIPTION_MINUTES)
