@@ -21,9 +21,7 @@ from sync.microsoft import subscriptions
 from sync.models import GraphSubscription, MailAccount, SyncedMessage
 from sync.runs import accounts_to_sync
 from tests.conftest import wait_for
-from tests.fakes.microsoft_fixtures import (  # noqa: F401 - fixtures
-    fake_microsoft_server, local, microsoft, migrated, ms_account, sign_in,
-)
+from tests.fakes.microsoft_fixtures import fake_microsoft_server, microsoft, migrated, ms_account  # noqa: F401
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -236,7 +234,20 @@ def test_the_subscription_is_removed_when_the_account_leaves(subscribed, microso
     assert response.status_code == 403 and broker.llen("celery") == 0
 
 
-def test_a_reconnect_subscribes_again(subscribed, microsoft, client, user):
+def test_switching_push_off_removes_every_subscription(subscribed, microsoft, push):
+    push.MS_GRAPH_NOTIFICATIONS = "off"
+    assert subscriptions.maintain() == {"removed": 1, "renewed": 0, "created": 0}
+    assert microsoft.subscriptions == {} and not GraphSubscription.objects.exists()
+
+
+def test_a_deleted_account_takes_its_subscription_row_along(subscribed, live_server, broker):
+    MailAccount.objects.filter(pk=subscribed.account_id).delete()
+    assert not GraphSubscription.objects.exists()
+    response = requests.post(_url(live_server, "graph-notifications"), json=_notification(subscribed), timeout=10)
+    assert response.status_code == 403 and broker.llen("celery") == 0
+
+
+def test_a_reconnect_subscribes_again(subscribed, microsoft):
     MailAccount.objects.filter(pk=subscribed.account_id).update(status="reconnect")
     subscriptions.maintain()
     assert microsoft.subscriptions == {}
