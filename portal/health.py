@@ -8,9 +8,10 @@ beat's last tick. Web processes keep serving pages without them, and a load
 balancer or compose restarting the web server would not bring them back; the
 worker and beat have their own container health checks (docker-compose.yml).
 Informational only: the IMAP IDLE listener ("imap_idle": live shards, the IDLE
-connections and the EWS pull subscriptions they hold, from their heartbeat rows);
-without it mail still arrives by polling, so it never changes the status. So is the sync backlog
-("sync_backlog": accounts due, queued and running, and how long the longest
+connections and the EWS pull subscriptions they hold, from their heartbeat rows) and
+Graph change notifications ("graph_push": on or off, live and failed subscriptions);
+without them mail still arrives by polling, so they never change the status. So is the
+sync backlog ("sync_backlog": accounts due, queued and running, and how long the longest
 due one has waited; sync.selectors.sync_backlog), for monitoring to graph.
 """
 
@@ -44,7 +45,9 @@ def report() -> tuple[int, dict]:
                                     "shards": int, "connections": int | None,
                                     "ews_subscriptions": int | None},
                       "sync_backlog": {"due": int, "queued": int, "running": int, "oldest_due_seconds": int}
-                                      (all None when the database is down)}}
+                                      (all None when the database is down),
+                      "graph_push": {"status": "on" | "off" | "unknown", "subscriptions": int | None,
+                                     "failed": int | None}}}
     Ages are whole seconds since the last heartbeat; "unknown" when the database is down.
     """
     checks = {
@@ -55,6 +58,7 @@ def report() -> tuple[int, dict]:
     checks.update(_heartbeats(database_up=checks["database"] == "ok"))
     checks["imap_idle"] = _imap_idle(database_up=checks["database"] == "ok")
     checks["sync_backlog"] = _sync_backlog(database_up=checks["database"] == "ok")
+    checks["graph_push"] = _graph_push(database_up=checks["database"] == "ok")
     if any(checks[name] != "ok" for name in REQUIRED):
         status = "error"
     elif any(checks[name]["status"] != "ok" for name in (WORKER, BEAT)):
@@ -150,3 +154,22 @@ def _sync_backlog(*, database_up: bool) -> dict:
     except Exception as error:  # noqa: BLE001 - informational only: /health/ must still answer
         logger.warning("health: sync backlog unknown (%s)", type(error).__name__)
         return unknown
+
+
+def _graph_push(*, database_up: bool) -> dict:
+    """Microsoft Graph change notifications (sync.microsoft.subscriptions): whether they are on
+    (MS_GRAPH_NOTIFICATIONS, SITE_URL public), the live subscriptions, and the rows whose last
+    subscribe or renewal failed (their error_code is in the admin). One query when on."""
+    from django.db.models import Count, Q
+
+    from sync.microsoft import subscriptions
+    from sync.models import GraphSubscription
+
+    if not subscriptions.enabled():
+        return {"status": "off", "subscriptions": 0, "failed": 0}
+    if not database_up:
+        return {"status": "unknown", "subscriptions": None, "failed": None}
+    counts = GraphSubscription.objects.aggregate(
+        live=Count("pk", filter=Q(expires_at__gt=timezone.now()) & ~Q(subscription_id="")),
+        failed=Count("pk", filter=~Q(error_code="")))
+    return {"status": "on", "subscriptions": counts["live"], "failed": counts["failed"]}
