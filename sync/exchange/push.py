@@ -42,6 +42,7 @@ from exchangelib.properties import CopiedEvent, CreatedEvent, DistinguishedFolde
 from exchangelib.services import GetEvents, SubscribeToPull, Unsubscribe
 
 from sync import egress
+from sync.backoff import reconnect_delay
 from sync.errors import MailboxError
 from sync.exchange.connection import TRANSIENT, EwsSettings, mailbox_errors, open_account
 
@@ -128,13 +129,12 @@ class EwsWatch(threading.Thread):
         self.resubscribed = 0
 
     def run(self) -> None:
-        from sync.imap.idle import _backoff  # the listener's back-off with jitter
 
         failures = 0
         key = destination(self.target.server)
         while not self.stop.is_set():
             if not self.listener.destinations.take(key):
-                self.stop.wait(_backoff(failures := failures + 1))
+                self.stop.wait(reconnect_delay(failures := failures + 1))
                 continue
             try:
                 with mailbox_errors(), open_account(self.target.server, self.target.password) as account:
@@ -160,7 +160,7 @@ class EwsWatch(threading.Thread):
             finally:
                 self.connected = False
                 self.listener.destinations.give(key)
-            self.stop.wait(_backoff(failures))
+            self.stop.wait(reconnect_delay(failures))
 
     def _watch(self, account) -> None:
         subscription, watermark = subscribe(account)

@@ -37,7 +37,6 @@ heartbeat row with its live EWS subscriptions, read by /health/.
 """
 
 import logging
-import random
 import select
 import threading
 import time
@@ -52,6 +51,7 @@ from django.db.models.functions import Mod
 from django.utils import timezone
 
 from sync import queue
+from sync.backoff import reconnect_delay
 from sync.egress import ascii_host
 from sync.errors import MailboxError
 from sync.exchange.client import EwsSettings
@@ -148,7 +148,7 @@ class Connection(threading.Thread):
         key = (ascii_host(self.target.server.host), self.target.server.port)
         while not self.stop.is_set():
             if not self.listener.destinations.take(key):
-                self.stop.wait(_backoff(failures := failures + 1))
+                self.stop.wait(reconnect_delay(failures := failures + 1))
                 continue
             try:
                 client = imap.open_mailbox(self.target.server, self.target.password)
@@ -161,7 +161,7 @@ class Connection(threading.Thread):
                     return
                 failures += 1
                 logger.info("IDLE for account %s: %s, retrying", self.target.account_id, error.code)
-                self.stop.wait(_backoff(failures))
+                self.stop.wait(reconnect_delay(failures))
                 continue
             try:
                 # Mail may have arrived while no listener watched (a reconnect, a takeover, a
@@ -181,7 +181,7 @@ class Connection(threading.Thread):
                 self.connected, self.client = False, None
                 self.listener.destinations.give(key)
                 imap.close(client)
-            self.stop.wait(_backoff(failures))
+            self.stop.wait(reconnect_delay(failures))
 
     def _idle(self, client) -> None:
         client.select_folder("INBOX", readonly=True)
@@ -269,12 +269,6 @@ def _idle_check(client) -> list:
         responses.append(_untagged(imap4._get_line()))
         if not reader.buffered() and not _readable(imap4.sock, 0):
             return responses
-
-
-def _backoff(failures: int) -> float:
-    """Exponential back-off with jitter (0.5-1.5x), capped at IMAP_IDLE_BACKOFF_MAX_SECONDS."""
-    base = min(settings.IMAP_IDLE_BACKOFF_MAX_SECONDS, settings.IMAP_IDLE_BACKOFF_SECONDS * 2 ** min(failures, 16))
-    return base * random.uniform(0.5, 1.5)
 
 
 class Listener:
