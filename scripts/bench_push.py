@@ -10,13 +10,16 @@ for many connections) on 127.0.0.1, then:
   poll latency fits in one minute) and a prefork worker of 2 processes. Mail is
   delivered one message at a time with `doveadm save` (Dovecot's own delivery,
   no IMAP login of its own): to the pushed accounts every PUSH_GAP seconds, to
-  each polled account once at a random moment within one interval. Latency:
+  each polled account once at a random moment of its own slice of one interval. Latency:
   the save's return to the SyncedMessage row being there (the database is read
   every 50 ms), p50/p95 per group;
 - logins per account per hour: Dovecot's "Login:" lines per user in an exact
-  60-second part of that window (two poll intervals), scaled to an hour; the
-  pushed accounts' safety-net poll (SYNC_PUSH_POLL_SECONDS, 1,800 s) is longer
-  than any window here, so its share is computed (3,600 / 1,800), and said so;
+  60-second part of that window (two poll intervals), scaled to an hour; a
+  session longer than SHORT_SESSION (or still open) is an IDLE connection's, a
+  shorter one a sync run's. The pushed accounts' safety-net poll
+  (SYNC_PUSH_POLL_SECONDS, 1,800 s) is longer than any window here, so its
+  share is computed (3,600 / 1,800), and said so. A listener that exits is
+  started again at once (as docker-compose's restart policy would) and counted;
 - capacity: one listener process (--shard 0/1) for N accounts, each its own
   mailbox on the local Dovecot: time from the process start until Dovecot logged
   N logins and the heartbeat counted N connections, then its RSS, threads, and
@@ -129,7 +132,8 @@ def _sessions(log: bytes, start: int, end: int) -> list[tuple[bytes, bool]]:
     """(user, long) per login logged between the byte offsets start and end; long: the session lasted
     more than SHORT_SESSION seconds or is still open (an IDLE connection, not a sync run)."""
     def seconds(stamp: bytes) -> float:
-        return datetime.strptime(stamp.decode(), "%b %d %H:%M:%S").timestamp()
+        # No year in Dovecot's stamp: seconds since 1 Jan 1900 (a window over New Year is off by a year).
+        return (datetime.strptime(stamp.decode(), "%b %d %H:%M:%S") - datetime(1900, 1, 1)).total_seconds()
 
     ended = {session: seconds(stamp) for stamp, session in ENDED.findall(log)}
     out = []
@@ -235,7 +239,8 @@ def _push_against_poll(dovecot, rows, per_group: int, log, processes, base) -> t
     helpers = [
         _start(log, "-m", "celery", "-A", "portal", "worker", "--pool=prefork", "--concurrency=2",
                "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=WARNING"),
-        _start(log, "-m", "celery", "-A", "portal", "beat", "--loglevel=WARNING", "-s", str(base / "celerybeat-schedule")),
+        _start(log, "-m", "celery", "-A", "portal", "beat", "--loglevel=WARNING",
+               "-s", str(base / "celerybeat-schedule")),
     ]
     processes.extend(helpers)
     everyone = MailAccount.objects.filter(owner=owner)
@@ -248,15 +253,17 @@ def _push_against_poll(dovecot, rows, per_group: int, log, processes, base) -> t
     time.sleep(5)  # past the runs still queued by the first fan-out
 
     # One timeline: the pushed accounts in turn every PUSH_GAP s through the window (each account's
-    # gap is longer than IMAP_IDLE_DEBOUNCE_SECONDS), each polled account once at a random moment
-    # of the first interval.
+    # gap is longer than IMAP_IDLE_DEBOUNCE_SECONDS), each polled account once in the first interval.
     assert len(pushed) * PUSH_GAP > settings.IMAP_IDLE_DEBOUNCE_SECONDS
     rng = random.Random(15)
     window = 2 * POLL_INTERVAL  # the logins are counted in exactly two poll intervals
     events = [(n * PUSH_GAP, pushed[n % len(pushed)], "push") for n in range(int(window / PUSH_GAP))]
-    events += [(rng.uniform(0, POLL_INTERVAL), one, "poll") for one in polled]
+    # Stratified over the interval (one random moment in each of K equal slices), so that the few
+    # polled deliveries cover every phase of the poll: the latency sample is not bunched.
+    events += [((n + rng.random()) * POLL_INTERVAL / len(polled), one, "poll") for n, one in enumerate(polled)]
     events.sort(key=lambda event: event[0])
     window_start, log_start, log_end = time.perf_counter(), len(_dovecot_log(dovecot)), None
+    listener.restarts, restarts = 0, None
     pending, latency = {}, {"push": [], "poll": []}
     while (events or pending or log_end is None) and time.perf_counter() < window_start + window + 30:
         listener.check()
@@ -267,7 +274,7 @@ def _push_against_poll(dovecot, rows, per_group: int, log, processes, base) -> t
             pending[subject] = (group, _save(dovecot, account.address, subject))
             continue
         if log_end is None and now - window_start >= window:
-            log_end = len(_dovecot_log(dovecot))
+            log_end, restarts = len(_dovecot_log(dovecot)), listener.restarts
         for subject in SyncedMessage.objects.filter(subject__in=list(pending)).values_list("subject", flat=True):
             group, saved = pending.pop(subject)
             latency[group].append(time.perf_counter() - saved)
@@ -289,7 +296,7 @@ def _push_against_poll(dovecot, rows, per_group: int, log, processes, base) -> t
     rows.append(("  polling every 120 s, the default (computed: uniform in one interval)",
                  "p50 ~60 s, p95 ~114 s, plus the run"))
     hour = 3600 / window
-    users = {group: {one.address.encode() for one in members} for group, members in (("push", pushed), ("poll", polled))}
+    users = {"push": {one.address.encode() for one in pushed}, "poll": {one.address.encode() for one in polled}}
 
     def per_account(group: str, long: bool | None = None) -> float:
         return sum(1 for user, kind in sessions if user in users[group] and long in (None, kind)) / per_group
@@ -304,7 +311,7 @@ def _push_against_poll(dovecot, rows, per_group: int, log, processes, base) -> t
                  f"IDLE {per_account('push', True):.2f}"))
     idle_hour = per_account("push", True) * hour
     safety = 3600 / settings.SYNC_PUSH_POLL_SECONDS
-    rows.append((f"  listener restarts in those {window} s (it exited, restarted at once)", f"{listener.restarts}"))
+    rows.append((f"  listener restarts in those {window} s (it exited, restarted at once)", f"{restarts}"))
     rows.append(("  push, no new mail: IDLE logins (measured) + safety-net polls (computed)",
                  f"{idle_hour + safety:.0f}/h = {idle_hour:.0f} + {safety:.0f} (3600 / SYNC_PUSH_POLL_SECONDS)"))
     return small
@@ -350,9 +357,11 @@ def _capacity(dovecot, rows, count: int, log, processes, small: tuple[int, float
     _stop(listener)
     rows.append((f"one listener, {count} accounts: all logged in / heartbeat counts all",
                  f"{logged_in:.1f} / {counted:.1f} s after the process start"))
+    each = (rss - small[1]) / (count - small[0]) * 1024
     rows.append((f"  its RSS and threads holding {count} IDLE connections",
-                 f"{rss:.0f} MB, {threads} threads, ~{(rss - small[1]) / (count - small[0]) * 1024:.0f} KB per connection"))
-    rows.append(("  its CPU while they wait (10 s), logins beyond one each", f"{idle_cpu * 100:.1f} % of a core, {relogins}"))
+                 f"{rss:.0f} MB, {threads} threads, ~{each:.0f} KB per connection"))
+    rows.append(("  its CPU while they wait (10 s), logins beyond one each",
+                 f"{idle_cpu * 100:.1f} % of a core, {relogins}"))
     rows.append(("  SIGTERM to exit (every connection logs out)", f"{time.perf_counter() - stopping:.1f} s"))
 
 
