@@ -20,6 +20,7 @@ from migration.campaign import CampaignState
 from migration.models import ACTIVE_STATUSES, CampaignAccount, Migration, Reminder, Status
 from migration.selectors import current_campaign
 from sync.models import Engine, ProviderKind
+from sync.selectors import sync_backlog
 
 NEVER_STARTED = "never_started"
 
@@ -230,6 +231,8 @@ class CampaignAccountAdmin(admin.ModelAdmin):
             "today": _("Heute"),
         })
         list_url = reverse("admin:migration_campaignaccount_changelist")
+        # The same figures as GET /health/ (two queries); V2 polls until this campaign's shutdown date.
+        backlog = sync_backlog(v2_running=timezone.localdate() < current.v2_shutdown)
 
         def link(**params):
             return f"{list_url}?{urlencode(params)}" if params else list_url
@@ -256,5 +259,7 @@ class CampaignAccountAdmin(admin.ModelAdmin):
             "stuck": campaign.oldest_stuck(), "never": campaign.never_started(), "now": timezone.now(),
             "bd": bd, "chart": chart, "list_url": list_url,
             "recent_reminders": Reminder.objects.select_related("user", "sent_by")[:10],
+            "sync_backlog": backlog,
+            "oldest_due_since": timezone.now() - timedelta(seconds=backlog["oldest_due_seconds"]),
         }
         return TemplateResponse(request, "admin/campaign/dashboard.html", context)

@@ -57,7 +57,7 @@ AUTODISCOVER_REQUEST = (
 SPECIAL_USE_TLDS = ("localhost", "invalid")
 ASKS_FOR_LOGIN = re.compile(r"ntlm|negotiate|basic", re.I)
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-CACHE_VERSION = 2  # 2: the market table (new providers, MX host overrides)
+CACHE_VERSION = 3  # 2: the market table (new providers, MX host overrides); 3: Host Europe, Mittwald, GMX business
 
 
 @dataclass

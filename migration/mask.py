@@ -16,6 +16,7 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
 from migration import errors, proposal, selectors, services
+from migration.google import flow as google_flow
 from migration.models import Migration, MigrationEvent, Status
 from sync.google import oauth as google_oauth
 from sync.microsoft import client as microsoft_client
@@ -63,7 +64,9 @@ def choose_provider(*, migration: Migration, key: str, actor: str, reason: str =
     """Switch the login step to another provider (compare-and-swap on the step).
 
     reason: what the event trail says (default "provider chosen: <key>"); extra: facts merged
-    into Migration.detected (e.g. {"exchange_online": True} for the Microsoft step's explanation)."""
+    into Migration.detected (e.g. {"exchange_online": True} for the Microsoft step's explanation).
+    The previous login's error goes with it: a refused Google sign-in must not greet the user
+    again on the IMAP form, nor after they come back to Google."""
     reason = reason or f"provider chosen: {key}"
     choice = CHOICES_BY_KEY.get(key)
     if choice is None or migration.status not in CHOOSABLE:
@@ -73,13 +76,13 @@ def choose_provider(*, migration: Migration, key: str, actor: str, reason: str =
     if migration.status == Status.AWAITING_ADMIN_CONSENT and choice.kind != ProviderKind.MICROSOFT:
         # Leaving the wait for a Microsoft admin: the new provider's step is a plain login step.
         try:
-            return services.transition(migration, to=Status.AWAITING_USER, reason=reason,
-                                       actor=actor, provider_kind=choice.kind, detected=detected, connection={})
+            return services.transition(migration, to=Status.AWAITING_USER, reason=reason, actor=actor,
+                                       provider_kind=choice.kind, detected=detected, connection={}, error_code="")
         except services.TransitionConflict:
             raise ChoiceRefused(key) from None
     with transaction.atomic():
         changed = Migration.objects.filter(pk=migration.pk, status=migration.status).update(
-            provider_kind=choice.kind, detected=detected, connection={}
+            provider_kind=choice.kind, detected=detected, connection={}, error_code=""
         )
         if not changed:
             raise ChoiceRefused(key)
@@ -117,4 +120,7 @@ def choose(request, pk: int):
         choose_provider(migration=migration, key=request.POST.get("provider", ""), actor=f"user:{request.user.pk}")
     except ChoiceRefused:
         messages.error(request, _("Dieser Anbieter kann in diesem Schritt nicht gewählt werden."))
+    else:
+        # A Google sign-in still open in another tab belongs to the step the user just left.
+        google_flow.forget(session=request.session, purpose=f"m{migration.pk}")
     return redirect("migration-detail", pk=pk)

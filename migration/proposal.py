@@ -89,11 +89,14 @@ def _imap(account: MailAccount, key: str, facts: dict) -> dict:
     else:
         fill = {"host": "", "port": 993, "security": "ssl", "username": account.address, "confirm_host": ""}
     hints = [*(provider.hints if provider else ()), APP_PASSWORD_HINT]
-    if len(facts.get("candidates") or []) > 1:
+    # An ambiguous detection (IONOS) explains all its candidates; a provider picked from the full
+    # list instead gets its own hints, not those of what detection guessed.
+    among_candidates = len(facts.get("candidates") or []) > 1 and key in facts["candidates"]
+    if among_candidates:
         hints = [hint for key in facts["candidates"] if key in IMAP_PROVIDERS
                  for hint in IMAP_PROVIDERS[key].hints] + [APP_PASSWORD_HINT]
     label = provider.label if provider else str(detection.LABELS.get("imap_other"))
-    keys = facts.get("candidates") if len(facts.get("candidates") or []) > 1 else [key]
+    keys = facts.get("candidates") if among_candidates else [key]
     help_url = next((IMAP_PROVIDERS[k].help_url for k in keys if k in IMAP_PROVIDERS and IMAP_PROVIDERS[k].help_url),
                     "")
     return {**facts, **fill, "label": label, "hints": _msgids(dict.fromkeys(hints)), "help_url": help_url}

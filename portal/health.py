@@ -9,7 +9,9 @@ balancer or compose restarting the web server would not bring them back; the
 worker and beat have their own container health checks (docker-compose.yml).
 Informational only: the IMAP IDLE listener ("imap_idle": live shards and the IDLE
 connections they hold, from their heartbeat rows); without it mail still arrives
-by polling, so it never changes the status.
+by polling, so it never changes the status. So is the sync backlog
+("sync_backlog": accounts due, queued and running, and how long the longest
+due one has waited; sync.selectors.sync_backlog), for monitoring to graph.
 """
 
 import logging
@@ -39,7 +41,9 @@ def report() -> tuple[int, dict]:
                       "worker": {"status": "ok" | "stale" | "missing" | "unknown", "age_seconds": int | None},
                       "beat": {...},
                       "imap_idle": {"status": "ok" | "stale" | "missing" | "unknown",
-                                    "shards": int, "connections": int | None}}}
+                                    "shards": int, "connections": int | None},
+                      "sync_backlog": {"due": int, "queued": int, "running": int, "oldest_due_seconds": int}
+                                      (all None when the database is down)}}
     Ages are whole seconds since the last heartbeat; "unknown" when the database is down.
     """
     checks = {
@@ -49,6 +53,7 @@ def report() -> tuple[int, dict]:
     }
     checks.update(_heartbeats(database_up=checks["database"] == "ok"))
     checks["imap_idle"] = _imap_idle(database_up=checks["database"] == "ok")
+    checks["sync_backlog"] = _sync_backlog(database_up=checks["database"] == "ok")
     if any(checks[name] != "ok" for name in REQUIRED):
         status = "error"
     elif any(checks[name]["status"] != "ok" for name in (WORKER, BEAT)):
@@ -125,3 +130,19 @@ def _imap_idle(*, database_up: bool) -> dict:
     fresh = [count for seen_at, count in rows if seen_at >= fresh_after]
     status = "ok" if fresh else ("stale" if rows else "missing")
     return {"status": status, "shards": len(fresh), "connections": sum(fresh)}
+
+
+def _sync_backlog(*, database_up: bool) -> dict:
+    """sync.selectors.sync_backlog now; all None when the database is down or the figures cannot be
+    read (the V2 shutdown date comes through the cache, which may be the part that is down)."""
+    from sync.runs import v2_running
+    from sync.selectors import sync_backlog
+
+    unknown = {"due": None, "queued": None, "running": None, "oldest_due_seconds": None}
+    if not database_up:
+        return unknown
+    try:
+        return sync_backlog(v2_running=v2_running())
+    except Exception as error:  # noqa: BLE001 - informational only: /health/ must still answer
+        logger.warning("health: sync backlog unknown (%s)", type(error).__name__)
+        return unknown

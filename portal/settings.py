@@ -14,6 +14,7 @@ from cryptography.fernet import Fernet
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
+from kombu import Exchange, Queue
 
 from portal.env import envbool, envdatabase, envdate, envint, envlist, envstr, parse_nameserver
 
@@ -259,6 +260,23 @@ CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Two queues. "celery" (the default) carries the work: sync runs, migration steps, mails.
+# "control" carries beat's short bookkeeping tasks, which only read and write the
+# database and queue work: the sync fan-out, the stuck-migration sweep, the
+# reminder and re-connect claims. A worker of its own consumes "control"
+# (scripts/run, docker-compose.yml), so a fan-out never waits behind a queue full
+# of slow sync runs. Tasks that talk to other servers (the admin-consent poll
+# asks Microsoft, the staff digest sends mail) stay on "celery": on the small
+# control worker a slow answer would hold up the fan-out. A worker started
+# without -Q consumes both (task_queues below), so nothing is left unconsumed.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_CONTROL_QUEUE = "control"
+CELERY_TASK_QUEUES = [Queue(name, Exchange(name), routing_key=name) for name in ("celery", CELERY_CONTROL_QUEUE)]
+CELERY_TASK_ROUTES = {
+    name: {"queue": CELERY_CONTROL_QUEUE}
+    for name in ("sync.tasks.sync_all_accounts", "migration.tasks.sweep_stuck_migrations",
+                 "migration.tasks.send_due_reminders", "sync.tasks.send_reconnect_followups")
+}
 # Beat's scheduler also records its last tick (portal.heartbeats, GET /health/).
 CELERY_BEAT_SCHEDULER = "portal.heartbeats:RecordingScheduler"
 CELERY_BEAT_SYNC_SECONDS = envint("SYNC_INTERVAL_SECONDS", 120, minimum=5)
@@ -281,6 +299,22 @@ SYNC_FANOUT_MAX = envint("SYNC_FANOUT_MAX", 500, minimum=1)
 # How often beat's fan-out looks for due accounts (at most every SYNC_INTERVAL_SECONDS): each
 # account is still synced once per interval, the queue is topped up in smaller steps.
 SYNC_DISPATCH_SECONDS = min(envint("SYNC_DISPATCH_SECONDS", 15, minimum=1), CELERY_BEAT_SYNC_SECONDS)
+# At most this many accounts of one destination queued or running at once (sync.destinations:
+# one IMAP/EWS host, one Microsoft 365 domain, Google): a company's own server is not flooded.
+# Graph's 4 concurrent requests per mailbox are kept per request (sync.microsoft.slots).
+SYNC_MAX_PER_DESTINATION = envint("SYNC_MAX_PER_DESTINATION", 20, minimum=1)
+# Adaptive interval (sync.schedule): a run that found new mail makes the account due again
+# after SYNC_INTERVAL_MIN_SECONDS; each quiet run doubles its interval (from
+# SYNC_INTERVAL_SECONDS, the base) up to SYNC_INTERVAL_MAX_SECONDS, the longest an account
+# waits for its next look (SYNC_PUSH_POLL_SECONDS for accounts push covers).
+SYNC_INTERVAL_MIN_SECONDS = envint("SYNC_INTERVAL_MIN_SECONDS", min(60, CELERY_BEAT_SYNC_SECONDS), minimum=5)
+SYNC_INTERVAL_MAX_SECONDS = envint("SYNC_INTERVAL_MAX_SECONDS", max(900, CELERY_BEAT_SYNC_SECONDS), minimum=5)
+if not SYNC_INTERVAL_MIN_SECONDS <= CELERY_BEAT_SYNC_SECONDS <= SYNC_INTERVAL_MAX_SECONDS:
+    raise ImproperlyConfigured(
+        "SYNC_INTERVAL_MIN_SECONDS <= SYNC_INTERVAL_SECONDS <= SYNC_INTERVAL_MAX_SECONDS must hold, not "
+        f"{SYNC_INTERVAL_MIN_SECONDS} <= {CELERY_BEAT_SYNC_SECONDS} <= {SYNC_INTERVAL_MAX_SECONDS}"
+    )
+SYNC_DISPATCH_SECONDS = min(SYNC_DISPATCH_SECONDS, SYNC_INTERVAL_MIN_SECONDS)
 
 # --- Push: the IMAP IDLE listener (manage.py imap_idle, sync.imap.idle) ------------
 # Leave IDLE and enter it again after this (RFC 2177: a server may end an IDLE after 30 minutes).

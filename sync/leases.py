@@ -12,7 +12,8 @@ Two marks on the MailAccount row, both taken by compare-and-swap:
   skips the account while it is newer than SYNC_QUEUED_TIMEOUT_SECONDS (a lost
   broker message is queued again after that). The queued run clears its own mark.
 - the next due time (sync_due_at): set with the queued mark, DUE_FRACTION of the
-  fan-out interval ahead. The other two marks only keep runs from overlapping;
+  shortest interval (SYNC_INTERVAL_MIN_SECONDS) ahead, and when the run ends to
+  its adaptive interval (sync.schedule). The other two marks only keep runs from overlapping;
   without this one, a second beat started by mistake, ticking between the first
   one's ticks, would queue every account again as soon as its run ended: twice
   the logins at every mailbox. With it, any number of beats queue an account at
@@ -42,6 +43,7 @@ from django.db import connections
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
+from sync import destinations
 from sync.models import MailAccount
 
 logger = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ def not_queued(now: datetime) -> Q:
     return Q(sync_queued_at__isnull=True) | Q(sync_queued_at__lte=cutoff)
 
 
-# The fan-out queues an account again after this fraction of SYNC_INTERVAL_SECONDS (see the module docstring).
+# The fan-out queues an account again after this fraction of its interval at the earliest (see the module docstring).
 DUE_FRACTION = 0.9
 
 
@@ -192,10 +194,15 @@ def held(account_id: int) -> Iterator[bool]:
         release(account_id, token)
 
 
-def mark_queued(due: QuerySet, *, now: datetime, limit: int) -> list[int]:
+def mark_queued(due: QuerySet, *, now: datetime, limit: int, busy: dict[str, int] | None = None) -> list[int]:
     """Lock up to `limit` due accounts, mark them queued at `now` and due again DUE_FRACTION of
-    SYNC_INTERVAL_SECONDS later; return their ids, the longest due first (never queued ones
-    first, then by sync_due_at, then least recently run).
+    SYNC_INTERVAL_MIN_SECONDS later (the run sets the real next due time when it ends,
+    sync.schedule); return their ids in the order to queue them.
+
+    Which accounts: fair turns across destinations, at most
+    SYNC_MAX_PER_DESTINATION per destination counting its `busy` accounts
+    (sync.destinations.fair_turns); within a destination the longest due first
+    (never queued ones first, then by sync_due_at, then least recently run).
 
     Call inside transaction.atomic() and queue the runs on commit. `due`: a
     MailAccount queryset without joins that leaves out leased, queued and not yet
@@ -204,16 +211,20 @@ def mark_queued(due: QuerySet, *, now: datetime, limit: int) -> list[int]:
     PostgreSQL re-checks a row another transaction changed meanwhile, so an
     account just queued, leased or pushed ahead is not taken. That makes the
     mark a compare-and-swap: of any number of fan-outs, one queues the account
-    per interval.
+    per interval. Three queries (pick, lock, UPDATE) whatever the number of accounts.
     """
     if limit <= 0:
         return []
-    ids = list(
-        due.order_by(F("sync_due_at").asc(nulls_first=True), F("sync_lease_until").asc(nulls_first=True), "pk")
-        .select_for_update(skip_locked=True)
-        .values_list("pk", flat=True)[:limit]
-    )
-    next_due = now + timedelta(seconds=settings.CELERY_BEAT_SYNC_SECONDS * DUE_FRACTION)
+    # The pick takes no locks (PostgreSQL allows no FOR UPDATE with window functions): the lock
+    # follows. Twice the batch is picked, in the same fair order and within the same caps, so
+    # that rows another transaction holds are skipped and the next ones taken, not waited for.
+    picked = destinations.fair_turns(due, limit=2 * limit, cap=settings.SYNC_MAX_PER_DESTINATION, busy=busy or {})
+    if not picked:
+        return []
+    locked = set(due.filter(pk__in=picked).order_by("pk").select_for_update(skip_locked=True)
+                 .values_list("pk", flat=True))
+    ids = [pk for pk in picked if pk in locked][:limit]
+    next_due = now + timedelta(seconds=settings.SYNC_INTERVAL_MIN_SECONDS * DUE_FRACTION)
     MailAccount.objects.filter(pk__in=ids).update(sync_queued_at=now, sync_due_at=next_due)
     return ids
 

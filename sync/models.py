@@ -66,9 +66,12 @@ class MailAccount(models.Model):
     sync_lease_until = models.DateTimeField(_("Synchronisierung läuft bis"), null=True, blank=True, editable=False)
     sync_lease_token = models.CharField(max_length=32, blank=True, editable=False)
     sync_queued_at = models.DateTimeField(_("Synchronisierung eingereiht am"), null=True, blank=True, editable=False)
-    # The fan-out queues the account again from this time on (sync.leases.mark_queued sets it one
-    # interval ahead): a second beat by mistake, ticking in between, finds it not due.
+    # The fan-out queues the account again from this time on (sync.leases.mark_queued sets it when it
+    # queues a run, sync.schedule when the run ends): a second beat by mistake, ticking in between,
+    # finds it not due.
     sync_due_at = models.DateTimeField(_("Synchronisierung fällig ab"), null=True, blank=True, editable=False)
+    # The adaptive interval in seconds (sync.schedule); null: the base SYNC_INTERVAL_SECONDS.
+    sync_interval_seconds = models.PositiveIntegerField(null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name = _("E-Mail-Konto")
@@ -76,7 +79,9 @@ class MailAccount(models.Model):
         ordering = ["address"]
         constraints = [models.UniqueConstraint(fields=["owner", "address"], name="account_unique_per_owner")]
         # The fan-out serves the least recently run accounts first (sync.leases).
-        indexes = [models.Index(fields=["sync_lease_until"], name="account_least_recently_run")]
+        # The fan-out's pick and the backlog figures read the due accounts by sync_due_at.
+        indexes = [models.Index(fields=["sync_lease_until"], name="account_least_recently_run"),
+                   models.Index(fields=["sync_due_at"], name="account_next_due")]
 
     def __str__(self):
         return self.address

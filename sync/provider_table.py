@@ -62,7 +62,9 @@ PROVIDERS: tuple[Provider, ...] = (
                  "App-Passwort; das gibt es nur mit aktivierter Bestätigung in zwei Schritten."),),
         help_url="https://support.google.com/accounts/answer/185833",
     ),
-    # Microsoft: ISPDB outlook.com / hotmail.com; Microsoft 365 and Outlook.com sync through Graph.
+    # Microsoft: ISPDB hotmail.com.xml and office365.com.xml (outlook.office365.com 993 SSL), Microsoft's
+    # "POP, IMAP, and SMTP settings for Outlook.com" (support.microsoft.com). Microsoft 365 and
+    # Outlook.com sync through Graph with Microsoft sign-in, so no IMAP server is proposed.
     Provider(
         "microsoft365", "Microsoft 365 / Outlook.com", kind="microsoft",
         domains=("outlook.com", "outlook.de", "hotmail.com", "hotmail.de", "live.com", "live.de", "msn.com"),
@@ -78,7 +80,7 @@ PROVIDERS: tuple[Provider, ...] = (
                _("iCloud meldet Sie mit dem Teil vor dem @ an.")),
         help_url="https://support.apple.com/de-de/102654",
     ),
-    # Yahoo: ISPDB yahoo.com (imap.mail.yahoo.com 993 SSL, full address). Third-party apps need an
+    # Yahoo: ISPDB yahoo.com.xml (imap.mail.yahoo.com 993 SSL, full address). Third-party apps need an
     # app password: https://help.yahoo.com/kb/SLN15241.html
     Provider(
         "yahoo", "Yahoo Mail", host="imap.mail.yahoo.com",
@@ -96,7 +98,7 @@ PROVIDERS: tuple[Provider, ...] = (
                  "Passwort wird hier nicht angenommen."),),
         help_url="https://help.aol.com/articles/Create-and-manage-app-password",
     ),
-    # Zoho: ISPDB zoho.com and https://www.zoho.com/mail/help/imap-access.html (imap.zoho.com /
+    # Zoho: ISPDB zoho.com.xml and https://www.zoho.com/mail/help/imap-access.html (imap.zoho.com /
     # imap.zoho.eu for personal accounts, imappro.* for organisations; IMAP must be enabled).
     Provider(
         "zoho", "Zoho Mail", host="imap.zoho.eu", domains=("zoho.eu", "zohomail.eu"),
@@ -120,7 +122,7 @@ PROVIDERS: tuple[Provider, ...] = (
                _("WEB.DE meldet Sie mit dem Teil vor dem @ an.")),
         help_url="https://hilfe.web.de/pop-imap/einschalten.html",
     ),
-    # T-Online / Telekom: ISPDB t-online.de.xml (secureimap.t-online.de 993 SSL, full address); mail
+    # T-Online / Telekom (private customers): ISPDB t-online.de.xml (secureimap.t-online.de 993 SSL, full address); mail
     # programs need the separate e-mail password:
     # https://www.telekom.de/hilfe/apps-dienste/e-mail/programme/passwort-verwalten
     Provider(
@@ -165,13 +167,28 @@ PROVIDERS: tuple[Provider, ...] = (
         help_url="https://kb.mailbox.org/de/privat/sicherheit-und-privatsphaere/"
                  "applikationspasswoerter-fuer-externe-programme/",
     ),
-    # mail.de: mail.de's help pages for e-mail programs (imap.mail.de 993 SSL, full address).
+    # mail.de: mail.de's help pages for e-mail programs, https://mail.de/hilfe (imap.mail.de 993 SSL,
+    # full address).
     Provider("mailde", "mail.de", host="imap.mail.de", domains=("mail.de",)),
+    # Telekom business (Homepage Center: mailboxes on the customer's own domain): Telekom's help
+    # https://homepagecenter.telekom.de/hilfe/e-mail-benutzer/… says mail programs log in with the
+    # mailbox's separate E-Mail-Passwort, and lists the servers on
+    # https://homepagecenter.telekom.de/hilfe/uebersicht-der-server. Neither the IMAP host nor the MX
+    # names could be confirmed from a source here, so no host and no MX rule are guessed: the
+    # entry is offered in the picker with the page that names the server.
+    Provider(
+        "telekom_business", "Telekom Homepage Center (Geschäftskunden)", host="",
+        hints=(_("Den IMAP-Server Ihres Postfachs nennt das Homepage Center der Telekom unter „Übersicht der "
+                 "Server“."),
+               _("Die Telekom verlangt für E-Mail-Programme das separate E-Mail-Passwort des Postfachs.")),
+        help_url="https://homepagecenter.telekom.de/hilfe/uebersicht-der-server",
+    ),
     # --- hosters: customers' own domains, found by MX ------------------------------------------------------------
     # Hetzner: ISPDB hetzner.de.xml (mail.your-server.de 993 SSL, full address; MX your-server.de).
     Provider("hetzner", "Hetzner", host="mail.your-server.de"),
-    # ALL-INKL: the customer's own server w0….kasserver.com (shown in the KAS) receives mail (MX) and
-    # serves IMAP (993 SSL); older mailboxes log in with the mailbox name m0….
+    # ALL-INKL: ALL-INKL's instructions for mail programs (https://all-inkl.com/wichtig/anleitungen/,
+    # section E-Mail): the customer's own server w0….kasserver.com (shown in the KAS) receives mail
+    # (MX) and serves IMAP (993 SSL); older mailboxes log in with the mailbox name m0….
     Provider(
         "allinkl", "ALL-INKL", host="",
         hints=(_("Den IMAP-Server (w0….kasserver.com) zeigt Ihnen das KAS von ALL-INKL."),
@@ -179,6 +196,23 @@ PROVIDERS: tuple[Provider, ...] = (
     ),
     # domainFACTORY: ISPDB df.eu (sslin.df.eu 993 SSL, full address; MX ispgateway.de).
     Provider("domainfactory", "domainFACTORY", host="sslin.df.eu"),
+    # Host Europe: Host Europe's FAQ on setting up mail programs (https://www.hosteurope.de/faq/, section
+    # E-Mail): imap.hosteurope.de 993 SSL, the full address (older WebHosting mailboxes log in with
+    # their mailbox name from the KIS); customers' domains receive through mx0/mx1.hosteurope.de.
+    Provider(
+        "hosteurope", "Host Europe", host="imap.hosteurope.de", domains=("hosteurope.de",),
+        hints=(_("Scheitert die Anmeldung mit der Adresse, verwenden Sie den Postfach-Namen aus dem KIS von Host "
+                 "Europe."),),
+    ),
+    # Mittwald: Mittwald's mail documentation (https://developer.mittwald.de/docs/v2/platform/mail/ and
+    # mittwald.de/faq): mail programs use mail.agenturserver.de, IMAP 993 SSL/TLS, the full address;
+    # mailboxes of the older customer centre log in with their mailbox name (p…p…). Mittwald's mail
+    # hosts (MX, mailout0N) all sit under agenturserver.de.
+    Provider(
+        "mittwald", "Mittwald", host="mail.agenturserver.de",
+        hints=(_("Scheitert die Anmeldung mit der Adresse, verwenden Sie den Postfach-Namen (p…) aus dem "
+                 "Kundencenter von Mittwald."),),
+    ),
     # united-domains: https://www.united-domains.de/help/faq-article/was-ist-der-unterschied-zwischen-pop3-und-imap/
     # (imaps.udag.de 993 SSL/TLS or 143 STARTTLS).
     Provider("udag", "united-domains", host="imaps.udag.de"),
@@ -205,6 +239,11 @@ MX_RULES: tuple[MxRule, ...] = (
     # Zoho custom domains (organisation accounts use imappro.*): mx.zoho.eu / mx.zoho.com and mx2, mx3.
     MxRule("mx*.zoho.eu", "zoho", host="imappro.zoho.eu"),
     MxRule("mx*.zoho.com", "zoho", host="imappro.zoho.com"),
+    # GMX/WEB.DE business (a company's own domain with GMX or WEB.DE mailboxes): the IMAP servers are
+    # ISPDB gmx.net.xml / web.de.xml; 1&1 Mail & Media's inbound for customer domains is
+    # mx00/mx01.emig.gmx.net (as seen in such domains' DNS; no provider page for it was at hand).
+    # GMX logs in with the full address; WEB.DE with the WEB.DE user name (ISPDB web.de.xml).
+    MxRule("mx*.emig.gmx.net", "gmx"),
     MxRule("mx*.gmx.net", "gmx"),
     MxRule("mx-ha*.web.de", "webde"),
     MxRule("mx*.t-online.de", "tonline"),
@@ -215,6 +254,8 @@ MX_RULES: tuple[MxRule, ...] = (
     MxRule("*.kasserver.com", "allinkl", host="{mx}"),
     MxRule("*.ispgateway.de", "domainfactory"),
     MxRule("*.udag.de", "udag"),
+    MxRule("mx*.hosteurope.de", "hosteurope"),
+    MxRule("*.agenturserver.de", "mittwald"),
 )
 
 # Hosters whose MX cannot tell an IMAP mailbox from a Microsoft one: the user chooses.

@@ -12,7 +12,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from sync import leases, queue, v2
+from sync import destinations, leases, queue, schedule, v2
 from sync.exchange import engine as v3_ews
 from sync.google import engine as v3_google
 from sync.imap import engine as v3_imap
@@ -57,12 +57,16 @@ def accounts_to_sync() -> list[int]:
     Bounded twice, so that the queue never grows beyond what the workers take,
     whatever the number of accounts: at most settings.SYNC_FANOUT_BATCH
     accounts per call, and never more than settings.SYNC_FANOUT_MAX accounts
-    queued or running at once (sync.leases.in_flight). The longest due go
-    first; accounts with a run under way or already queued are left out
-    (sync.leases). On PostgreSQL fan-outs take turns (an advisory lock held
-    until the commit), so two beats cannot both fill the same free room. The
+    queued or running at once (sync.leases.in_flight), and at most
+    settings.SYNC_MAX_PER_DESTINATION of one destination (one mail server,
+    one Microsoft 365 organisation, Google: sync.destinations), taken in fair
+    turns across destinations; within one, the longest due go first. Accounts
+    with a run under way or already queued are left out (sync.leases). On
+    PostgreSQL fan-outs take turns (an advisory lock held until the commit),
+    so two beats cannot both fill the same free room. The
     runs are queued once the claim has committed, each with its queued mark
-    so that it clears its own. Two queries for the count and the claim, one
+    so that it clears its own. A constant number of queries whatever the
+    number of accounts: the count per destination, the pick, the lock, one
     UPDATE (and, for accounts an IMAP IDLE listener covers, one query for
     the listeners' heartbeats and one UPDATE: push_poll_later).
     """
@@ -73,10 +77,11 @@ def accounts_to_sync() -> list[int]:
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [FANOUT_LOCK])
-        room = settings.SYNC_FANOUT_MAX - MailAccount.objects.filter(leases.in_flight(now)).count()
+        busy = destinations.in_flight_by_destination(MailAccount.objects.filter(leases.in_flight(now)))
+        room = settings.SYNC_FANOUT_MAX - sum(busy.values())
         account_ids = leases.mark_queued(
             accounts_due_for_sync(v2_running=running, now=now), now=now,
-            limit=min(settings.SYNC_FANOUT_BATCH, room),
+            limit=min(settings.SYNC_FANOUT_BATCH, room), busy=busy,
         )
         push_poll_later(account_ids, now=now)
         transaction.on_commit(lambda: [queue.enqueue_sync(pk, queued_at=now) for pk in account_ids])
@@ -111,6 +116,9 @@ def sync_account(account_id: int, *, queued_at: datetime | None = None) -> int:
     foresaw) is logged and recorded on the account as "sync_internal", which
     the settings page shows; it is not retried at once (it would fail the same
     way), the next scheduled run tries again.
+
+    When the run ends its account's next due time follows what it found
+    (sync.schedule: sooner after new mail, later after quiet runs).
     """
     with leases.held(account_id) as held:
         if queued_at is not None:
@@ -119,7 +127,9 @@ def sync_account(account_id: int, *, queued_at: datetime | None = None) -> int:
             leases.clear_queued(account_id, queued_at)
         if not held:
             return 0
-        return _run_engine(account_id)
+        new_messages = _run_engine(account_id)
+        schedule.after_run(account_id, new_messages=new_messages)
+        return new_messages
 
 
 def _run_engine(account_id: int) -> int:

@@ -1,6 +1,8 @@
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from django.db.models import Count, F, Q, QuerySet
+from django.conf import settings
+from django.db.models import Count, F, Min, Q, QuerySet
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from sync import leases
@@ -83,6 +85,27 @@ def accounts_due_for_sync(*, v2_running: bool, now: datetime | None = None) -> Q
         .exclude(Q(imap_host="") & ~Q(provider_kind__in=[ProviderKind.MICROSOFT, ProviderKind.EXCHANGE],
                                       engine=Engine.V3))
     )
+
+
+def sync_backlog(*, v2_running: bool, now: datetime | None = None) -> dict:
+    """How far the sync is behind at `now`: {"due": accounts due and not yet queued, "queued": queued
+    runs no worker has started, "running": runs under way, "oldest_due_seconds": whole seconds the
+    longest due account has waited (0 when none is due)}.
+
+    A growing "due" with "queued" + "running" at SYNC_FANOUT_MAX means the
+    workers do not keep up (add worker processes); a large "due" with a
+    small queue means destinations at their cap (SYNC_MAX_PER_DESTINATION).
+    Two queries, through the index on sync_due_at.
+    """
+    now = now or timezone.now()
+    due = accounts_due_for_sync(v2_running=v2_running, now=now).order_by().aggregate(
+        n=Count("pk"), oldest=Min(Coalesce("sync_due_at", "created_at")))
+    cutoff = now - timedelta(seconds=settings.SYNC_QUEUED_TIMEOUT_SECONDS)
+    running = Q(sync_lease_until__gt=now)
+    flight = MailAccount.objects.order_by().aggregate(
+        queued=Count("pk", filter=Q(sync_queued_at__gt=cutoff) & ~running), running=Count("pk", filter=running))
+    oldest = max(0, int((now - due["oldest"]).total_seconds())) if due["oldest"] else 0
+    return {"due": due["n"], "queued": flight["queued"], "running": flight["running"], "oldest_due_seconds": oldest}
 
 
 def today():

@@ -123,7 +123,10 @@ def imap_account(make_account, user, dovecot, mailbox):
 
 @pytest.fixture
 def celery_worker_thread(transactional_db):
-    """A real Celery worker (solo pool, in a thread) on the real Redis broker."""
+    """A real Celery worker (solo pool, in a thread) on the real Redis broker.
+
+    It consumes both queues, "celery" and "control" (settings CELERY_TASK_QUEUES: a
+    worker without -Q takes every queue listed there), so beat's routed tasks run too."""
     from celery.contrib.testing.worker import start_worker
     from celery.signals import task_postrun
 

@@ -132,3 +132,19 @@ def test_accepted_logins_give_their_slot_back_and_wrong_passwords_use_it_up(
     assert budget.get().attempts == 1  # a failure keeps its slot
     assert verify(dovecot, users[4], make_account, right=False) == "failed"
     assert reserve_attempt(99, "127.0.0.1", dovecot.tls_port) is not None  # guessing: the next one waits
+
+
+def test_2000_right_passwords_pass_in_one_window_and_guessing_is_still_limited(settings, server):
+    """A company rollout: every accepted login gives its slot back (as the worker does after a login that
+    worked), so 2,000 users of one server migrate without waiting, and wrong passwords still use the budget up."""
+    settings.EGRESS_RATE_PER_DESTINATION, settings.EGRESS_RATE_QUEUE_WINDOWS = 100, 19
+    waited = 0
+    for user_id in range(1, 2001):
+        if reserve_attempt(user_id, server, 993) is not None:
+            waited += 1
+        attempt_queue.refund(server, 993)  # the login worked
+    assert waited == 0
+    assert set(AttemptBudget.objects.filter(key="dest:203.0.113.7").values_list("attempts", flat=True)) == {0}
+    wrong = [reserve_attempt(5000 + number, server, 993) for number in range(101)]  # no refund: refused logins
+    assert wrong[:100] == [None] * 100
+    assert wrong[100] is not None  # the 101st guess waits for the next window

@@ -15,18 +15,26 @@ COMPOSE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
 
 def test_it_defines_web_worker_beat_postgres_and_redis():
     services = yaml.safe_load(COMPOSE.read_text())["services"]
-    assert set(services) == {"web", "worker", "beat", "imap-idle", "db", "redis"}
+    assert set(services) == {"web", "worker", "control-worker", "beat", "imap-idle", "db", "redis"}
     assert "imap_idle" in services["imap-idle"]["command"]
     assert "gunicorn" in services["web"]["command"]
     assert "worker" in services["worker"]["command"]
     assert "beat" in services["beat"]["command"]
     assert services["db"]["image"].startswith("postgres")
     assert services["redis"]["image"].startswith("redis")
-    for name in ("web", "worker", "beat", "imap-idle"):
+    for name in ("web", "worker", "control-worker", "beat", "imap-idle"):
         env = services[name]["environment"]
         assert env["DATABASE_URL"].startswith("postgres://")
         assert env["CELERY_BROKER_URL"].startswith("redis://")
         assert "ENCRYPTION_KEYS" in env and "SECRET_KEY" in env
+
+
+def test_every_queue_has_a_worker_and_control_work_has_its_own():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    queues = {name: services[name]["command"].split("-Q ")[1].split()[0].split(",")
+              for name in ("worker", "control-worker")}
+    assert queues == {"worker": ["celery"], "control-worker": ["control"]}
+    assert "--concurrency=1" in services["control-worker"]["command"]
 
 
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose is not installed")
@@ -37,7 +45,7 @@ def test_it_passes_docker_compose_config():
     assert result.returncode == 0, result.stderr
 
 
-LONG_RUNNING = ("web", "worker", "beat", "imap-idle", "db", "redis")
+LONG_RUNNING = ("web", "worker", "control-worker", "beat", "imap-idle", "db", "redis")
 
 
 @pytest.mark.parametrize("name", LONG_RUNNING)
@@ -60,12 +68,13 @@ def test_it_checks_each_service_by_what_shows_it_works():
     assert command["db"].startswith("pg_isready")
     assert command["redis"] == "redis-cli ping"
     # The app waits for healthy dependencies instead of crashing into a starting database.
-    for name in ("web", "worker", "beat", "imap-idle"):
+    for name in ("web", "worker", "control-worker", "beat", "imap-idle"):
         assert {dependency: condition["condition"] for dependency, condition in services[name]["depends_on"].items()} \
             == {"db": "service_healthy", "redis": "service_healthy"}
 
 
-@pytest.mark.parametrize("name, variable", [("worker", "WORKER_HEARTBEAT_FILE"), ("beat", "BEAT_TICK_FILE"),
+@pytest.mark.parametrize("name, variable", [("worker", "WORKER_HEARTBEAT_FILE"),
+                                           ("control-worker", "WORKER_HEARTBEAT_FILE"), ("beat", "BEAT_TICK_FILE"),
                                            ("imap-idle", "IMAP_IDLE_HEARTBEAT_FILE")])
 def test_its_heartbeat_checks_pass_on_a_fresh_file_and_fail_on_an_old_or_missing_one(name, variable, tmp_path):
     test = yaml.safe_load(COMPOSE.read_text())["services"][name]["healthcheck"]["test"]

@@ -99,3 +99,30 @@ def test_the_picker_is_only_open_while_a_login_step_waits(client, user, waiting)
     detail = reverse("migration-detail", args=[waiting.pk])
     assert client.get(reverse("migration-picker", args=[waiting.pk]))["Location"] == detail
     assert client.get(reverse("migration-all-providers", args=[waiting.pk]))["Location"] == detail
+
+
+def test_the_full_list_puts_google_first_among_the_big_ones_and_ends_with_any_other_imap(client, user, waiting):
+    client.force_login(user)
+    full = client.get(reverse("migration-all-providers", args=[waiting.pk])).content.decode()
+    order = ["Google (Gmail, Google Workspace)", "Microsoft 365 / Outlook.com", "Microsoft Exchange",
+             "Gmail mit App-Passwort (IMAP)", "iCloud Mail", "Yahoo Mail", "AOL Mail", "Zoho Mail", "GMX", "WEB.DE",
+             "T-Online", "IONOS", "1&amp;1", "Strato", "freenet", "Posteo", "mailbox.org", "mail.de",
+             "Telekom Homepage Center (Geschäftskunden)", "Hetzner", "ALL-INKL", "domainFACTORY", "Host Europe",
+             "Mittwald", "united-domains", "Anderer IMAP-Anbieter"]
+    positions = [full.index(f">{label}<") for label in order]
+    assert positions == sorted(positions)
+
+
+@pytest.mark.parametrize("key, host, hint", [
+    ("hosteurope", "imap.hosteurope.de", "KIS von Host Europe"),
+    ("mittwald", "mail.agenturserver.de", "Kundencenter von Mittwald"),
+    ("telekom_business", "", "Homepage Center der Telekom"),
+    ("imap_other", "", ""),
+])
+def test_a_new_provider_or_any_other_imap_server_can_be_chosen(client, user, waiting, key, host, hint):
+    client.force_login(user)
+    client.post(reverse("migration-choose", args=[waiting.pk]), {"provider": key})
+    migration = Migration.objects.get(pk=waiting.pk)
+    assert (migration.provider_kind, migration.detected["chosen"], migration.detected["host"]) == ("imap", key, host)
+    page = client.get(reverse("migration-detail", args=[waiting.pk])).content.decode()
+    assert 'name="host"' in page and 'name="password"' in page and hint in page

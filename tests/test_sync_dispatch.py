@@ -38,6 +38,7 @@ def redis():
 def many_accounts(user, settings):
     settings.SYNC_FANOUT_MAX = FANOUT_MAX
     settings.SYNC_FANOUT_BATCH = BATCH
+    settings.SYNC_MAX_PER_DESTINATION = ACCOUNTS  # one server here: the global bound is what these tests show
     MailAccount.objects.bulk_create(
         MailAccount(owner=user, address=f"konto{n:05d}@firma.example", provider_kind="imap", engine="v3",
                     imap_host="imap.firma.example", imap_port=993, imap_security="ssl")

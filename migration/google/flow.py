@@ -81,6 +81,14 @@ def complete(*, session, params) -> tuple[str, dict]:
     return kept["for"], oauth.grant_from(token, email=email)
 
 
+def forget(*, session, purpose: str) -> None:
+    """Drop the pending sign-ins for purpose (the user picked another provider): their answers get the 400 page."""
+    flows = session.get(SESSION_KEY) or {}
+    kept = {state: flow for state, flow in flows.items() if not (isinstance(flow, dict) and flow.get("for") == purpose)}
+    if len(kept) != len(flows):
+        session[SESSION_KEY] = kept
+
+
 def _same_mailbox(a: str, b: str) -> bool:
     return _canonical(a) == _canonical(b)
 

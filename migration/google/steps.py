@@ -17,6 +17,7 @@ from sync.errors import MailboxError
 from sync.google import oauth
 from sync.google.oauth import GoogleError
 from sync.imap.client import ImapSettings
+from sync.models import ProviderKind
 
 SIGN_IN_STATUSES = (Status.AWAITING_USER,)
 
@@ -28,8 +29,11 @@ def connection_for(address: str) -> dict:
 
 
 def signed_in(*, migration: Migration, grant: dict, actor: str) -> Migration:
-    """The user came back from Google with a grant for this mailbox: the worker verifies it."""
-    if migration.status not in SIGN_IN_STATUSES:
+    """The user came back from Google with a grant for this mailbox: the worker verifies it.
+
+    MigrationError("wrong_state") unless the migration waits in Google's sign-in step: an answer
+    from a sign-in started before the user picked another provider changes nothing."""
+    if migration.status not in SIGN_IN_STATUSES or migration.provider_kind != ProviderKind.GOOGLE:
         raise services.MigrationError("wrong_state")
     migration = services.transition(
         migration, to=Status.VERIFYING, reason="signed in at Google", actor=actor,

@@ -1,15 +1,20 @@
 """The Google views: sign-in redirect and callback (a migration's login step, or a re-connect).
 
 The callback is untrusted input: it must bring back the state of a flow in this
-user's session (migration.google.flow). Errors of a migration's sign-in are
-kept on the migration (error_code) and shown on its page; the admin-restricted
-Workspace gets the steps and a link for its admin there.
+user's session (migration.google.flow). One that does not (forged, replayed,
+expired, from another browser, no state at all) changes nothing and gets the
+same 400 page as the Microsoft callback, logged with its code. Errors of a
+migration's sign-in are kept on the migration (error_code) and shown on its page
+until the sign-in starts again or the user picks another provider; the
+admin-restricted Workspace gets the steps and a link for its admin there.
 """
+
+import logging
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import get_object_or_404, redirect
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
@@ -21,6 +26,8 @@ from migration.models import Migration, Status
 from sync.google import engine as google_engine
 from sync.google.oauth import GoogleError
 from sync.models import Engine, MailAccount, ProviderKind
+
+logger = logging.getLogger(__name__)
 
 WRONG_STATE = _("Die Migration ist in einem anderen Schritt; die Seite zeigt den aktuellen Stand.")
 
@@ -46,6 +53,7 @@ def sign_in(request, pk: int):
     if migration.provider_kind != ProviderKind.GOOGLE or migration.status not in google_steps.SIGN_IN_STATUSES:
         messages.info(request, WRONG_STATE)
         return redirect("migration-detail", pk=pk)
+    _note(migration, "")  # a new sign-in: the last one's error is history
     try:
         return redirect(flow.begin(session=request.session, purpose=f"m{pk}", address=migration.account.address,
                                    redirect_uri=redirect_uri()))
@@ -63,6 +71,12 @@ def callback(request):
     try:
         purpose, grant = flow.complete(session=request.session, params=request.GET)
     except GoogleError as error:
+        if error.code == "google_state_mismatch":
+            # Not an answer to a sign-in this browser started: nothing changes (like migration.microsoft.views).
+            logger.warning("google callback refused for user %s: %s", request.user.pk, error.code)
+            return render(request, "migration/callback_error.html",
+                          {"heading": _("Anmeldung bei Google"), "message": errors.message_for(error.code),
+                           "nav": "settings"}, status=400)
         return _callback_failed(request, purpose, error.code)
     if purpose.startswith("a"):
         account = get_object_or_404(MailAccount, pk=int(purpose[1:]), owner=request.user)
@@ -90,8 +104,12 @@ def _callback_failed(request, purpose: str, code: str):
 
 
 def _note(migration: Migration, code: str) -> None:
-    """Keep a sign-in error on the migration's login step, for its page (nothing else changes)."""
-    Migration.objects.filter(pk=migration.pk, status=Status.AWAITING_USER).update(error_code=code)
+    """Keep a sign-in error on the migration's Google step, for its page (nothing else changes).
+
+    Only while the step is Google's: the answer to a sign-in the user left for another provider
+    must not put a Google error on that provider's form."""
+    Migration.objects.filter(pk=migration.pk, status=Status.AWAITING_USER,
+                             provider_kind=ProviderKind.GOOGLE).update(error_code=code)
 
 
 @login_required

@@ -6,6 +6,8 @@ of a request the portal made (bound to its tenant server-side, and to the
 browser that was sent to Microsoft).
 """
 
+import logging
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -19,6 +21,8 @@ from migration.microsoft import client, consent, flow
 from migration.microsoft.client import MicrosoftError
 from migration.models import Migration, Status, TenantConsent
 from sync.models import Engine, MailAccount, ProviderKind
+
+logger = logging.getLogger(__name__)
 
 WRONG_STATE = _("Die Migration ist in einem anderen Schritt; die Seite zeigt den aktuellen Stand.")
 STILL_NO_CONSENT = _("Microsoft verlangt weiterhin die Zustimmung eines Administrators; sie ist noch nicht erteilt. "
@@ -98,8 +102,10 @@ def callback(request):
     found = flow.take_flow(request.session, str(request.GET.get("state", "")))
     if found is None:
         # A forged or replayed callback, or one from another browser: nothing changes.
-        return render(request, "migration/microsoft/callback_error.html",
-                      {"message": errors.message_for("ms_state_mismatch"), "nav": "settings"}, status=400)
+        logger.warning("microsoft callback refused for user %s: ms_state_mismatch", request.user.pk)
+        return render(request, "migration/callback_error.html",
+                      {"heading": _("Anmeldung bei Microsoft"), "message": errors.message_for("ms_state_mismatch"),
+                       "nav": "settings"}, status=400)
     key, ms_flow = found
     if key.startswith("a"):
         return _reconnect_callback(request, int(key[1:]), ms_flow)

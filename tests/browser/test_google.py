@@ -53,3 +53,41 @@ def test_a_user_picks_google_signs_in_and_the_migration_finishes(
     assert (migration.status, migration.provider_kind) == ("done", "google")
     account = MailAccount.objects.get(pk=account.pk)
     assert (account.engine, account.provider_kind) == ("v3", "google")
+
+
+def test_a_refused_sign_in_does_not_greet_the_user_again_after_a_detour(
+    page, live_server, settings, user, make_account, google, artifacts
+):
+    from migration.selectors import current_campaign
+
+    settings.SITE_URL = live_server.url
+    google.redirect_uris.add(live_server.url + reverse("google-callback"))
+    google.add_user("lena@firma.test")
+    google.add_user("privat@gmail.com")
+    google.signs_in_as = "privat@gmail.com"  # the browser's other Google account
+    account = make_account(user, "lena@firma.test")
+    migration = Migration.objects.create(account=account, user=user, campaign=current_campaign(),
+                                         provider_kind="google", status="awaiting_user")
+
+    sign_in(page, live_server, user.email)
+    page.goto(f"{live_server.url}{reverse('migration-detail', args=[migration.pk])}")
+    page.get_by_role("button", name="Bei Google anmelden").click()
+    error = page.get_by_test_id("google-error")
+    expect(error).to_contain_text("mit einem anderen Konto angemeldet", timeout=TIMEOUT)
+    page.screenshot(path=str(artifacts / "google-3-wrong-account.png"), full_page=True)
+
+    page.get_by_test_id("back").click()  # a look at IMAP, then back to Google
+    page.get_by_role("link", name="Alle Anbieter anzeigen").click()
+    page.locator(".providers").get_by_role("button", name="Anderer IMAP-Anbieter", exact=True).click()
+    expect(page.get_by_label("Passwort")).to_be_visible()
+    expect(page.locator("main")).not_to_contain_text("anderen Konto")
+    page.get_by_test_id("back").click()
+    page.get_by_role("button", name="Google (Gmail, Google Workspace)").click()
+    expect(page.get_by_role("button", name="Bei Google anmelden")).to_be_visible()
+    expect(error).to_have_count(0)
+
+    google.signs_in_as = None  # now with the right account
+    page.get_by_role("button", name="Bei Google anmelden").click()
+    expect(page.get_by_test_id("google-sign-in")).to_have_count(0, timeout=TIMEOUT)
+    assert Migration.objects.get(pk=migration.pk).status in ("verifying", "handing_over", "done", "failed")
+
