@@ -68,6 +68,11 @@ def _schedule_periodic_tasks(sender, **kwargs):
         float(settings.REMINDER_CHECK_SECONDS), sender.signature("migration.tasks.send_staff_digest"),
         name="daily digest for support staff (claimed per day)", expires=settings.REMINDER_CHECK_SECONDS,
     )
+    sender.add_periodic_task(
+        float(settings.MS_GRAPH_SUBSCRIPTION_CHECK_SECONDS), sender.signature("sync.tasks.maintain_graph_subscriptions"),
+        name="create, renew and remove Microsoft Graph subscriptions (push)",
+        expires=float(settings.MS_GRAPH_SUBSCRIPTION_CHECK_SECONDS),
+    )
     poll = float(settings.MS_CONSENT_POLL_SECONDS)
     sender.add_periodic_task(
         poll, sender.signature("migration.microsoft.tasks.poll_admin_consents"),

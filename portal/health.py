@@ -7,10 +7,11 @@ Celery broker (starting a migration queues a task). Reported but not required
 beat's last tick. Web processes keep serving pages without them, and a load
 balancer or compose restarting the web server would not bring them back; the
 worker and beat have their own container health checks (docker-compose.yml).
-Informational only: the IMAP IDLE listener ("imap_idle": live shards and the IDLE
-connections they hold, from their heartbeat rows); without it mail still arrives
-by polling, so it never changes the status. So is the sync backlog
-("sync_backlog": accounts due, queued and running, and how long the longest
+Informational only: the IMAP IDLE listener ("imap_idle": live shards, the IDLE
+connections and the EWS pull subscriptions they hold, from their heartbeat rows) and
+Graph change notifications ("graph_push": on or off, live and failed subscriptions);
+without them mail still arrives by polling, so they never change the status. So is the
+sync backlog ("sync_backlog": accounts due, queued and running, and how long the longest
 due one has waited; sync.selectors.sync_backlog), for monitoring to graph.
 """
 
@@ -41,9 +42,12 @@ def report() -> tuple[int, dict]:
                       "worker": {"status": "ok" | "stale" | "missing" | "unknown", "age_seconds": int | None},
                       "beat": {...},
                       "imap_idle": {"status": "ok" | "stale" | "missing" | "unknown",
-                                    "shards": int, "connections": int | None},
+                                    "shards": int, "connections": int | None,
+                                    "ews_subscriptions": int | None},
                       "sync_backlog": {"due": int, "queued": int, "running": int, "oldest_due_seconds": int}
-                                      (all None when the database is down)}}
+                                      (all None when the database is down),
+                      "graph_push": {"status": "on" | "off" | "unknown", "subscriptions": int | None,
+                                     "failed": int | None}}}
     Ages are whole seconds since the last heartbeat; "unknown" when the database is down.
     """
     checks = {
@@ -54,6 +58,7 @@ def report() -> tuple[int, dict]:
     checks.update(_heartbeats(database_up=checks["database"] == "ok"))
     checks["imap_idle"] = _imap_idle(database_up=checks["database"] == "ok")
     checks["sync_backlog"] = _sync_backlog(database_up=checks["database"] == "ok")
+    checks["graph_push"] = _graph_push(database_up=checks["database"] == "ok")
     if any(checks[name] != "ok" for name in REQUIRED):
         status = "error"
     elif any(checks[name]["status"] != "ok" for name in (WORKER, BEAT)):
@@ -120,16 +125,19 @@ def _heartbeats(*, database_up: bool) -> dict:
 
 def _imap_idle(*, database_up: bool) -> dict:
     """The IMAP IDLE listener shards with a heartbeat fresher than IMAP_IDLE_STALE_SECONDS, and
-    the IDLE connections they hold (sync.imap.idle). "stale": rows exist, none is fresh."""
+    the IDLE connections and EWS pull subscriptions they hold (sync.imap.idle: one "imap_idle:i/N" and one
+    "ews_pull:i/N" row per shard). "stale": rows exist, none is fresh. One query."""
     from portal.models import Heartbeat
 
     if not database_up:
-        return {"status": "unknown", "shards": 0, "connections": None}
-    rows = list(Heartbeat.objects.filter(name__startswith="imap_idle:").values_list("seen_at", "count"))
+        return {"status": "unknown", "shards": 0, "connections": None, "ews_subscriptions": None}
+    rows = list(Heartbeat.objects.filter(name__regex=r"^(imap_idle|ews_pull):").values_list("name", "seen_at", "count"))
     fresh_after = timezone.now() - timedelta(seconds=settings.IMAP_IDLE_STALE_SECONDS)
-    fresh = [count for seen_at, count in rows if seen_at >= fresh_after]
-    status = "ok" if fresh else ("stale" if rows else "missing")
-    return {"status": status, "shards": len(fresh), "connections": sum(fresh)}
+    idle = [(seen_at, count) for name, seen_at, count in rows if name.startswith("imap_idle:")]
+    fresh = [count for seen_at, count in idle if seen_at >= fresh_after]
+    ews = sum(count for name, seen_at, count in rows if name.startswith("ews_pull:") and seen_at >= fresh_after)
+    status = "ok" if fresh else ("stale" if idle else "missing")
+    return {"status": status, "shards": len(fresh), "connections": sum(fresh), "ews_subscriptions": ews}
 
 
 def _sync_backlog(*, database_up: bool) -> dict:
@@ -146,3 +154,22 @@ def _sync_backlog(*, database_up: bool) -> dict:
     except Exception as error:  # noqa: BLE001 - informational only: /health/ must still answer
         logger.warning("health: sync backlog unknown (%s)", type(error).__name__)
         return unknown
+
+
+def _graph_push(*, database_up: bool) -> dict:
+    """Microsoft Graph change notifications (sync.microsoft.subscriptions): whether they are on
+    (MS_GRAPH_NOTIFICATIONS, SITE_URL public), the live subscriptions, and the rows whose last
+    subscribe or renewal failed (their error_code is in the admin). One query when on."""
+    from django.db.models import Count, Q
+
+    from sync.microsoft import subscriptions
+    from sync.models import GraphSubscription
+
+    if not subscriptions.enabled():
+        return {"status": "off", "subscriptions": 0, "failed": 0}
+    if not database_up:
+        return {"status": "unknown", "subscriptions": None, "failed": None}
+    counts = GraphSubscription.objects.aggregate(
+        live=Count("pk", filter=Q(expires_at__gt=timezone.now()) & ~Q(subscription_id="")),
+        failed=Count("pk", filter=~Q(error_code="")))
+    return {"status": "on", "subscriptions": counts["live"], "failed": counts["failed"]}

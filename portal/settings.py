@@ -336,8 +336,39 @@ IMAP_IDLE_BACKOFF_MAX_SECONDS = envint("IMAP_IDLE_BACKOFF_MAX_SECONDS", 600, min
 IMAP_IDLE_MAX_PER_DESTINATION = envint("IMAP_IDLE_MAX_PER_DESTINATION", 2000, minimum=1)
 # Touched at each listener heartbeat (and while a standby waits), for docker-compose's health check.
 IMAP_IDLE_HEARTBEAT_FILE = envstr("IMAP_IDLE_HEARTBEAT_FILE", "")
+# Exchange (EWS) accounts in the same listener: a pull subscription on the Inbox, asked for events
+# (GetEvents) every EWS_PULL_SECONDS; Exchange drops a subscription not asked for EWS_PULL_TIMEOUT_MINUTES
+# (1-1440, Microsoft: PullSubscriptionRequest "Timeout"), so a dead listener leaves nothing behind for long.
+EWS_PULL_SECONDS = envint("EWS_PULL_SECONDS", 15, minimum=1)
+EWS_PULL_TIMEOUT_MINUTES = envint("EWS_PULL_TIMEOUT_MINUTES", 10, minimum=1)
+if EWS_PULL_TIMEOUT_MINUTES > 1440 or EWS_PULL_TIMEOUT_MINUTES * 60 <= EWS_PULL_SECONDS:
+    raise ImproperlyConfigured("EWS_PULL_TIMEOUT_MINUTES must be at most 1440 and longer than EWS_PULL_SECONDS")
 # The poll interval of accounts a live listener covers (polling stays as the safety net).
 SYNC_PUSH_POLL_SECONDS = envint("SYNC_PUSH_POLL_SECONDS", 1800, minimum=5)
+
+# --- Push: Microsoft Graph change notifications (sync.microsoft.subscriptions) ---
+# auto: subscribe only when SITE_URL is https on a public host name (Graph must reach it, and refuses
+# http); on: always (tests against the fake); off: never. Without a subscription the account polls.
+MS_GRAPH_NOTIFICATIONS = envstr("MS_GRAPH_NOTIFICATIONS", "auto").strip().lower()
+if MS_GRAPH_NOTIFICATIONS not in ("auto", "on", "off"):
+    raise ImproperlyConfigured(f"MS_GRAPH_NOTIFICATIONS must be auto, on or off, not {MS_GRAPH_NOTIFICATIONS!r}")
+# Lifetime asked for a subscription (Graph "subscription resource type", maximum length of subscription per
+# resource type: Outlook messages 10,080 minutes, under 7 days; 4,230 minutes in older tenants' limits).
+MS_GRAPH_SUBSCRIPTION_MINUTES = envint("MS_GRAPH_SUBSCRIPTION_MINUTES", 4230, minimum=45)
+if MS_GRAPH_SUBSCRIPTION_MINUTES > 10080:
+    raise ImproperlyConfigured("MS_GRAPH_SUBSCRIPTION_MINUTES must be at most 10080 (Graph's limit for messages)")
+# Beat looks after the subscriptions this often: renews those expiring within MS_GRAPH_RENEW_BEFORE_SECONDS,
+# creates missing ones, removes those of accounts that left V3 or wait for a re-connect.
+MS_GRAPH_SUBSCRIPTION_CHECK_SECONDS = envint("MS_GRAPH_SUBSCRIPTION_CHECK_SECONDS", 900, minimum=5)
+MS_GRAPH_RENEW_BEFORE_SECONDS = envint("MS_GRAPH_RENEW_BEFORE_SECONDS", 12 * 3600, minimum=60)
+# After a failed subscribe, the next try waits this long (the account polls meanwhile).
+MS_GRAPH_SUBSCRIBE_RETRY_SECONDS = envint("MS_GRAPH_SUBSCRIBE_RETRY_SECONDS", 3600, minimum=0)
+# The notification endpoint: at most this many requests per minute per client address and in total (429 beyond),
+# bodies up to this many bytes, and at most one queued sync per account per debounce window.
+MS_GRAPH_NOTIFY_RATE_PER_IP = envint("MS_GRAPH_NOTIFY_RATE_PER_IP", 600, minimum=1)
+MS_GRAPH_NOTIFY_RATE_TOTAL = envint("MS_GRAPH_NOTIFY_RATE_TOTAL", 6000, minimum=1)
+MS_GRAPH_NOTIFY_MAX_BYTES = envint("MS_GRAPH_NOTIFY_MAX_BYTES", 1024 * 1024, minimum=1024)
+MS_GRAPH_NOTIFY_DEBOUNCE_SECONDS = envint("MS_GRAPH_NOTIFY_DEBOUNCE_SECONDS", 5, minimum=0)
 
 # --- Health (GET /health/, portal.health) -------------------------------------
 # The worker and beat record a heartbeat this often; GET /health/ calls one older

@@ -13,6 +13,8 @@ urlpatterns = [
     path("einstellungen/email-synchronisierung/", migration_views.settings_page, name="settings-mail"),
     path("migration/", include("migration.urls")),
     path("health/", views.health, name="health"),
+    # Microsoft Graph change notifications (push for V3 Microsoft accounts; sync.microsoft.webhook).
+    path("microsoft/graph/", include("sync.microsoft.urls")),
     path("einstellungen/benachrichtigungen/", views.settings_notifications, name="settings-notifications"),
     # Django's set_language, plus the choice kept on the user's profile (for the e-mails).
     path("i18n/setlang/", views.set_language, name="set_language"),

@@ -6,7 +6,7 @@ from django.utils.module_loading import import_string
 from django.utils.translation import gettext_lazy as _
 
 from sync.certificates import NotCertificates, certificates_only
-from sync.models import FolderState, MailAccount, SkippedMessage, SyncedMessage
+from sync.models import FolderState, GraphSubscription, MailAccount, SkippedMessage, SyncedMessage
 from sync.services import invalidate_banner, save_account_settings
 
 
@@ -44,7 +44,7 @@ class MailAccountAdmin(admin.ModelAdmin):
     search_fields = ("address", "owner__email")
     # secret_encrypted is not editable and therefore never in a form or list.
     readonly_fields = ("engine", "last_sync_at", "last_sync_error", "last_sync_error_text", "v2_stopped_at",
-                       "sync_lease_until", "sync_queued_at", "skipped_messages")
+                       "push_error", "sync_lease_until", "sync_queued_at", "skipped_messages")
 
     @admin.display(description=_("Fehlermeldung"))
     def last_sync_error_text(self, obj):
@@ -106,4 +106,25 @@ class SkippedMessageAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in SkippedMessage._meta.fields]
 
     def has_add_permission(self, request):
+        return False
+
+
+@admin.register(GraphSubscription)
+class GraphSubscriptionAdmin(admin.ModelAdmin):
+    """Read-only: which Microsoft accounts have push, until when, and why a subscribe failed (error_code).
+    The clientState secret is never shown; beat's pass creates, renews and removes the rows."""
+
+    list_display = ("account", "subscription_id", "expires_at", "error_code", "attempted_at", "notified_at")
+    list_filter = ("error_code",)
+    search_fields = ("account__address",)
+    fields = list_display
+    readonly_fields = list_display
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False

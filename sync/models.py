@@ -56,6 +56,10 @@ class MailAccount(models.Model):
     last_sync_at = models.DateTimeField(_("Letzte Synchronisierung"), null=True, blank=True)
     last_sync_error = models.CharField(_("Letzter Fehler"), max_length=300, blank=True)
     v2_stopped_at = models.DateTimeField(_("V2 gestoppt am"), null=True, blank=True)
+    # Why push cannot serve this account (a code, e.g. "ews_push_unsupported": the Exchange server refused
+    # notifications): it stays on normal polling. Written by the push listener (sync.exchange.push), cleared
+    # when the account's connection settings are set again.
+    push_error = models.CharField(_("Push-Fehler"), max_length=40, blank=True, editable=False)
     # When the account last entered "Neu verbinden", and when its owner got the follow-up mail for that
     # (sync.notifications.send_reconnect_followups: one follow-up per time it entered, claimed by compare-and-swap).
     reconnect_since = models.DateTimeField(_("Neu verbinden nötig seit"), null=True, blank=True, editable=False)
@@ -226,6 +230,35 @@ class GraphSlot(models.Model):
 
     def __str__(self):
         return f"{self.mailbox[:12]}#{self.slot}"
+
+
+class GraphSubscription(models.Model):
+    """A Microsoft Graph change-notification subscription on a V3 Microsoft account's inbox messages.
+
+    One row per account (sync.microsoft.subscriptions). subscription_id is ""
+    while none is live (never created, removed, or the last try failed:
+    error_code says why, attempted_at when). client_state_encrypted is the
+    MultiFernet ciphertext of {"client_state": ...}, the per-subscription
+    secret Graph repeats in every notification ("Receive change
+    notifications through webhooks": clientState, at most 128 characters).
+    """
+
+    account = models.OneToOneField(MailAccount, models.CASCADE, related_name="graph_subscription")
+    subscription_id = models.CharField(_("Abonnement-ID"), max_length=200, blank=True)
+    client_state_encrypted = models.TextField(blank=True, editable=False)
+    expires_at = models.DateTimeField(_("Abonnement gültig bis"), null=True, blank=True)
+    error_code = models.CharField(_("Letzter Fehler"), max_length=60, blank=True)
+    attempted_at = models.DateTimeField(_("Letzter Versuch"), null=True, blank=True)
+    notified_at = models.DateTimeField(_("Letzte Benachrichtigung"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("Graph-Abonnement")
+        verbose_name_plural = _("Graph-Abonnements (Push für Microsoft)")
+        constraints = [models.UniqueConstraint(fields=["subscription_id"], condition=~models.Q(subscription_id=""),
+                                               name="graph_subscription_id_unique")]
+
+    def __str__(self):
+        return f"{self.account_id}:{self.subscription_id or '-'}"
 
 
 class AttemptBudget(models.Model):

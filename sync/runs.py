@@ -16,7 +16,6 @@ from sync import destinations, leases, queue, schedule, v2
 from sync.exchange import engine as v3_ews
 from sync.google import engine as v3_google
 from sync.imap import engine as v3_imap
-from sync.imap import idle
 from sync.microsoft import engine as v3_graph
 from sync.models import AccountStatus, MailAccount
 from sync.selectors import accounts_due_for_sync
@@ -89,15 +88,16 @@ def accounts_to_sync() -> list[int]:
 
 
 def push_poll_later(account_ids: list[int], *, now: datetime) -> int:
-    """Of the just claimed accounts, those a live IMAP IDLE listener covers are due again after
+    """Of the just claimed accounts, those a live IMAP IDLE listener or Graph subscription covers are due again after
     SYNC_PUSH_POLL_SECONDS instead of the normal interval: push queues their runs when mail
     arrives, the poll only catches what a dropped connection missed. Returns how many.
 
-    One query for the listener heartbeats; one UPDATE when any is live (sync.imap.idle).
+    One query for the listener heartbeats (sync.imap.idle); one UPDATE when a listener is live or Graph
+    notifications are on (MS_GRAPH_NOTIFICATIONS).
     """
     if not account_ids:
         return 0
-    covered = idle.pushed_accounts_q(now)
+    covered = schedule.pushed_q(now)
     if covered is None:
         return 0
     later = now + timedelta(seconds=settings.SYNC_PUSH_POLL_SECONDS * leases.DUE_FRACTION)

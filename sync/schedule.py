@@ -6,7 +6,7 @@ messages the account is due again after SYNC_INTERVAL_MIN_SECONDS; each quiet
 run (also a failed one: a server that refuses is not asked more often) doubles
 the interval, starting from SYNC_INTERVAL_SECONDS, up to
 SYNC_INTERVAL_MAX_SECONDS, the longest an account waits for its next look.
-Accounts a live IMAP IDLE listener covers go up to SYNC_PUSH_POLL_SECONDS
+Accounts push covers (a live IMAP IDLE/EWS listener or Graph subscription) go up to SYNC_PUSH_POLL_SECONDS
 instead, and new mail does not shorten their interval: push queues their runs
 when mail arrives, the poll is only the safety net.
 
@@ -21,7 +21,19 @@ from django.utils import timezone
 
 from sync import leases
 from sync.imap import idle
+from sync.microsoft import subscriptions
 from sync.models import MailAccount
+
+
+def pushed_q(now):
+    """A Q on MailAccount for the accounts push covers at `now` (a live IMAP IDLE/EWS listener shard or a
+    live Graph subscription), None when nothing is pushed. One query (the listeners' heartbeats); the Graph
+    part is a join, only when MS_GRAPH_NOTIFICATIONS is on."""
+    covered = idle.pushed_accounts_q(now)
+    if subscriptions.enabled():
+        graph = subscriptions.pushed_accounts_q(now)
+        covered = graph if covered is None else covered | graph
+    return covered
 
 
 def next_interval(current: int | None, *, new_messages: int, pushed: bool) -> int:
@@ -47,7 +59,7 @@ def after_run(account_id: int, *, new_messages: int) -> int:
     stored interval, one UPDATE.
     """
     now = timezone.now()
-    covered = idle.pushed_accounts_q(now)
+    covered = pushed_q(now)
     pushed = covered is not None and MailAccount.objects.filter(covered, pk=account_id).exists()
     current = MailAccount.objects.filter(pk=account_id).values_list("sync_interval_seconds", flat=True).first()
     interval = next_interval(current, new_messages=new_messages, pushed=pushed)

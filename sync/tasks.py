@@ -36,3 +36,19 @@ def send_reconnect_followups() -> int:
     from sync import notifications
 
     return len(notifications.send_reconnect_followups())
+
+
+@shared_task(name="sync.tasks.maintain_graph_subscriptions")
+def maintain_graph_subscriptions() -> dict:
+    """Beat: create, renew and remove Microsoft Graph subscriptions (sync.microsoft.subscriptions.maintain)."""
+    from sync.microsoft import subscriptions
+
+    return subscriptions.maintain()
+
+
+@shared_task(name="sync.tasks.graph_lifecycle", acks_late=True)
+def graph_lifecycle(account_id: int, event: str) -> None:
+    """A verified Graph lifecycle notification (ids and the event name only, never the clientState)."""
+    from sync.microsoft import subscriptions
+
+    subscriptions.handle_lifecycle(account_id, event)

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from portal.devservers import make_message
@@ -61,13 +62,13 @@ def _health(client):
 def test_new_mail_is_synced_by_push_and_a_killed_listener_is_replaced(
         v3_account, dovecot, mailbox, mail_settings, celery_worker_thread, tmp_path, client):
     # No beat runs in this test: only the listener can queue a sync.
-    assert _health(client) == {"status": "missing", "shards": 0, "connections": 0}
+    assert _health(client) == {"status": "missing", "shards": 0, "connections": 0, "ews_subscriptions": 0}
     log = open(tmp_path / "idle.log", "w")
     first = _listener(mail_settings, dovecot, log)
     second = None
     try:
         wait_for(lambda: (_beat() or (None, 0))[1] == 1, timeout=30)  # the IDLE connection is up
-        assert _health(client) == {"status": "ok", "shards": 1, "connections": 1}
+        assert _health(client) == {"status": "ok", "shards": 1, "connections": 1, "ews_subscriptions": 0}
         dovecot.deliver(mailbox[0], make_message(subject="push eins"))
         wait_for(lambda: "push eins" in _subjects(v3_account), timeout=20)
 
@@ -175,3 +176,82 @@ def test_pushed_accounts_are_polled_at_the_longer_interval(v3_account, make_acco
     accounts_to_sync()
     assert MailAccount.objects.get(pk=v3_account.pk).sync_due_at - timezone.now() <= timedelta(
         seconds=quick.CELERY_BEAT_SYNC_SECONDS)
+
+
+def test_notify_watches_the_other_synced_folders_on_one_connection(v3_account, dovecot, mailbox, quick):
+    # RFC 5465 against the real Dovecot: mail filed into another folder triggers a sync too.
+    for folder in ("Kunden", "Drafts"):
+        dovecot.deliver(mailbox[0], make_message(subject=f"alt {folder}"), folder=folder)
+    listener = _Recorder()
+    try:
+        listener.refresh()
+        conn = listener.connections[v3_account.pk]
+        wait_for(lambda: conn.connected and conn.watched is not None, timeout=20)
+        assert conn.client.has_capability("NOTIFY")  # Dovecot 2.3 offers it once signed in
+        assert conn.watched == ["Kunden"]  # the folders the sync reads; never Drafts (autosaves)
+        dovecot.deliver(mailbox[0], make_message(subject="gefiltert"), folder="Kunden")
+        wait_for(lambda: listener.queued == [v3_account.pk], timeout=20)
+        dovecot.deliver(mailbox[0], make_message(subject="Entwurf"), folder="Drafts")
+        dovecot.deliver(mailbox[0], make_message(subject="eingang"), folder="INBOX")
+        wait_for(lambda: listener.queued == [v3_account.pk] * 2, timeout=20)  # INBOX once; Drafts nothing
+        with dovecot.client(mailbox[0]) as other:  # an expunge in a watched folder is no new mail
+            other.select_folder("Kunden")
+            other.delete_messages(other.search("ALL"))
+            other.expunge()
+        dovecot.deliver(mailbox[0], make_message(subject="noch einer"), folder="INBOX")
+        # The server sends its announcements in order: once the INBOX one is seen, the expunge's was too.
+        wait_for(lambda: len(listener.queued) >= 3, timeout=20)
+        assert listener.queued == [v3_account.pk] * 3
+        assert conn.connects == 1
+    finally:
+        listener.stop()
+
+
+@pytest.fixture
+def dovecot_without_notify():
+    from portal.devservers import Dovecot
+
+    server = Dovecot({}, pool_size=2, extra_config="imap_capability = IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE\n")
+    yield server.start()
+    server.stop()
+
+
+def test_a_server_without_notify_keeps_the_plain_inbox_idle(dovecot_without_notify, make_account, user, settings,
+                                                            quick):
+    server = dovecot_without_notify
+    settings.EGRESS_ALLOW_NETWORKS, settings.MAIL_TLS_CA_FILE = ["127.0.0.1/32"], str(server.cert_path)
+    address, password = server.take_mailbox()
+    server.deliver(address, make_message(subject="alt"), folder="Kunden")
+    account = make_account(user, address, imap_host="127.0.0.1", imap_port=server.tls_port, imap_security="ssl",
+                           username=address, secret_encrypted=crypto.encrypt_json({"password": password}))
+    _switch_to_v3(account, server, (address, password))
+    listener = _Recorder()
+    try:
+        listener.refresh()
+        conn = listener.connections[account.pk]
+        wait_for(lambda: conn.connected, timeout=20)
+        assert not conn.client.has_capability("NOTIFY")
+        server.deliver(address, make_message(subject="gefiltert"), folder="Kunden")  # waits for the poll
+        server.deliver(address, make_message(subject="eingang"), folder="INBOX")
+        wait_for(lambda: len(listener.queued) >= 1, timeout=20)
+        # The IDLE that announced it began after the NOTIFY decision: plain IDLE, nothing else watched.
+        assert conn.watched is None and listener.queued == [account.pk] and conn.connects == 1
+    finally:
+        listener.stop()
+
+
+def test_the_shard_lock_survives_django_closing_its_connection():
+    """Each heartbeat calls close_old_connections(), which closes Django's connection once it is older
+    than CONN_MAX_AGE: the shard's lock lives on a connection of its own, so the listener keeps its shard."""
+    owner, rival = idle.lock_connection(), idle.lock_connection()
+    try:
+        assert idle.claim_shard(7, owner)
+        connection.close()  # what close_old_connections() does past CONN_MAX_AGE
+        assert idle.still_owner(7, owner)
+        assert not idle.claim_shard(7, rival)  # a standby still finds it taken
+        owner.close()  # the process dies: its session ends, and the lock with it
+        assert not idle.still_owner(7, owner)
+        assert idle.claim_shard(7, rival)
+    finally:
+        owner.close()
+        rival.close()

@@ -253,3 +253,4 @@ def apply_to_account(account, *, server: EwsSettings, password: str) -> None:
     account.tls_ca_pem = certificates_only(server.ca_pem)
     account.username = server.username
     account.secret_encrypted = crypto.encrypt_json({"password": password})
+    account.push_error = ""  # new settings: the push listener tries notifications again

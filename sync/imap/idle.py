@@ -4,6 +4,8 @@ One listener process serves one shard of the V3 IMAP accounts (account id % N ==
 with one IDLE connection per account on the INBOX (RFC 2177). An untagged EXISTS or
 RECENT during IDLE queues sync.queue.enqueue_sync(account) (debounced per account);
 the notification is never trusted as content, the ordinary sync run reads the mailbox.
+Where the server offers NOTIFY (RFC 5465), the same connection also hears of new mail
+in the other synced folders (an untagged STATUS; sync.imap.notify).
 
 Why threads over imapclient rather than an asyncio client (aioimaplib): every connection
 goes through sync.imap.client.open_mailbox, the same code the sync runs use, so the
@@ -25,6 +27,13 @@ and by the fan-out (pushed accounts are polled every SYNC_PUSH_POLL_SECONDS).
 A wrong password is not retried and marks nothing: the account's sync run records the
 error and the re-connect flow asks the user; once the stored secret changes the
 listener tries again.
+
+V3 Exchange (EWS) accounts are served by the same listener (one shard, lock, heartbeat
+and per-destination cap for both): each gets a sync.exchange.push.EwsWatch thread in
+place of an IDLE connection, holding a pull subscription on its Inbox. An account whose
+server refuses notifications is recorded with MailAccount.push_error and left out of
+the shard (it stays on normal polling). Each owner also writes an "ews_pull:i/N"
+heartbeat row with its live EWS subscriptions, read by /health/.
 """
 
 import logging
@@ -37,7 +46,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections, connection, connections
 from django.db.models import F, Q
 from django.db.models.functions import Mod
 from django.utils import timezone
@@ -45,7 +54,11 @@ from django.utils import timezone
 from sync import queue
 from sync.egress import ascii_host
 from sync.errors import MailboxError
+from sync.exchange.client import EwsSettings
+from sync.exchange.client import settings_of as ews_settings_of
+from sync.exchange.push import EwsWatch
 from sync.imap import client as imap
+from sync.imap import notify
 from sync.models import AccountStatus, MailAccount
 
 logger = logging.getLogger(__name__)
@@ -53,6 +66,8 @@ logger = logging.getLogger(__name__)
 # Any constant: the advisory lock class of the listener shards (the shard number is the second key).
 IDLE_LOCK = 0x1D_1E_15
 HEARTBEAT_PREFIX = "imap_idle:"
+EWS_HEARTBEAT_PREFIX = "ews_pull:"  # the same shard's count of EWS subscriptions (Heartbeat has one count)
+PUSH_KINDS = ("imap", "exchange")
 IDLE_THREAD_STACK = 512 * 1024
 
 
@@ -61,9 +76,12 @@ def heartbeat_name(shard: int, shards: int) -> str:
 
 
 def shard_accounts(shard: int, shards: int):
-    """The V3 IMAP accounts this shard listens for: a MailAccount queryset (id % shards == shard)."""
+    """The V3 IMAP and Exchange accounts this shard listens for: a MailAccount queryset (id % shards == shard).
+
+    Accounts with a push_error (their server refused notifications) are left out: they stay on normal polling.
+    """
     return (
-        MailAccount.objects.filter(engine="v3", provider_kind="imap")
+        MailAccount.objects.filter(engine="v3", provider_kind__in=PUSH_KINDS, push_error="")
         .exclude(status__in=(AccountStatus.STOPPED, AccountStatus.RECONNECT))
         .alias(shard_no=Mod(F("pk"), shards)).filter(shard_no=shard)
     )
@@ -86,10 +104,10 @@ def pushed_accounts_q(now) -> Q | None:
 
 @dataclass
 class Target:
-    """What one IDLE connection needs; `secret` is the encrypted column, to notice a new password."""
+    """What one IDLE connection (or EWS watch) needs; `secret` is the encrypted column, to notice a new password."""
 
     account_id: int
-    server: imap.ImapSettings
+    server: "imap.ImapSettings | EwsSettings"
     password: str = field(repr=False)
     secret: str = field(repr=False)
 
@@ -123,6 +141,7 @@ class Connection(threading.Thread):
         self.refused = False  # a wrong password: not retried until the secret changes
         self.client = None
         self.connects = 0  # successful logins, for tests and logs
+        self.watched: list[str] | None = None  # folders besides INBOX under NOTIFY; None: plain IDLE
 
     def run(self) -> None:
         failures = 0
@@ -167,13 +186,18 @@ class Connection(threading.Thread):
     def _idle(self, client) -> None:
         client.select_folder("INBOX", readonly=True)
         client._imap.file = _SocketReader(client._imap.sock)  # nothing is buffered after the tagged OK
+        statuses = notify.NewMail()
         while not self.stop.is_set():
+            # RFC 5465 where offered: the other synced folders announce new mail too (sync.imap.notify).
+            self.watched = notify.watch_folders(client)
             client.idle()
             started = time.monotonic()
             # RFC 2177: servers may drop an IDLE after 30 minutes; leave and re-enter it earlier.
             while not self.stop.is_set() and time.monotonic() - started < settings.IMAP_IDLE_SECONDS:
                 responses = _idle_check(client)
-                if any(len(r) > 1 and r[1] in (b"EXISTS", b"RECENT") for r in responses):
+                # Every STATUS is looked at (not any(): it keeps each folder's UIDNEXT).
+                news = [statuses.announced(r) or (len(r) > 1 and r[1] in (b"EXISTS", b"RECENT")) for r in responses]
+                if any(news):
                     self.listener.trigger(self.target.account_id)
             client.idle_done()
 
@@ -309,19 +333,23 @@ class Listener:
                          account_id, type(error).__name__)
 
     def refresh(self) -> None:
-        """Start connections for new accounts, stop those that left V3/IMAP or changed their settings."""
+        """Start connections for new accounts, stop those that left V3/IMAP/Exchange or changed their settings;
+        record push_error for EWS accounts whose server refused notifications (they leave the shard)."""
+        self._record_unsupported()
         wanted = {}
         for account in shard_accounts(self.shard, self.shards).only(
-                "pk", "imap_host", "imap_port", "imap_security", "username", "address", "secret_encrypted"):
+                "pk", "provider_kind", "imap_host", "imap_port", "imap_security", "username", "address",
+                "secret_encrypted", "ews_url", "ews_auth_type", "tls_ca_pem"):
             wanted[account.pk] = account
         for pk, conn in list(self.connections.items()):
             account = wanted.get(pk)
             if account is None or account.secret_encrypted != conn.target.secret or \
-                    imap_server(account) != conn.target.server or (not conn.is_alive() and not conn.refused):
+                    server_of(account) != conn.target.server or (not conn.is_alive() and not conn.refused):
                 conn.stop.set()
                 del self.connections[pk]
         for pk, account in wanted.items():
-            if pk in self.connections or not account.imap_host:
+            if pk in self.connections or not (account.ews_url if account.provider_kind == "exchange"
+                                              else account.imap_host):
                 continue
             from sync.services import password_of
 
@@ -330,18 +358,32 @@ class Listener:
             except Exception as error:  # noqa: BLE001 - an unreadable secret (rotated keys): the sync run records it
                 logger.warning("IDLE for account %s: its password cannot be read (%s)", pk, type(error).__name__)
                 continue
-            target = Target(pk, imap_server(account), password, account.secret_encrypted)
-            conn = Connection(target, self)
+            target = Target(pk, server_of(account), password, account.secret_encrypted)
+            conn = (EwsWatch if account.provider_kind == "exchange" else Connection)(target, self)
             self.connections[pk] = conn
             conn.start()
 
+    def _record_unsupported(self) -> None:
+        """EWS watches that ended because the server refuses notifications: their code goes on the account
+        (one UPDATE per account), which takes it out of the shard; it stays on normal polling."""
+        ended = [(pk, conn.unsupported) for pk, conn in self.connections.items()
+                 if getattr(conn, "unsupported", "") and not conn.is_alive()]
+        for pk, code in ended:
+            MailAccount.objects.filter(pk=pk, push_error="").update(push_error=code)
+
     def connected(self) -> int:
-        return sum(1 for conn in self.connections.values() if conn.connected)
+        """IMAP IDLE connections up now."""
+        return sum(1 for conn in self.connections.values() if conn.connected and not isinstance(conn, EwsWatch))
+
+    def subscribed(self) -> int:
+        """EWS pull subscriptions held now."""
+        return sum(1 for conn in self.connections.values() if conn.connected and isinstance(conn, EwsWatch))
 
     def beat(self) -> None:
         from portal.heartbeats import record
 
         record(heartbeat_name(self.shard, self.shards), count=self.connected())
+        record(f"{EWS_HEARTBEAT_PREFIX}{self.shard}/{self.shards}", count=self.subscribed())
         touch_heartbeat_file()
 
 
@@ -362,33 +404,47 @@ def touch_heartbeat_file() -> None:
             logger.warning("IDLE heartbeat file %s: %s", settings.IMAP_IDLE_HEARTBEAT_FILE, error.strerror)
 
 
-def imap_server(account: MailAccount) -> imap.ImapSettings:
+def server_of(account: MailAccount) -> "imap.ImapSettings | EwsSettings":
+    """The connection settings the account's watcher uses (IMAP, or EWS for provider_kind "exchange")."""
+    if account.provider_kind == "exchange":
+        return ews_settings_of(account)
     from sync.services import imap_settings_of
 
     return imap_settings_of(account)
 
 
-def claim_shard(shard: int) -> bool:
-    """Take the shard's advisory lock on this process's database connection (PostgreSQL); False if held.
+def lock_connection():
+    """A database connection of its own for the shard's advisory lock (a Django DatabaseWrapper).
+
+    Why not Django's connection: `close_old_connections()` (called by every
+    heartbeat) closes that one once it is older than CONN_MAX_AGE, and a
+    session-level advisory lock goes with its session; the listener then lost
+    its shard every minute. This one is closed only by `serve()`.
+    """
+    return connections.create_connection(DEFAULT_DB_ALIAS)
+
+
+def claim_shard(shard: int, db=connection) -> bool:
+    """Take the shard's advisory lock on the session of `db` (PostgreSQL); False if another session holds it.
 
     Other databases (SQLite, the embedded default of one machine) have no such lock:
     there the one supervised listener owns every shard it is started for.
     """
-    if connection.vendor != "postgresql":
-        connection.ensure_connection()
+    if db.vendor != "postgresql":
+        db.ensure_connection()
         return True
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [IDLE_LOCK, shard])
         return bool(cursor.fetchone()[0])
 
 
-def still_owner(shard: int) -> bool:
-    """Whether this session still holds the shard's lock (False when the database connection was lost)."""
+def still_owner(shard: int, db=connection) -> bool:
+    """Whether the session of `db` still holds the shard's lock (False when that connection was lost)."""
     try:
-        if connection.vendor != "postgresql":
-            connection.ensure_connection()
+        if db.vendor != "postgresql":
+            db.ensure_connection()
             return True
-        with connection.cursor() as cursor:
+        with db.cursor() as cursor:
             cursor.execute(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
                 "AND classid = %s AND objid = %s AND granted", [IDLE_LOCK, shard])
@@ -400,19 +456,27 @@ def still_owner(shard: int) -> bool:
 def serve(shard: int, shards: int, *, stop: threading.Event) -> None:
     """Wait for the shard, then listen until `stop` is set or the shard is lost (then return).
 
-    Runs in the main thread; the database connection that holds the lock is
-    only used here (connection threads never touch the database).
+    Runs in the main thread. The lock is held on a database connection of its
+    own (`lock_connection`), used only here; connection threads never touch the database.
     """
     threading.stack_size(IDLE_THREAD_STACK)
+    db = lock_connection()
+    try:
+        _serve(shard, shards, stop=stop, db=db)
+    finally:
+        db.close()
+
+
+def _serve(shard: int, shards: int, *, stop: threading.Event, db) -> None:
     while not stop.is_set():
         touch_heartbeat_file()  # a standby is alive too: its container stays healthy
         close_old_connections()
         try:
-            if claim_shard(shard):
+            if claim_shard(shard, db):
                 break
         except Exception as error:  # noqa: BLE001 - the database is down: wait, try again
             logger.warning("IDLE shard %s/%s: cannot reach the database (%s)", shard, shards, type(error).__name__)
-            connection.close()
+            db.close()
         stop.wait(settings.IMAP_IDLE_REFRESH_SECONDS)
     else:
         return
@@ -420,7 +484,7 @@ def serve(shard: int, shards: int, *, stop: threading.Event) -> None:
     listener = Listener(shard, shards)
     try:
         while not stop.is_set():
-            if not still_owner(shard):
+            if not still_owner(shard, db):
                 logger.error("IDLE shard %s/%s: lost the database lock; stopping", shard, shards)
                 return
             try:

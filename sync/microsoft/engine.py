@@ -24,12 +24,13 @@ follows only its own round's WALK link (never the handoff's delta link);
 a next link Graph has forgotten starts the round again.
 """
 
+import logging
 from datetime import datetime
 
 from django.db import transaction
 from django.utils import timezone
 
-from sync.microsoft import client
+from sync.microsoft import client, subscriptions
 from sync.microsoft.client import MicrosoftError
 from sync.microsoft.graph import DeltaExpired, FolderTree, Graph, GraphNotFound, GraphUnauthorized
 from sync import crypto
@@ -39,6 +40,7 @@ from sync.services import (
     mark_reconnect, microsoft_tokens_of, record_skipped, record_sync_result, save_microsoft_cache, store_messages,
 )
 
+logger = logging.getLogger(__name__)
 NAME_MAX_LENGTH = 500  # FolderState.name
 # Rows that swap names pass through "~renaming~<pk>": the unique (account, name) constraint is checked per statement.
 RENAMING = "~renaming~"
@@ -79,7 +81,18 @@ def sync(account: MailAccount) -> int:
     except MicrosoftError as error:
         return added + _failed(account, error, expected=tokens["stored"])
     record_sync_result(account_id=account.pk)
+    _ensure_subscription(account)
     return added
+
+
+def _ensure_subscription(account: MailAccount) -> None:
+    """Push for this account from now on (after the handoff or a re-connect the first run ends here).
+    A failure is recorded on the subscription's row by subscriptions itself; what it did not expect
+    is logged, and never turns a sync that went well into a failed one."""
+    try:
+        subscriptions.ensure(account)
+    except Exception:  # noqa: BLE001 - logged with the account id; the poll goes on at the normal interval
+        logger.exception("Graph subscription of account %s failed unexpectedly (ms_subscription_internal)", account.pk)
 
 
 def _access_token(account: MailAccount, tokens: dict, *, force_refresh: bool) -> str:

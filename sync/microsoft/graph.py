@@ -225,6 +225,27 @@ class Graph:
             raise MicrosoftError("ms_unreachable", permanent=False)
         raise MicrosoftError("ms_protocol", permanent=True)
 
+    def send(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        """One POST/PATCH/DELETE under the same slot and caps as get(), not retried (the caller decides).
+
+        Returns (HTTP status, the JSON object of the answer or {}). Used for
+        the change-notification subscriptions ("Create subscription", "Update
+        subscription", "Delete subscription", "subscription: reauthorize").
+        Errors: MicrosoftError ms_unreachable (network), ms_too_large / ms_too_slow.
+        """
+        try:
+            with slots.slot(self.mailbox), capped():
+                response = self.session.request(method, f"{self.base}{path}", json=body, timeout=settings.MS_TIMEOUT,
+                                                verify=verify(), allow_redirects=False, stream=True)
+                http_caps.read_body(response, max_bytes=settings.MS_MAX_RESPONSE_BYTES)
+        except requests.RequestException:
+            raise MicrosoftError("ms_unreachable", permanent=False) from None
+        try:
+            answer = response.json() if response.content else {}
+        except ValueError:
+            answer = {}
+        return response.status_code, answer if isinstance(answer, dict) else {}
+
     def pages(self, path: str, params: dict | None = None, *, limit: int = MAX_PAGES):
         """Yield every page of a collection, following @odata.nextLink (at most `limit` pages)."""
         url, query = path, params

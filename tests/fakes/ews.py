@@ -1,6 +1,7 @@
 """A fake Exchange Web Services endpoint for exchangelib, over HTTPS on 127.0.0.1.
 
-It speaks just enough SOAP for sync.exchange.client: GetFolder (distinguished ids and
+It speaks just enough SOAP for sync.exchange.client and sync.exchange.push (pull notifications:
+Subscribe, GetEvents, Unsubscribe, in tests.fakes.ews_notify): GetFolder (distinguished ids and
 FolderIds; ErrorFolderNotFound for a folder the mailbox lacks), FindFolder (Deep or
 Shallow, paged with IndexedPageFolderView), SyncFolderItems (paging with
 IncludesLastItemInRange, opaque per-folder sync states, Create and Delete changes,
@@ -34,6 +35,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from portal.devservers import make_certificate
 from tests.fakes.ews_http import handler
+from tests.fakes.ews_notify import Notifications
 from tests.fakes.ews_xml import M, T, _content, _error, _message  # tests import M and _error from here
 from tests.fakes.local_server import listen, serve_in_background, shut
 
@@ -123,6 +125,9 @@ class FakeEWS:
         self.reset = False
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
+        # Pull notifications (tests.fakes.ews_notify): Subscribe, GetEvents, Unsubscribe; notify.enabled = False
+        # makes a server that refuses subscriptions.
+        self.notify = Notifications(self)
         for folder_key, name, parent, folder_class in DEFAULT_FOLDERS:
             self.add_folder(folder_key, name, parent=parent, folder_class=folder_class,
                             distinguished=folder_key in DISTINGUISHED)
@@ -182,6 +187,7 @@ class FakeEWS:
                     "received": received, "sent": received if sent is None else sent,
                     "sender_name": sender if sender_name is None else sender_name, "to": tuple(to), "cc": tuple(cc)}
             self.folders[folder].append(item)
+            self.notify.event(folder, item)
         return item
 
     def move(self, item: dict, folder: str) -> dict:
@@ -193,6 +199,7 @@ class FakeEWS:
             self.removed[source].append((seq, item["id"]))
             moved = {**item, "seq": seq, "id": f"AAMk{seq:08d}"}
             self.folders[folder].append(moved)
+            self.notify.event(folder, moved, kinds=("MovedEvent",))
         return moved
 
     def add_folder(self, key: str, name: str, *, parent: str = "msgfolderroot", folder_class: str = "IPF.Note",
@@ -394,4 +401,7 @@ def _certificate() -> tuple[Path, Path]:
 OPERATIONS = {
     "GetFolder": FakeEWS.get_folder, "FindFolder": FakeEWS.find_folder, "SyncFolderItems": FakeEWS.sync_folder_items,
     "FindItem": FakeEWS.find_item, "GetItem": FakeEWS.get_item,
+    "Subscribe": lambda fake, request: fake.notify.subscribe(request),
+    "GetEvents": lambda fake, request: fake.notify.get_events(request),
+    "Unsubscribe": lambda fake, request: fake.notify.unsubscribe(request),
 }

@@ -28,6 +28,7 @@ from portal.devservers import make_certificate
 from tests.fakes import bombs
 from tests.fakes.local_server import listen, serve_in_background, shut
 from tests.fakes.microsoft_graph import GraphMixin
+from tests.fakes.microsoft_subscriptions import SubscriptionsMixin
 
 CONSUMERS = "9188040d-6c67-4c5b-b112-36a304b66dad"
 WELL_KNOWN = [("inbox", "Inbox"), ("sentitems", "Sent Items"), ("drafts", "Drafts"),
@@ -128,7 +129,7 @@ class Message:
     extra: dict = field(default_factory=dict)  # fields that replace the JSON's (an odd item)
 
 
-class FakeMicrosoft(GraphMixin):
+class FakeMicrosoft(GraphMixin, SubscriptionsMixin):
     def __init__(self, *, client_id="crm-portal-client", client_secret="fake-client-secret-123"):
         self.client_id = client_id
         self.client_secret = client_secret
@@ -186,6 +187,7 @@ class FakeMicrosoft(GraphMixin):
             # (a gzip body that inflates to bombs.BOMB_BYTES) | "drip" (one byte every bombs.DRIP_INTERVAL
             # seconds), "on": {"discovery", "token", "graph"}}. None: none.
             self.hostile: dict | None = None
+            self.reset_subscriptions()
             self.add_tenant(CONSUMERS, {"outlook.com", "hotmail.com"})
 
     def add_tenant(self, tenant_id: str, domains, **options) -> Tenant:
@@ -224,7 +226,9 @@ class FakeMicrosoft(GraphMixin):
                               (received or datetime.now(timezone.utc)).replace(microsecond=0),
                               sent=sent, sender_name=sender_name, to=tuple(to), cc=tuple(cc), arrived=self.seq)
             target.messages.append(message)
-            return message
+        # Graph announces it to the subscriptions watching the folder (microsoft_subscriptions), outside the lock.
+        self.notify_delivery(user, target, message)
+        return message
 
     @staticmethod
     def folder_of(user: User, folder) -> Folder:
@@ -593,6 +597,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         parts = urlsplit(self.path)
+        if parts.path.startswith("/v1.0/subscriptions"):
+            return self._subscriptions()
         length = int(self.headers.get("Content-Length") or 0)
         form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
         self._record({k: v for k, v in form.items() if k in ("grant_type", "scope", "redirect_uri")})
@@ -604,6 +610,27 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._outage(outage)
                 return self._json(*self.fake.token(match[1], form))
         self._json(404, {"error": "not_found"})
+
+    def _subscriptions(self):
+        """POST/PATCH/DELETE on /v1.0/subscriptions (microsoft_subscriptions), JSON in and out."""
+        path = urlsplit(self.path).path
+        self._record({})
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except ValueError:
+            return self._json(400, {"error": {"code": "BadRequest", "message": "Invalid JSON."}})
+        with self.fake.lock:
+            status, answer = self.fake.subscription_request(self.command, path, body if isinstance(body, dict) else {},
+                                                            self.headers)
+        if answer is None:
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self._json(status, answer)
+
+    do_PATCH = do_DELETE = _subscriptions
 
     def _answer(self, status, body):
         if status == 302:

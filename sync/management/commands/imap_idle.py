@@ -1,4 +1,4 @@
-"""manage.py imap_idle [--shard i/N]: the IMAP IDLE push listener (sync.imap.idle).
+"""manage.py imap_idle [--shard i/N]: the push listener (sync.imap.idle): IMAP IDLE and EWS pull subscriptions.
 
 Start N processes with --shard 0/N .. N-1/N (one shard each); start more than one
 per shard for a hot standby: the second waits on the shard's database lock and
