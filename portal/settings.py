@@ -332,6 +332,8 @@ IMAP_IDLE_DEBOUNCE_SECONDS = envint("IMAP_IDLE_DEBOUNCE_SECONDS", 5, minimum=0)
 # Reconnect back-off: this doubled per failure, with jitter, at most the maximum.
 IMAP_IDLE_BACKOFF_SECONDS = envint("IMAP_IDLE_BACKOFF_SECONDS", 2, minimum=1)
 IMAP_IDLE_BACKOFF_MAX_SECONDS = envint("IMAP_IDLE_BACKOFF_MAX_SECONDS", 600, minimum=1)
+# New connections a listener opens per second when it starts or takes a shard (a ramp, not a burst).
+IMAP_IDLE_CONNECTS_PER_SECOND = envint("IMAP_IDLE_CONNECTS_PER_SECOND", 100, minimum=1)
 # At most this many IDLE connections from one listener process to one mail server (host, port).
 IMAP_IDLE_MAX_PER_DESTINATION = envint("IMAP_IDLE_MAX_PER_DESTINATION", 2000, minimum=1)
 # Touched at each listener heartbeat (and while a standby waits), for docker-compose's health check.

@@ -255,3 +255,20 @@ def test_the_shard_lock_survives_django_closing_its_connection():
     finally:
         owner.close()
         rival.close()
+
+
+def test_a_listener_opens_its_connections_in_a_ramp(v3_account, quick):
+    """Connections start IMAP_IDLE_CONNECTS_PER_SECOND apart, not in one burst (the bench's 2,000 at once
+    ran past the connect timeout)."""
+    quick.IMAP_IDLE_CONNECTS_PER_SECOND = 4
+    for number in range(3):
+        copy = MailAccount.objects.get(pk=v3_account.pk)
+        copy.pk, copy.address = None, f"copy{number}@example.com"
+        copy.save()
+    listener = idle.Listener(0, 1)
+    try:
+        listener.refresh()
+        assert sorted(conn.start_after for conn in listener.connections.values()) == [0, 0.25, 0.5, 0.75]
+        assert wait_for(lambda: sum(conn.connects for conn in listener.connections.values()) == 4, timeout=20)
+    finally:
+        listener.stop()

@@ -127,9 +127,11 @@ class EwsWatch(threading.Thread):
         self.unsupported = ""
         self.connects = 0
         self.resubscribed = 0
+        self.start_after = 0.0  # seconds to wait before the first connect (the listener's ramp)
 
     def run(self) -> None:
-
+        if self.stop.wait(self.start_after):
+            return
         failures = 0
         key = destination(self.target.server)
         while not self.stop.is_set():
