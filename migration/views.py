@@ -18,7 +18,7 @@ from migration.microsoft import views as microsoft_views
 from migration.models import Status
 from sync import attempt_queue, egress
 from sync.models import MailAccount, ProviderKind
-from sync.selectors import accounts_for_user
+from sync.selectors import accounts_for_settings_page
 
 USER_ERRORS = {
     "already_v3": _("Dieses Konto synchronisiert bereits über V3."),
@@ -61,7 +61,7 @@ def _user_error(code: str) -> str:
 
 @login_required
 def settings_page(request):
-    accounts = list(accounts_for_user(request.user))
+    accounts = accounts_for_settings_page(request.user)
     active, latest = selectors.migrations_by_account(request.user)
     rows = []
     for a in accounts:
