@@ -56,7 +56,7 @@ def test_it_drops_the_banner_line_on_the_next_page_after_a_worker_process_finish
     env = _embedded_environment(settings, dovecot, data_dir)
     embedded = _embedded_cache_settings(env)
     assert "locmem" not in embedded["BACKEND"]  # per-process memory cannot be shared
-    settings.CACHES = {"default": embedded}
+    settings.CACHES = {**settings.CACHES, "default": embedded}  # the per-process fragment cache stays
     other = make_account(user, "anna@web.de")  # stays on V2: its line must stay
     client.force_login(user)
     banner = _banner_of(client)

@@ -1,6 +1,8 @@
 """The settings page (E-Mail-Synchronisierung) costs a fixed number of database queries, whatever the
 number of accounts and migrations a user has (the page is the busiest one a user opens)."""
 
+import re
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -51,3 +53,66 @@ def test_templates_are_compiled_once_per_process():
     first = engine.get_template("migration/settings_mail.html")
     assert isinstance(engine.template_loaders[0], CachedLoader)
     assert engine.get_template("migration/settings_mail.html") is first
+
+
+# --- what keeps the page cheap (issue 13): counts, not timings ------------------------------------------
+
+def page_templates(client) -> list[str]:
+    response = client.get(reverse("settings-mail"))
+    assert response.status_code == 200
+    return [template.name for template in response.templates]
+
+
+def test_it_renders_the_same_templates_whatever_the_number_of_accounts(signed_in, user, make_account):
+    """No template per row (an {% include %} in the loop costs a template render per account)."""
+    add_accounts(user, make_account, 0, 1)
+    page_templates(signed_in)  # fills the per-process fragments, as any earlier page has
+    one = page_templates(signed_in)
+    add_accounts(user, make_account, 1, 9)
+    ten = page_templates(signed_in)
+    assert ten == one
+    assert one.count("migration/settings_mail.html") == 1
+
+
+def test_it_reads_no_secret_and_no_unshown_column(signed_in, user, make_account):
+    """The page loads the columns it shows: not the encrypted credentials, nor a migration's JSON state."""
+    add_accounts(user, make_account, 0, 2)
+    sql = "\n".join(page_queries(signed_in)).lower()
+    assert not re.search(r"select\s+\*|\w\.\*", sql)  # columns named, never all of them
+    for column in ("secret_encrypted", "token_cache_encrypted", "tls_ca_pem", "detected", "connection", "cursors"):
+        assert not re.search(rf"\b{column}\b", sql), column
+
+
+def test_its_account_rows_are_those_of_the_general_selector(user, other_user, make_account):
+    """The page's written-out SQL returns what accounts_for_user (the ORM's version) returns."""
+    from sync.models import SkippedMessage
+    from sync.selectors import accounts_for_settings_page, accounts_for_user
+
+    second = make_account(user, "b@example.org")
+    first = make_account(user, "a@example.org", engine="v3", status="error", last_sync_error="auth_failed")
+    make_account(other_user, "c@example.org")
+    for number in range(3):
+        SkippedMessage.objects.create(account=second, folder="INBOX", reference=f"uid:1:{number}", reason="gone")
+
+    page = accounts_for_settings_page(user)
+    general = list(accounts_for_user(user))
+    assert [(a.pk, a.address, a.engine, a.status, a.last_sync_error, a.skipped_count) for a in page] == [
+        (a.pk, a.address, a.engine, a.status, a.last_sync_error, a.skipped_count) for a in general]
+    assert [a.pk for a in page] == [first.pk, second.pk] and page[1].skipped_count == 3
+
+
+def test_it_shows_each_user_their_own_address_and_language_with_shared_fragments(
+    client, user, other_user, make_account,
+):
+    """The cached top navigation and settings menu carry nothing of a user: the next user sees their own
+    address, and the English page its English menu."""
+    make_account(user, "anna@gmx.de")
+    client.force_login(user)
+    assert "anna@example.com" in client.get(reverse("settings-mail")).content.decode()
+    client.force_login(other_user)
+    german = client.get(reverse("settings-mail")).content.decode()
+    assert "bernd@example.com" in german and "anna@example.com" not in german and "anna@gmx.de" not in german
+    client.cookies["django_language"] = "en"
+    english = client.get(reverse("settings-mail")).content.decode()
+    assert ">Overview<" in english and ">Settings<" in english and ">Personal email sync<" in english
+    assert "Übersicht" not in english and "Einstellungen" not in english
