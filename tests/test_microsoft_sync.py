@@ -122,6 +122,8 @@ def test_reconnect_refuses_an_address_a_foreign_directory_gave_its_user(client, 
 
 def test_the_beat_syncs_microsoft_accounts_without_an_imap_host(migrated):
     assert migrated.imap_host == ""
+    # Due now: the handoff's own first run may already have set its next due time (the adaptive interval).
+    MailAccount.objects.filter(pk=migrated.pk).update(sync_due_at=None, sync_queued_at=None, sync_lease_until=None)
     assert migrated in accounts_due_for_sync(v2_running=False)
     assert crypto.decrypt_json(migrated.token_cache_encrypted)["home_account_id"]
 
