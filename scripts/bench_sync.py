@@ -195,7 +195,8 @@ def _fan_out(User, rows) -> None:
         MailAccount.objects.filter(owner=owner).delete()
         MailAccount.objects.bulk_create(
             MailAccount(owner=owner, address=f"k{n}@firma.example", provider_kind="imap", engine="v3",
-                        imap_host="imap.firma.example", imap_port=993, imap_security="ssl") for n in range(count))
+                        imap_host=f"imap{n % 250}.firma.example", imap_port=993, imap_security="ssl")
+            for n in range(count))  # 250 servers: SYNC_MAX_PER_DESTINATION (20 each) does not bind
         queued, ticks = 0, []
         for _ in range(5):
             started = time.perf_counter()
