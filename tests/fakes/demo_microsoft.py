@@ -7,9 +7,7 @@ A demo double like the demo Dovecot (manage.py demo_mailserver), not product
 code: one tenant (demo-m365.localhost) whose admin has consented, one user
 (DEMO_M365_USER) whose inbox holds the demo seed mail with the Message-IDs
 demo_data's stand-in V2 history uses, so the V3 handoff dedupes against it.
-Its sign-in page is served over plain HTTP (127.0.0.1:1445) so that a
-browser shows no certificate warning; everything the portal itself calls is
-https on 127.0.0.1:1443. Its certificate, key and state live in PORTAL_DATA_DIR/demo-microsoft: the
+Its certificate, key and state live in PORTAL_DATA_DIR/demo-microsoft: the
 state file keeps tokens, subscriptions and delivered mail across restarts, so
 an account migrated yesterday still syncs and gets its notifications.
 --deliver talks to a small admin endpoint (plain HTTP, 127.0.0.1:1444, JSON
@@ -29,7 +27,6 @@ from datetime import datetime, timedelta, timezone
 from email.utils import parseaddr
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import requests
 
@@ -42,9 +39,6 @@ DEMO_M365_TENANT = "5d3e9a41-7c2b-4f08-9e61-2a4b6c8d0e1f"
 DEMO_M365_OID = "0d3e00be000000000000000000000001"  # fixed: folder ids derive from it and must survive restarts
 PORT = 1443
 ADMIN_PORT = 1444
-# The sign-in page a browser opens, over plain HTTP: a browser would stop at PORT's self-signed certificate with
-# a security warning. The portal itself talks https to PORT only (MS_AUTHORITY, token, Graph, MS_CA_FILE).
-BROWSER_PORT = 1445
 CERT_DAYS_KEPT = 20  # make_certificate issues 30-day certificates: a kept one is replaced well before it runs out
 
 
@@ -82,18 +76,8 @@ class DemoTenant:
         self.fake.access_tokens.update(state.get("access_tokens", {}))
         for sub in state.get("subscriptions", {}).values():
             self.fake.subscriptions[sub["id"]] = {**sub, "expires": datetime.fromisoformat(sub["expires"])}
-        self.admin = self.browser = None
+        self.admin = None
         self._saved = ""
-        discovery = self.fake.openid_configuration
-
-        def openid_configuration(segment):
-            status, body = discovery(segment)
-            if status == 200 and self.browser is not None:
-                browser_base = f"http://127.0.0.1:{self.browser.server_address[1]}"
-                body["authorization_endpoint"] = body["authorization_endpoint"].replace(self.fake.base, browser_base)
-            return status, body
-
-        self.fake.openid_configuration = openid_configuration
 
     def _deliver_quietly(self, item: dict):
         name, address = parseaddr(item["sender"])
@@ -136,21 +120,9 @@ class DemoTenant:
             temporary.replace(self.state_file)
             self._saved = text
 
-    def start(self, *, port: int = PORT, admin_port: int = ADMIN_PORT,
-              browser_port: int = BROWSER_PORT) -> "DemoTenant":
+    def start(self, *, port: int = PORT, admin_port: int = ADMIN_PORT) -> "DemoTenant":
         self.fake.start(port=port)
         demo = self
-
-        class SignInPage(self.fake.server.RequestHandlerClass):
-            """The fake's own handler, for /authorize only."""
-
-            def do_GET(self):
-                if not urlsplit(self.path).path.endswith("/oauth2/v2.0/authorize"):
-                    return self._json(404, {"error": "not_found"})
-                super().do_GET()
-
-            def do_POST(self):
-                self._json(404, {"error": "not_found"})
 
         class Admin(BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -173,15 +145,12 @@ class DemoTenant:
                 self.wfile.write(data)
 
         self.admin = listen(Admin, port=admin_port)
-        self.browser = listen(SignInPage, port=browser_port)
-        for server in (self.admin, self.browser):
-            serve_in_background(server)
+        serve_in_background(self.admin)
         return self
 
     def stop(self) -> None:
-        for server in (self.admin, self.browser):
-            if server:
-                shut(server)
+        if self.admin:
+            shut(self.admin)
         self.fake.stop()
         self.save()
 
@@ -204,7 +173,6 @@ def main(argv=None) -> int:
     parser.add_argument("--deliver", type=int, metavar="N", help="deliver N new messages to the demo user and exit")
     parser.add_argument("--port", type=int, default=PORT)
     parser.add_argument("--admin-port", type=int, default=ADMIN_PORT)
-    parser.add_argument("--browser-port", type=int, default=BROWSER_PORT)
     args = parser.parse_args(argv)
     if args.deliver is not None:
         try:
@@ -232,9 +200,8 @@ def main(argv=None) -> int:
 
     demo = DemoTenant(base=base, site_url=settings.SITE_URL, seed=seed_of(SEED_MESSAGES, datetime.now(timezone.utc)),
                       redirect_paths=(reverse("microsoft-callback"), reverse("microsoft-admin-callback")))
-    demo.start(port=args.port, admin_port=args.admin_port, browser_port=args.browser_port)
-    print(f"demo Microsoft 365 on {demo.fake.base} (sign-in page http://127.0.0.1:{args.browser_port}, "
-          f"admin http://127.0.0.1:{args.admin_port}), user "
+    demo.start(port=args.port, admin_port=args.admin_port)
+    print(f"demo Microsoft 365 on {demo.fake.base} (admin http://127.0.0.1:{args.admin_port}), user "
           f"{DEMO_M365_USER}, client id {demo.fake.client_id}", flush=True)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
