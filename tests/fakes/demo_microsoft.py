@@ -200,7 +200,12 @@ def main(argv=None) -> int:
 
     demo = DemoTenant(base=base, site_url=settings.SITE_URL, seed=seed_of(SEED_MESSAGES, datetime.now(timezone.utc)),
                       redirect_paths=(reverse("microsoft-callback"), reverse("microsoft-admin-callback")))
-    demo.start(port=args.port, admin_port=args.admin_port)
+    try:
+        demo.start(port=args.port, admin_port=args.admin_port)
+    except OSError as error:
+        print(f"127.0.0.1:{args.port} or :{args.admin_port} is in use ({error.strerror}): is the demo Microsoft "
+              "tenant running already?", file=sys.stderr)
+        return 1
     print(f"demo Microsoft 365 on {demo.fake.base} (admin http://127.0.0.1:{args.admin_port}), user "
           f"{DEMO_M365_USER}, client id {demo.fake.client_id}", flush=True)
     stopping = threading.Event()
