@@ -25,6 +25,9 @@ from sync.models import AccountStatus, Engine, FolderState, MailAccount, SyncedM
 DEMO_USER = ("demo@example.com", "demo-passwort-1")
 DEMO_STAFF = ("support@example.com", "support-passwort-1")
 DEMO_MAILBOXES = {"anna@demo.localhost": "anna-imap-1", "vertrieb@demo.localhost": "vertrieb-imap-1"}
+# A V2 Microsoft 365 account; its mailbox is the demo tenant ./scripts/run serves (tests/fakes/demo_microsoft.py,
+# a test double: the portal reaches it only through the MS_* settings the run command sets).
+DEMO_M365_ACCOUNT = "ben@demo-m365.localhost"
 DEMO_HOST = "127.0.0.1"
 DEMO_PORT = 1143  # STARTTLS
 DEMO_TLS_PORT = 1993  # implicit TLS: what the demo accounts use
@@ -100,6 +103,7 @@ def set_up_demo(*, host: str = DEMO_HOST, tls_port: int = DEMO_TLS_PORT, keep_ca
         report.campaign = _ensure_campaign(keep_existing=keep_campaign)
         v2_running = report.campaign.v2_shutdown > timezone.localdate()
         accounts = _ensure_accounts(user, host=host, tls_port=tls_port, v2_running=v2_running, report=report)
+        microsoft = _ensure_microsoft_account(user, v2_running=v2_running, report=report)
         sync_services.invalidate_banner(user.pk)
     # The polls talk to the mail server: outside the transaction, like the worker does.
     report.server_running = server_answers(host, tls_port)
@@ -115,7 +119,25 @@ def set_up_demo(*, host: str = DEMO_HOST, tls_port: int = DEMO_TLS_PORT, keep_ca
         seeded = _stand_in_history(account)
         if seeded:
             report.lines.append(f"{account.address}: {seeded} stand-in message(s) as V2 history")
+    # V2 reached Microsoft mailboxes through a connector the demo does not have: its history is the stand-in
+    # (the demo tenant's inbox holds the same messages, so the V3 handoff dedupes against them).
+    if microsoft is not None and (seeded := _stand_in_history(microsoft)):
+        report.lines.append(f"{microsoft.address}: {seeded} stand-in message(s) as V2 history")
     return report
+
+
+def _ensure_microsoft_account(user, *, v2_running: bool, report: DemoReport) -> MailAccount | None:
+    """The V2 Microsoft 365 account; None when it is already on V3 (left exactly as it is)."""
+    account = MailAccount.objects.select_for_update().filter(owner=user, address=DEMO_M365_ACCOUNT).first()
+    if account is not None and account.engine == Engine.V3:
+        report.lines.append(f"{DEMO_M365_ACCOUNT}: already migrated to V3, left as it is")
+        return None
+    account = account or MailAccount(owner=user, address=DEMO_M365_ACCOUNT, provider_kind="microsoft",
+                                     engine=Engine.V2)
+    if v2_running and account.status == AccountStatus.STOPPED:
+        account.status = AccountStatus.ACTIVE
+    account.save()
+    return account
 
 
 def _ensure_campaign(*, keep_existing: bool) -> Campaign:

@@ -1,6 +1,7 @@
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import connections
 from django.db.models import Count, F, Min, Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -55,7 +56,11 @@ class NewestFirst:
             .values_list("received_at", "pk")[:stop]
             for account_id in self.account_ids
         ]
-        found = list(heads[0].union(*heads[1:], all=True)) if len(heads) > 1 else list(heads[0])
+        if len(heads) > 1 and connections[SyncedMessage.objects.db].features.supports_slicing_ordering_in_compound:
+            found = list(heads[0].union(*heads[1:], all=True))
+        else:
+            # SQLite (the embedded defaults) refuses LIMIT inside a UNION's parts: one query per account there.
+            found = [row for head in heads for row in head]
         # Newest first, undated last, then the higher id (the same order as NEWEST_FIRST).
         found.sort(key=lambda row: (row[0] is not None, row[0].timestamp() if row[0] else 0, row[1]), reverse=True)
         page = [pk for _received, pk in found[start:stop]]

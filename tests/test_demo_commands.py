@@ -23,7 +23,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.utils.timezone import localdate
 
-from migration.demo import DEMO_MAILBOXES, DEMO_STAFF, DEMO_USER, SEED_MESSAGES, seed_messages
+from migration.demo import DEMO_M365_ACCOUNT, DEMO_MAILBOXES, DEMO_STAFF, DEMO_USER, SEED_MESSAGES, seed_messages
 from migration.models import Campaign
 from portal.devservers import free_port
 from sync import crypto
@@ -83,7 +83,12 @@ def test_it_sets_up_the_demo_idempotently_without_a_mail_server():
     assert "the demo mail server is not running" in out and DEMO_USER[1] in out
     first = _db_state()
     _run("demo_data", "--tls-port", str(closed))
-    assert User.objects.count() == 2 and MailAccount.objects.count() == 2
+    assert User.objects.count() == 2 and MailAccount.objects.count() == 3
+    # The Microsoft 365 account (the run command's demo tenant): V2, with stand-in history.
+    ben = MailAccount.objects.get(address=DEMO_M365_ACCOUNT)
+    assert (ben.provider_kind, ben.engine) == ("microsoft", "v2")
+    assert SyncedMessage.objects.filter(account=ben, imported_by="v2").count() == \
+        len([m for m in SEED_MESSAGES if m.with_message_id])
     assert SyncedMessage.objects.count() == len(first["SyncedMessage"])  # no second stand-in history
     demo, support = User.objects.get(username=DEMO_USER[0]), User.objects.get(username=DEMO_STAFF[0])
     assert demo.check_password(DEMO_USER[1]) and not demo.is_staff
@@ -120,7 +125,9 @@ def test_it_keeps_an_account_the_user_migrated_and_a_kept_campaign():
 @pytest.mark.django_db
 def test_it_imports_real_v2_history_from_the_demo_mail_server(dovecot, demo_mailboxes, mail_settings):
     out = _run("demo_data", "--host", "127.0.0.1", "--tls-port", str(dovecot.tls_port))
-    assert "not running" not in out and "stand-in" not in out
+    assert "not running" not in out
+    assert [line for line in out.splitlines() if "stand-in" in line] == \
+        [f"{DEMO_M365_ACCOUNT}: {sum(m.with_message_id for m in SEED_MESSAGES)} stand-in message(s) as V2 history"]  # V2 reached Microsoft otherwise
     for address in demo_mailboxes:
         account = MailAccount.objects.get(address=address)
         subjects = _inbox(dovecot, address)
@@ -129,7 +136,8 @@ def test_it_imports_real_v2_history_from_the_demo_mail_server(dovecot, demo_mail
         assert set(stored.values_list("imported_by", flat=True)) == {"v2"}
         assert FolderState.objects.get(account=account, name="INBOX").v2_last_poll_at is not None
     _run("demo_data", "--host", "127.0.0.1", "--tls-port", str(dovecot.tls_port))
-    assert SyncedMessage.objects.count() == sum(len(_inbox(dovecot, a)) for a in demo_mailboxes)
+    assert SyncedMessage.objects.filter(account__address__in=demo_mailboxes).count() == \
+        sum(len(_inbox(dovecot, a)) for a in demo_mailboxes)
 
 
 @pytest.mark.django_db

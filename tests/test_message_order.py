@@ -89,3 +89,18 @@ def test_the_list_and_the_dashboard_show_the_newest(signed_in, user, make_accoun
     assert "Nachricht 4<" in page and "Nachricht 29" not in page
     dashboard = signed_in.get("/").content.decode()
     assert "Nachricht 29" in dashboard and "Nachricht 24" not in dashboard
+
+
+def test_without_limits_in_a_union_each_account_is_read_on_its_own(user, make_account, monkeypatch):
+    # SQLite, the run command's database, refuses LIMIT inside a UNION's parts ("LIMIT/OFFSET not allowed in
+    # subqueries of compound statements"): the same page, one query per account.
+    first, second = make_account(user, "a@firma.example"), make_account(user, "b@firma.example")
+    fill(first, 7, undated=2)
+    fill(second, 5, undated=1)
+    merged = [m.pk for m in messages_for_user(user)[2:11]]
+    monkeypatch.setattr(connection.features, "supports_slicing_ordering_in_compound", False)
+    with CaptureQueriesContext(connection) as queries:
+        alone = [m.pk for m in messages_for_user(user)[2:11]]
+    assert alone == merged and len(merged) == 9
+    assert not any("UNION" in query["sql"] for query in queries.captured_queries)
+    assert len(queries.captured_queries) == 4  # the accounts, each account's head, the page's rows

@@ -5,8 +5,9 @@ import threading
 from http.server import ThreadingHTTPServer
 
 
-def listen(handler, context: ssl.SSLContext | None = None, **wrap) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+def listen(handler, context: ssl.SSLContext | None = None, *, port: int = 0, **wrap) -> ThreadingHTTPServer:
+    """port 0: a free one (tests); the demo doubles ask for their fixed port."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
     if context is not None:
         server.socket = context.wrap_socket(server.socket, server_side=True, **wrap)

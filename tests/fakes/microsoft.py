@@ -339,7 +339,7 @@ class FakeMicrosoft(GraphMixin, SubscriptionsMixin):
     def base(self) -> str:
         return f"https://127.0.0.1:{self.server.server_address[1]}"
 
-    def start(self) -> "FakeMicrosoft":
+    def start(self, port: int = 0) -> "FakeMicrosoft":
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.cert_path, self.key_path)
         fake = self
@@ -349,7 +349,7 @@ class FakeMicrosoft(GraphMixin, SubscriptionsMixin):
 
         Handler.fake = fake
         # Handshake in the handler thread: a stalled client cannot block accept().
-        self.server = listen(Handler, context, do_handshake_on_connect=False)
+        self.server = listen(Handler, context, port=port, do_handshake_on_connect=False)
         serve_in_background(self.server)
         return self
 

@@ -7,14 +7,16 @@ has already migrated back to V2.
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from migration.demo import DEMO_HOST, DEMO_MAILBOXES, DEMO_STAFF, DEMO_TLS_PORT, DEMO_USER, set_up_demo
+from migration.demo import (DEMO_HOST, DEMO_M365_ACCOUNT, DEMO_MAILBOXES, DEMO_STAFF, DEMO_TLS_PORT, DEMO_USER,
+                            set_up_demo)
 
 
 class Command(BaseCommand):
     help = (
-        "Create the demo logins, a campaign with dates relative to today and two V2 IMAP accounts on the "
-        "demo mail server (manage.py demo_mailserver). With the server running they get real V2 history "
-        "from one V2 poll; without it, stand-in history."
+        "Create the demo logins, a campaign with dates relative to today, two V2 IMAP accounts on the "
+        "demo mail server (manage.py demo_mailserver) and a V2 Microsoft 365 account for the demo tenant of "
+        "./scripts/run. With the server running the IMAP accounts get real V2 history from one V2 poll; "
+        "without it, and for the Microsoft account, stand-in history."
     )
 
     def add_arguments(self, parser):
@@ -41,3 +43,5 @@ class Command(BaseCommand):
         self.stdout.write(f"support (admin): {DEMO_STAFF[0]} / {DEMO_STAFF[1]}  ({settings.SITE_URL}/admin/)")
         for address, password in DEMO_MAILBOXES.items():
             self.stdout.write(f"mailbox:         {address} / {password}  (IMAP {host}:{tls_port}, SSL)")
+        self.stdout.write(f"mailbox:         {DEMO_M365_ACCOUNT}  (Microsoft 365: sign in at the demo tenant "
+                          "of ./scripts/run, no password)")
