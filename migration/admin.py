@@ -13,6 +13,7 @@ from django.utils.translation import gettext_lazy as _
 from migration import errors, history, services
 from migration.models import Campaign, Migration, Reminder, Status
 from migration.selectors import invalidate_campaign
+from sync.admin import ReadOnlyAdmin
 from migration import campaign_admin  # noqa: F401 - registers the campaign list and dashboard
 from migration.microsoft import admin as microsoft_admin  # noqa: F401 - registers TenantConsent
 
@@ -159,7 +160,7 @@ class CampaignAdmin(admin.ModelAdmin):
 
 
 @admin.register(Reminder)
-class ReminderAdmin(admin.ModelAdmin):
+class ReminderAdmin(ReadOnlyAdmin):
     """Who was reminded when, by whom and about which accounts: a record, never edited."""
 
     list_display = ("user", "kind", "created_at", "sent_at", "error", "sent_by")
@@ -168,15 +169,6 @@ class ReminderAdmin(admin.ModelAdmin):
     list_select_related = ("user", "sent_by")
     fields = ("user", "campaign", "kind", "addresses", "created_at", "sent_at", "error", "sent_by")
     readonly_fields = fields
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 # Why a button on a migration's page did nothing (services.MigrationError codes).

@@ -20,6 +20,7 @@ from migration.campaign import CampaignState
 from migration.models import ACTIVE_STATUSES, CampaignAccount, Migration, Reminder, Status
 from migration.selectors import current_campaign
 from sync.models import Engine, ProviderKind
+from sync.admin import ReadOnlyAdmin
 from sync.selectors import sync_backlog
 
 NEVER_STARTED = "never_started"
@@ -125,7 +126,7 @@ def csv_response(queryset, filename: str) -> StreamingHttpResponse:
 
 
 @admin.register(CampaignAccount)
-class CampaignAccountAdmin(admin.ModelAdmin):
+class CampaignAccountAdmin(ReadOnlyAdmin):
     list_display = ("address", "owner_email", "provider_kind", "state", "error_text", "latest_change")
     list_filter = (StateFilter, StuckFilter, "provider_kind", "engine", DomainFilter, ErrorFilter)
     search_fields = ("address", "owner__email")
@@ -139,15 +140,6 @@ class CampaignAccountAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return campaign.campaign_accounts()
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def get_urls(self):
         return [

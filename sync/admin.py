@@ -10,6 +10,20 @@ from sync.models import FolderState, GraphSubscription, MailAccount, SkippedMess
 from sync.services import invalidate_banner, save_account_settings
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """An admin page that shows records and lets nobody add, change or delete them (records the product
+    writes itself: subscriptions, reminders, the campaign list)."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 class FolderStateInline(admin.TabularInline):
     model = FolderState
     fields = ("name", "v2_high_water", "v2_last_poll_at", "uidvalidity", "uidnext", "highestmodseq",
@@ -110,7 +124,7 @@ class SkippedMessageAdmin(admin.ModelAdmin):
 
 
 @admin.register(GraphSubscription)
-class GraphSubscriptionAdmin(admin.ModelAdmin):
+class GraphSubscriptionAdmin(ReadOnlyAdmin):
     """Read-only: which Microsoft accounts have push, until when, and why a subscribe failed (error_code).
     The clientState secret is never shown; beat's pass creates, renews and removes the rows."""
 
@@ -119,12 +133,3 @@ class GraphSubscriptionAdmin(admin.ModelAdmin):
     search_fields = ("account__address",)
     fields = list_display
     readonly_fields = list_display
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
