@@ -38,10 +38,10 @@ import re
 import subprocess
 import sys
 import time
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from bench_work import _rss, _stop
+from bench_work import _rss, _stop, bench_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -88,20 +88,13 @@ def main() -> None:
                       extra_config=MANY_CONNECTIONS.format(n=room, twice=2 * room)).start()
     processes = []
     try:
-        today = date.today()
-        os.environ.update(
-            PORTAL_DATA_DIR=str(postgres.base / "portal-data"),  # never the user's own data
-            DATABASE_URL=f"postgres://postgres@127.0.0.1:{postgres.port}/postgres",
-            REDIS_URL=redis_server.url, CELERY_BROKER_URL=redis_server.url,
-            EGRESS_ALLOW_NETWORKS="127.0.0.1/32", MAIL_TLS_CA_FILE=str(dovecot.cert_path),
-            CAMPAIGN_MIGRATE_BY=(today + timedelta(days=14)).isoformat(),
-            CAMPAIGN_V2_SHUTDOWN=(today + timedelta(days=30)).isoformat(),
+        bench_environment(
+            postgres, redis_server, dovecot,
             # A fixed interval for the measured polls (the adaptive one would stretch it within the
             # window); every bench account is on the one Dovecot, so the per-destination cap is lifted
             # lest it shift the polls of the 2 x K accounts by a tick.
             SYNC_INTERVAL_SECONDS=str(POLL_INTERVAL), SYNC_INTERVAL_MIN_SECONDS=str(POLL_INTERVAL),
             SYNC_INTERVAL_MAX_SECONDS=str(POLL_INTERVAL), SYNC_MAX_PER_DESTINATION="1000",
-            DJANGO_SETTINGS_MODULE="portal.settings",
         )
         import django
 

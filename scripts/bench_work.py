@@ -51,16 +51,8 @@ def main() -> None:
     dns = FakeDNS().start()
     worker = web = None
     try:
-        today = date.today()
-        os.environ.update(
-            PORTAL_DATA_DIR=str(postgres.base / "portal-data"),  # never the user's own data
-            DATABASE_URL=f"postgres://postgres@127.0.0.1:{postgres.port}/postgres",
-            REDIS_URL=redis_server.url, CELERY_BROKER_URL=redis_server.url,
-            EGRESS_ALLOW_NETWORKS="127.0.0.1/32", MAIL_TLS_CA_FILE=str(dovecot.cert_path),
-            DNS_NAMESERVERS=dns.nameserver, DNS_TIMEOUT="1",
-            CAMPAIGN_MIGRATE_BY=(today + timedelta(days=14)).isoformat(),
-            CAMPAIGN_V2_SHUTDOWN=(today + timedelta(days=30)).isoformat(),
-            DJANGO_SETTINGS_MODULE="portal.settings",
+        bench_environment(
+            postgres, redis_server, dovecot, DNS_NAMESERVERS=dns.nameserver, DNS_TIMEOUT="1",
             # The scheduler rows: every account due once per interval (the adaptive interval pinned), and no
             # per-destination cap (all the bench's accounts are on one Dovecot; the cap has its own tests).
             SYNC_INTERVAL_SECONDS=str(interval), SYNC_INTERVAL_MIN_SECONDS=str(interval),
@@ -101,6 +93,21 @@ def main() -> None:
         dovecot.stop()
         redis_server.stop()
         postgres.stop()
+
+
+def bench_environment(postgres, redis_server, dovecot, **extra: str) -> None:
+    """Point this process (and the servers it starts, which inherit os.environ) at the bench's own
+    PostgreSQL, Redis and Dovecot, with a campaign under way; `extra`: more settings."""
+    today = date.today()
+    os.environ.update(
+        PORTAL_DATA_DIR=str(postgres.base / "portal-data"),  # never the user's own data
+        DATABASE_URL=f"postgres://postgres@127.0.0.1:{postgres.port}/postgres",
+        REDIS_URL=redis_server.url, CELERY_BROKER_URL=redis_server.url,
+        EGRESS_ALLOW_NETWORKS="127.0.0.1/32", MAIL_TLS_CA_FILE=str(dovecot.cert_path),
+        CAMPAIGN_MIGRATE_BY=(today + timedelta(days=14)).isoformat(),
+        CAMPAIGN_V2_SHUTDOWN=(today + timedelta(days=30)).isoformat(),
+        DJANGO_SETTINGS_MODULE="portal.settings", **extra,
+    )
 
 
 def _stop(process) -> None:
