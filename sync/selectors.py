@@ -1,6 +1,7 @@
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Count, F, Min, Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -28,6 +29,9 @@ class NewestFirst:
     `stop` rows from its index (one UNION ALL query), merges them, and loads
     the rows of the page (a second query): the first pages cost the same
     whatever the store's size. count() counts all of the user's messages.
+    SQLite (the embedded default) refuses LIMIT inside UNION ALL ("LIMIT/OFFSET
+    not allowed in subqueries of compound statements"), so there each
+    account's head is one query of its own.
     """
 
     def __init__(self, account_ids: list[int]):
@@ -55,7 +59,10 @@ class NewestFirst:
             .values_list("received_at", "pk")[:stop]
             for account_id in self.account_ids
         ]
-        found = list(heads[0].union(*heads[1:], all=True)) if len(heads) > 1 else list(heads[0])
+        if len(heads) > 1 and connection.features.supports_slicing_ordering_in_compound:
+            found = list(heads[0].union(*heads[1:], all=True))
+        else:
+            found = [row for head in heads for row in head]
         # Newest first, undated last, then the higher id (the same order as NEWEST_FIRST).
         found.sort(key=lambda row: (row[0] is not None, row[0].timestamp() if row[0] else 0, row[1]), reverse=True)
         page = [pk for _received, pk in found[start:stop]]
