@@ -135,7 +135,9 @@ def test_a_forged_notification_triggers_nothing(subscribed, live_server, broker,
     assert response.status_code == 202 and broker.llen("celery") == 1
 
 
-@pytest.mark.parametrize("body", [b"not json", b'{"value": "x"}', b'{"value": []}', b"[]"])
+@pytest.mark.parametrize("body", [b"not json", b'{"value": "x"}', b'{"value": []}', b"[]",
+                                  b"[" * 100_000 + b"]" * 100_000],  # nesting past json's recursion limit
+                         ids=["not json", "value not a list", "empty", "list", "deeply nested"])
 def test_a_malformed_batch_is_refused(subscribed, live_server, broker, body):
     response = requests.post(_url(live_server, "graph-notifications"), data=body,
                              headers={"Content-Type": "application/json"}, timeout=10)

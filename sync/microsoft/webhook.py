@@ -87,7 +87,7 @@ def _items(request: HttpRequest) -> list | None:
         return None
     try:
         payload = json.loads(request.read(settings.MS_GRAPH_NOTIFY_MAX_BYTES + 1)[:settings.MS_GRAPH_NOTIFY_MAX_BYTES])
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deeply nested arrays exhaust json's recursion
         return None
     items = payload.get("value") if isinstance(payload, dict) else None
     if not isinstance(items, list) or not items or len(items) > MAX_ITEMS:
