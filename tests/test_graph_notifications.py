@@ -135,7 +135,21 @@ def test_a_forged_notification_triggers_nothing(subscribed, live_server, broker,
     assert response.status_code == 202 and broker.llen("celery") == 1
 
 
-@pytest.mark.parametrize("body", [b"not json", b'{"value": "x"}', b'{"value": []}', b"[]"])
+def test_a_forged_batch_of_many_items_is_one_log_line_per_code(subscribed, live_server, broker, caplog):
+    forged = [_notification(subscribed, subscription_id=f"{n:032d}")["value"][0] for n in range(50)]
+    forged += [_notification(subscribed, client_state="x" * 86)["value"][0] for _ in range(3)] + [7]
+    with caplog.at_level(logging.WARNING, logger="sync.microsoft.webhook"):
+        response = requests.post(_url(live_server, "graph-notifications"), json={"value": forged}, timeout=10)
+    assert response.status_code == 403 and broker.llen("celery") == 0
+    lines = [record.getMessage() for record in caplog.records if record.name == "sync.microsoft.webhook"]
+    assert sorted(lines) == ["Graph notification refused: graph_notify_bad_client_state (3 of 54 items)",
+                             "Graph notification refused: graph_notify_malformed (1 of 54 items)",
+                             "Graph notification refused: graph_notify_unknown_subscription (50 of 54 items)"]
+
+
+@pytest.mark.parametrize("body", [b"not json", b'{"value": "x"}', b'{"value": []}', b"[]",
+                                  b"[" * 100_000 + b"]" * 100_000],  # nesting past json's recursion limit
+                         ids=["not json", "value not a list", "empty", "list", "deeply nested"])
 def test_a_malformed_batch_is_refused(subscribed, live_server, broker, body):
     response = requests.post(_url(live_server, "graph-notifications"), data=body,
                              headers={"Content-Type": "application/json"}, timeout=10)

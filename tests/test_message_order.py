@@ -104,3 +104,36 @@ def test_without_limits_in_a_union_each_account_is_read_on_its_own(user, make_ac
     assert alone == merged and len(merged) == 9
     assert not any("UNION" in query["sql"] for query in queries.captured_queries)
     assert len(queries.captured_queries) == 4  # the accounts, each account's head, the page's rows
+
+
+def test_the_dashboard_of_a_user_with_two_accounts_works_on_sqlite(tmp_path):
+    """The embedded default is SQLite, which refuses LIMIT inside UNION ALL: the demo user's dashboard
+    (two accounts) answered 500 there. Real SQLite in a subprocess (the test database is PostgreSQL)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    script = (
+        "import django; django.setup()\n"
+        "from django.core.management import call_command; call_command('migrate', verbosity=0)\n"
+        "from datetime import datetime, timedelta, timezone\n"
+        "from django.contrib.auth import get_user_model\n"
+        "from sync.models import MailAccount, SyncedMessage\n"
+        "from sync.selectors import messages_for_user\n"
+        "user = get_user_model().objects.create_user('u', 'u@example.com', 'x')\n"
+        "start = datetime(2025, 1, 1, tzinfo=timezone.utc)\n"
+        "for n, address in enumerate(['a@firma.example', 'b@firma.example']):\n"
+        "    account = MailAccount.objects.create(owner=user, address=address)\n"
+        "    SyncedMessage.objects.bulk_create([SyncedMessage(account=account, dedup_key=f'{address}-{i}',\n"
+        "        folder='INBOX', subject=f'{address} {i}', received_at=start + timedelta(minutes=2 * i + n),\n"
+        "        imported_by='v3') for i in range(4)])\n"
+        "print([m.subject for m in messages_for_user(user)[0:3]])\n"
+    )
+    env = {**os.environ, "PORTAL_DATA_DIR": str(tmp_path), "CELERY_BROKER_URL": "filesystem://",
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'portal.sqlite3'}", "DJANGO_SETTINGS_MODULE": "portal.settings"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "['b@firma.example 3', 'a@firma.example 3', 'b@firma.example 2']"

@@ -20,6 +20,7 @@ with its code. clientState is never logged.
 import json
 import logging
 import time
+from collections import Counter
 
 from celery import current_app
 from django.conf import settings
@@ -87,7 +88,7 @@ def _items(request: HttpRequest) -> list | None:
         return None
     try:
         payload = json.loads(request.read(settings.MS_GRAPH_NOTIFY_MAX_BYTES + 1)[:settings.MS_GRAPH_NOTIFY_MAX_BYTES])
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deeply nested arrays exhaust json's recursion
         return None
     items = payload.get("value") if isinstance(payload, dict) else None
     if not isinstance(items, list) or not items or len(items) > MAX_ITEMS:
@@ -110,13 +111,16 @@ def notifications(request: HttpRequest, lifecycle: bool = False) -> HttpResponse
         logger.warning("Graph notification refused: graph_notify_malformed")
         return HttpResponse(status=400)
     verified, accounts, events = 0, set(), set()
+    # One log line per refusal code and batch, with the count: a forged batch of MAX_ITEMS items is one
+    # line, not a thousand (at MS_GRAPH_NOTIFY_RATE_PER_IP such batches a minute).
+    refused = Counter()
     for item in items:
         if not isinstance(item, dict):
-            logger.warning("Graph notification refused: graph_notify_malformed")
+            refused["graph_notify_malformed"] += 1
             continue
         row, code = subscriptions.verify(str(item.get("subscriptionId") or ""), item.get("clientState") or "")
         if row is None:
-            logger.warning("Graph notification refused: %s", code)
+            refused[code] += 1
             continue
         verified += 1
         event = item.get("lifecycleEvent")
@@ -128,6 +132,8 @@ def notifications(request: HttpRequest, lifecycle: bool = False) -> HttpResponse
                                row.account_id)
         elif not lifecycle:
             accounts.add(row.account_id)
+    for code, count in sorted(refused.items()):
+        logger.warning("Graph notification refused: %s (%d of %d items)", code, count, len(items))
     if not verified:
         return HttpResponse(status=403)
     GraphSubscription.objects.filter(account_id__in={a for a in accounts} | {a for a, _ in events}).update(
