@@ -561,8 +561,13 @@ if REMINDER_SEND_HOUR > 23:
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    # Tracebacks by type and location only (portal.logsafe): an exception's message may quote a secret.
+    "formatters": {"safe": {"()": "portal.logsafe.TypeAndLocationFormatter",
+                            "format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "safe"}},
     "loggers": {
+        # A page that failed (500): Django mails it to ADMINS, which nobody sets; the log is where support looks.
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
         "portal": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
         "sync": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
         "migration": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},

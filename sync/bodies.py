@@ -26,6 +26,7 @@ import logging
 from django.db import Error as DbError, IntegrityError, transaction
 from django.utils.translation import gettext_lazy as _
 
+from portal.logsafe import describe
 from sync import crypto, mime
 from sync.errors import MailboxError
 from sync.exchange import bodies as ews_bodies
@@ -147,7 +148,7 @@ def _fetch(message: SyncedMessage) -> mime.Content:
     except BodyUnavailable:
         raise
     except Exception as error:  # noqa: BLE001 - a provider answer nobody foresaw: said on the page, logged for support
-        logger.exception("Fetching the body of message %s failed unexpectedly (%s)", message.pk, type(error).__name__)
+        logger.error("Fetching the body of message %s failed unexpectedly (%s)", message.pk, describe(error))
         raise BodyUnavailable("failed") from None
 
 

@@ -43,6 +43,7 @@ from django.db import connections
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
+from portal.logsafe import describe
 from sync import destinations
 from sync.models import MailAccount
 
@@ -149,8 +150,8 @@ class _Renewal(threading.Thread):
                     # still keeps its rows single.
                     logger.warning("Sync lease of account %s was lost during the run", self.account_id)
                     return
-        except Exception:  # noqa: BLE001 - a database hiccup: the lease expires instead, the run goes on
-            logger.exception("Sync lease of account %s could not be renewed", self.account_id)
+        except Exception as error:  # noqa: BLE001 - a database hiccup: the lease expires instead, the run goes on
+            logger.error("Sync lease of account %s could not be renewed (%s)", self.account_id, describe(error))
         finally:
             connections.close_all()  # this thread's own connections only
 

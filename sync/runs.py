@@ -12,6 +12,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from portal.logsafe import describe
 from sync import destinations, leases, queue, schedule, v2
 from sync.exchange import engine as v3_ews
 from sync.google import engine as v3_google
@@ -151,6 +152,6 @@ def _run_engine(account_id: int) -> int:
     try:
         return engine(account)
     except Exception as error:  # noqa: BLE001 - recorded for support, never silent; see the docstring
-        logger.exception("Sync of account %s failed unexpectedly (%s)", account_id, type(error).__name__)
+        logger.error("Sync of account %s failed unexpectedly (%s)", account_id, describe(error))
         record_sync_result(account_id=account_id, error_code=UNEXPECTED_ERROR)
         return 0

@@ -30,6 +30,7 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
+from portal.logsafe import describe
 from sync.microsoft import client, subscriptions
 from sync.microsoft.client import MicrosoftError
 from sync.microsoft.graph import DeltaExpired, FolderTree, Graph, GraphNotFound, GraphUnauthorized
@@ -91,8 +92,9 @@ def _ensure_subscription(account: MailAccount) -> None:
     is logged, and never turns a sync that went well into a failed one."""
     try:
         subscriptions.ensure(account)
-    except Exception:  # noqa: BLE001 - logged with the account id; the poll goes on at the normal interval
-        logger.exception("Graph subscription of account %s failed unexpectedly (ms_subscription_internal)", account.pk)
+    except Exception as error:  # noqa: BLE001 - logged with the account id; the poll goes on at the normal interval
+        logger.error("Graph subscription of account %s failed unexpectedly (ms_subscription_internal, %s)", account.pk,
+                     describe(error))
 
 
 def _access_token(account: MailAccount, tokens: dict, *, force_refresh: bool) -> str:
