@@ -3,8 +3,9 @@
 Required (any of them down: HTTP 503, "status": "error"): the database, the
 cache (Redis in production; every page reads the banner from it) and the
 Celery broker (starting a migration queues a task). Reported but not required
-(stale or missing: HTTP 200, "status": "degraded"): the worker's heartbeat and
-beat's last tick. Web processes keep serving pages without them, and a load
+(stale or missing: HTTP 200, "status": "degraded"): the heartbeats of the worker
+(default queue: sync runs, migration steps), of the control worker (the control
+queue: the fan-out and the sweeper; one process may be both) and beat's last tick. Web processes keep serving pages without them, and a load
 balancer or compose restarting the web server would not bring them back; the
 worker and beat have their own container health checks (docker-compose.yml).
 Informational only: the IMAP IDLE listener ("imap_idle": live shards, the IDLE
@@ -25,7 +26,7 @@ from django.db import connection
 from django.utils import timezone
 from django.utils.crypto import get_random_string
 
-from portal.heartbeats import BEAT, WORKER
+from portal.heartbeats import BEAT, CONTROL, WORKER
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def report() -> tuple[int, dict]:
     body: {"status": "ok" | "degraded" | "error",
            "checks": {"database": "ok" | "down", "cache": ..., "broker": ...,
                       "worker": {"status": "ok" | "stale" | "missing" | "unknown", "age_seconds": int | None},
-                      "beat": {...},
+                      "control_worker": {...}, "beat": {...},
                       "imap_idle": {"status": "ok" | "stale" | "missing" | "unknown",
                                     "shards": int, "connections": int | None,
                                     "ews_subscriptions": int | None},
@@ -61,7 +62,7 @@ def report() -> tuple[int, dict]:
     checks["graph_push"] = _graph_push(database_up=checks["database"] == "ok")
     if any(checks[name] != "ok" for name in REQUIRED):
         status = "error"
-    elif any(checks[name]["status"] != "ok" for name in (WORKER, BEAT)):
+    elif any(checks[name]["status"] != "ok" for name in (WORKER, CONTROL, BEAT)):
         status = "degraded"
     else:
         status = "ok"
@@ -110,11 +111,11 @@ def _heartbeats(*, database_up: bool) -> dict:
     from portal.models import Heartbeat
 
     if not database_up:
-        return {name: {"status": "unknown", "age_seconds": None} for name in (WORKER, BEAT)}
-    seen = dict(Heartbeat.objects.filter(name__in=(WORKER, BEAT)).values_list("name", "seen_at"))
+        return {name: {"status": "unknown", "age_seconds": None} for name in (WORKER, CONTROL, BEAT)}
+    seen = dict(Heartbeat.objects.filter(name__in=(WORKER, CONTROL, BEAT)).values_list("name", "seen_at"))
     now = timezone.now()
     result = {}
-    for name in (WORKER, BEAT):
+    for name in (WORKER, CONTROL, BEAT):
         if name not in seen:
             result[name] = {"status": "missing", "age_seconds": None}
             continue

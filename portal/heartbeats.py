@@ -22,6 +22,9 @@ from celery.beat import PersistentScheduler
 logger = logging.getLogger(__name__)
 
 WORKER = "worker"
+# A worker that consumes the control queue (the fan-out, the sweeper: CELERY_CONTROL_QUEUE) records this
+# one; the same process may record both. Without it nothing queues syncs, whatever "worker" says.
+CONTROL = "control_worker"
 BEAT = "beat"
 
 
@@ -38,7 +41,8 @@ def record(name: str, *, count: int = 0) -> None:
 
     from portal.models import Heartbeat
 
-    path = {WORKER: settings.WORKER_HEARTBEAT_FILE, BEAT: settings.BEAT_TICK_FILE}.get(name, "")
+    path = {WORKER: settings.WORKER_HEARTBEAT_FILE, CONTROL: settings.WORKER_HEARTBEAT_FILE,
+            BEAT: settings.BEAT_TICK_FILE}.get(name, "")
     if path:
         try:
             Path(path).touch()
@@ -61,8 +65,25 @@ def record(name: str, *, count: int = 0) -> None:
         connection.close()
 
 
+def roles(app) -> list[str]:
+    """The heartbeats a worker of `app` records: WORKER when it consumes the default queue ("celery"),
+    CONTROL when it consumes CELERY_CONTROL_QUEUE; both for a worker started without -Q."""
+    from django.conf import settings
+
+    queues = app.amqp.queues
+    consumed = set(queues.consume_from or queues)
+    names = [WORKER] if "celery" in consumed else []
+    return names + ([CONTROL] if settings.CELERY_CONTROL_QUEUE in consumed else [])
+
+
+def _record_all(names) -> None:
+    for name in names:
+        record(name)
+
+
 class WorkerHeartbeat(bootsteps.StartStopStep):
-    """Consumer bootstep: record(WORKER) at start and every HEARTBEAT_SECONDS on the consumer's timer.
+    """Consumer bootstep: record its roles (WORKER, CONTROL) at start and every HEARTBEAT_SECONDS on the
+    consumer's timer.
 
     Celery stops and starts consumer steps around a broker reconnect, so no
     heartbeat is written while the worker cannot consume.
@@ -75,8 +96,9 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
     def start(self, parent):
         from django.conf import settings
 
-        record(WORKER)
-        self.tref = parent.timer.call_repeatedly(settings.HEARTBEAT_SECONDS, record, (WORKER,))
+        names = roles(parent.app)
+        _record_all(names)
+        self.tref = parent.timer.call_repeatedly(settings.HEARTBEAT_SECONDS, _record_all, (names,))
 
     def stop(self, parent):
         if self.tref is not None:

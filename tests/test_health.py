@@ -36,6 +36,7 @@ def own_redis(monkeypatch):
 
 def _both_heartbeats_now():
     heartbeats.record(heartbeats.WORKER)
+    heartbeats.record(heartbeats.CONTROL)
     heartbeats.record(heartbeats.BEAT)
 
 
@@ -50,7 +51,7 @@ def test_it_reports_every_dependency_ok_when_all_are_up(client):
     assert body["status"] == "ok"
     assert {name: body["checks"][name] for name in ("database", "cache", "broker")} == {
         "database": "ok", "cache": "ok", "broker": "ok"}
-    for name in ("worker", "beat"):
+    for name in ("worker", "control_worker", "beat"):
         assert body["checks"][name]["status"] == "ok"
         assert 0 <= body["checks"][name]["age_seconds"] <= 5
 
@@ -102,7 +103,7 @@ def test_it_reports_a_worker_and_beat_that_never_ran_as_missing(client):
 def test_it_keeps_one_row_per_role_however_often_they_beat():
     for _ in range(3):
         _both_heartbeats_now()
-    assert sorted(Heartbeat.objects.values_list("name", flat=True)) == ["beat", "worker"]
+    assert sorted(Heartbeat.objects.values_list("name", flat=True)) == ["beat", "control_worker", "worker"]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -120,7 +121,9 @@ def test_a_real_worker_with_beat_records_both_heartbeats_and_their_files(client,
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
-        wait_for(lambda: Heartbeat.objects.filter(name__in=["worker", "beat"]).count() == 2, timeout=60)
+        # No -Q: it consumes both queues, so it is the worker and the control worker.
+        wait_for(lambda: Heartbeat.objects.filter(name__in=["worker", "control_worker", "beat"]).count() == 3,
+                 timeout=60)
         first = dict(Heartbeat.objects.values_list("name", "seen_at"))
         # They keep beating: both rows move on (HEARTBEAT_SECONDS=1).
         wait_for(lambda: all(seen > first[name] for name, seen in Heartbeat.objects.values_list("name", "seen_at")),
@@ -136,3 +139,26 @@ def test_a_real_worker_with_beat_records_both_heartbeats_and_their_files(client,
             process.wait(10)
     body = client.get(reverse("health")).json()
     assert body["checks"]["worker"]["status"] == "ok" and body["checks"]["beat"]["status"] == "ok"
+    assert body["checks"]["control_worker"]["status"] == "ok"
+
+
+@pytest.mark.django_db
+def test_a_dead_control_worker_shows_although_the_sync_worker_beats(client, settings):
+    """The control worker runs the fan-out: without it nothing is synced, whatever the other worker does."""
+    _both_heartbeats_now()
+    Heartbeat.objects.filter(name="control_worker").update(
+        seen_at=timezone.now() - timedelta(seconds=settings.HEARTBEAT_STALE_SECONDS + 60))
+    body = client.get(reverse("health")).json()
+    assert body["status"] == "degraded"
+    assert body["checks"]["control_worker"]["status"] == "stale" and body["checks"]["worker"]["status"] == "ok"
+
+
+@pytest.mark.parametrize("queues, expected", [
+    ("celery", ["worker"]), ("control", ["control_worker"]), ("celery,control", ["worker", "control_worker"]),
+    (None, ["worker", "control_worker"])])
+def test_a_worker_records_the_roles_of_the_queues_it_consumes(queues, expected, monkeypatch):
+    from portal.celery import app
+
+    monkeypatch.setattr(app.amqp.queues, "_consume_from", None)  # as a worker without -Q; restored after
+    app.amqp.queues.select(queues.split(",") if queues else None)  # -Q
+    assert heartbeats.roles(app) == expected
