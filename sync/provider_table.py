@@ -30,6 +30,9 @@ from django.utils.translation import gettext_lazy as _
 
 @dataclass(frozen=True)
 class Provider:
+    """One mail provider: its key and label, the kind of sign-in (imap, microsoft, google), and for IMAP the
+    server (host, port, security) and user-name form, with the hints shown in the login mask."""
+
     key: str
     label: str
     kind: str = "imap"  # imap | microsoft | google
@@ -45,6 +48,9 @@ class Provider:
 
 @dataclass(frozen=True)
 class MxRule:
+    """A domain whose MX host matches `pattern` is hosted at `provider`; `host`, when set, is the IMAP server
+    for such domains (else the provider's own)."""
+
     pattern: str
     provider: str
     host: str = ""

@@ -345,3 +345,8 @@ def test_a_run_of_a_subscribed_account_backs_off_up_to_the_push_poll(subscribed,
     assert schedule.after_run(subscribed.account_id, new_messages=2) == 7200  # push queued it; no sooner poll
     GraphSubscription.objects.filter(pk=subscribed.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
     assert schedule.after_run(subscribed.account_id, new_messages=2) == 60  # lapsed: polled like any account
+
+
+def test_a_secret_that_cannot_be_read_is_told_apart_from_a_forgery(subscribed):
+    GraphSubscription.objects.filter(pk=subscribed.pk).update(client_state_encrypted="not-a-token")
+    assert subscriptions.verify(subscribed.subscription_id, "anything") == (None, "graph_notify_secret_unreadable")

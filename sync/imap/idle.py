@@ -37,7 +37,6 @@ heartbeat row with its live EWS subscriptions, read by /health/.
 """
 
 import logging
-import select
 import threading
 import time
 from dataclasses import dataclass, field
@@ -59,6 +58,7 @@ from sync.exchange.client import settings_of as ews_settings_of
 from sync.exchange.push import EwsWatch
 from sync.imap import client as imap
 from sync.imap import notify
+from sync.imap.idle_wait import SocketReader, idle_check
 from sync.models import AccountStatus, MailAccount
 
 logger = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ IDLE_THREAD_STACK = 512 * 1024
 
 
 def heartbeat_name(shard: int, shards: int) -> str:
+    """The Heartbeat row name of one shard's owner, e.g. "imap_idle:0/2" (its count: open connections)."""
     return f"{HEARTBEAT_PREFIX}{shard}/{shards}"
 
 
@@ -188,7 +189,7 @@ class Connection(threading.Thread):
 
     def _idle(self, client) -> None:
         client.select_folder("INBOX", readonly=True)
-        client._imap.file = _SocketReader(client._imap.sock)  # nothing is buffered after the tagged OK
+        client._imap.file = SocketReader(client._imap.sock)  # nothing is buffered after the tagged OK
         statuses = notify.NewMail()
         while not self.stop.is_set():
             # RFC 5465 where offered: the other synced folders announce new mail too (sync.imap.notify).
@@ -197,81 +198,12 @@ class Connection(threading.Thread):
             started = time.monotonic()
             # RFC 2177: servers may drop an IDLE after 30 minutes; leave and re-enter it earlier.
             while not self.stop.is_set() and time.monotonic() - started < settings.IMAP_IDLE_SECONDS:
-                responses = _idle_check(client)
+                responses = idle_check(client)
                 # Every STATUS is looked at (not any(): it keeps each folder's UIDNEXT).
                 news = [statuses.announced(r) or (len(r) > 1 and r[1] in (b"EXISTS", b"RECENT")) for r in responses]
                 if any(news):
                     self.listener.trigger(self.target.account_id)
             client.idle_done()
-
-
-class _SocketReader:
-    """A read buffer over the connection's socket, in place of imaplib's socket.makefile() file.
-
-    The capped connection (sync.imap.client._PinnedIMAP4) reads through
-    file.peek(), file.read() and file.read1(). A file from makefile() refuses
-    every read after one read timed out ("cannot read from timed out object"),
-    and its buffer cannot be inspected without a read that may block; IDLE needs
-    both: to know whether a line is already buffered, and to survive a wait that
-    ends. Reads go straight to sock.recv() (its timeout set by the connection).
-    """
-
-    def __init__(self, sock):
-        self.sock, self.buffer = sock, bytearray()
-
-    def buffered(self) -> bool:
-        """Whether bytes are waiting here or in the TLS layer (which poll() does not see)."""
-        return bool(self.buffer) or bool(getattr(self.sock, "pending", lambda: 0)())
-
-    def peek(self, size: int = 1) -> bytes:
-        if not self.buffer:
-            self.buffer += self.sock.recv(65536)
-        return bytes(self.buffer)
-
-    def read1(self, size: int) -> bytes:
-        self.peek()
-        return self.read(size)
-
-    def read(self, size: int) -> bytes:
-        data = bytes(self.buffer[:size])
-        del self.buffer[:size]
-        return data
-
-    def close(self) -> None:
-        self.buffer.clear()
-
-
-def _readable(sock, seconds: float) -> bool:
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN)
-    return bool(poller.poll(seconds * 1000))
-
-
-def _untagged(line: bytes) -> tuple:
-    """b"* 3 EXISTS" -> (b"3", b"EXISTS"); b"* OK Still here" -> (b"OK", b"Still here")."""
-    return tuple(line.removeprefix(b"* ").split(b" ", 1 if line.startswith((b"* OK", b"* NO", b"* BYE")) else 2))
-
-
-def _idle_check(client) -> list:
-    """What the server sent during IDLE: untagged responses split in words
-    ([] after IMAP_IDLE_CHECK_SECONDS of silence), e.g. [(b"3", b"EXISTS"), (b"1", b"RECENT")].
-
-    Waits in poll() on the socket, then reads whole lines while more is buffered
-    or readable at once. Every untagged line during IDLE is an answer of its own
-    (the command time cap IMAP_COMMAND_MAX_SECONDS must not end a long IDLE).
-    imaplib's abort (the server closed) and timeouts inside a line propagate:
-    the caller reconnects and catches up.
-    """
-    imap4 = client._imap
-    reader = imap4.file
-    if not reader.buffered() and not _readable(imap4.sock, settings.IMAP_IDLE_CHECK_SECONDS):
-        return []
-    responses = []
-    while True:
-        imap4._start_answer()
-        responses.append(_untagged(imap4._get_line()))
-        if not reader.buffered() and not _readable(imap4.sock, 0):
-            return responses
 
 
 class Listener:

@@ -67,13 +67,13 @@ class NewMail:
         self.uidnext: dict[bytes, int] = {}
 
     def announced(self, response: tuple) -> bool:
-        """response: sync.imap.idle._untagged's split, e.g. (b"STATUS", b"Kunden", b"(MESSAGES 3 UIDNEXT 9)")."""
+        """response: sync.imap.idle_wait.untagged's split, e.g. (b"STATUS", b"Kunden", b"(MESSAGES 3 UIDNEXT 9)")."""
         if len(response) < 3 or response[0].upper() != b"STATUS":
             return False
         found = _UIDNEXT.search(response[2])
         if found is None:
             return True  # no UIDNEXT in it: the sync run decides
-        # A quoted name with spaces is split further by _untagged: everything before the last "(" is the name.
+        # A quoted name with spaces is split further by untagged: everything before the last "(" is the name.
         name = (response[1] + b" " + response[2]).rsplit(b"(", 1)[0].strip()
         uidnext, before = int(found.group(1)), self.uidnext.get(name)
         self.uidnext[name] = uidnext

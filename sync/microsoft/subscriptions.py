@@ -74,10 +74,13 @@ def enabled() -> bool:
 
 
 def notification_url() -> str:
+    """The absolute URL Graph posts change notifications to (SITE_URL + the endpoint's path)."""
     return settings.SITE_URL.rstrip("/") + reverse("graph-notifications")
 
 
 def lifecycle_url() -> str:
+    """The absolute URL Graph posts lifecycle notifications to (reauthorizationRequired, subscriptionRemoved,
+    missed; Microsoft Graph docs "Reduce missing subscriptions and change notifications")."""
     return settings.SITE_URL.rstrip("/") + reverse("graph-lifecycle")
 
 
@@ -103,7 +106,9 @@ def verify(subscription_id: str, given_state: str) -> tuple[GraphSubscription | 
     if row is None:
         return None, "graph_notify_unknown_subscription"
     expected = client_state_of(row)
-    if not expected or not hmac.compare_digest(expected.encode(), given_state.encode()):
+    if not expected:  # its secret cannot be read (keys rotated away): support needs to know it is not a forgery
+        return None, "graph_notify_secret_unreadable"
+    if not hmac.compare_digest(expected.encode(), given_state.encode()):
         return None, "graph_notify_bad_client_state"
     return row, ""
 
