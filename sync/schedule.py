@@ -17,6 +17,7 @@ its next due time (sync_due_at), which the fan-out reads through an index.
 from datetime import timedelta
 
 from django.conf import settings
+from django.db.models import BooleanField, ExpressionWrapper, Value
 from django.utils import timezone
 
 from sync import leases
@@ -55,13 +56,15 @@ def after_run(account_id: int, *, new_messages: int) -> int:
     Called at the end of a run, under its lease (sync.runs.sync_account).
     Due after DUE_FRACTION of the interval, like the fan-out's own mark
     (sync.leases): a fan-out that ticks a little early still finds it due.
-    Three queries: the listeners' heartbeats (and whether they cover the account), the
-    stored interval, one UPDATE.
+    Three queries: the listeners' heartbeats; the stored interval and whether push covers the
+    account; one UPDATE.
     """
     now = timezone.now()
     covered = pushed_q(now)
-    pushed = covered is not None and MailAccount.objects.filter(covered, pk=account_id).exists()
-    current = MailAccount.objects.filter(pk=account_id).values_list("sync_interval_seconds", flat=True).first()
+    # Whether push covers it and its stored interval in one read (this runs after every sync run).
+    pushed_expr = Value(False) if covered is None else ExpressionWrapper(covered, output_field=BooleanField())
+    current, pushed = MailAccount.objects.filter(pk=account_id).annotate(pushed=pushed_expr).values_list(
+        "sync_interval_seconds", "pushed").first() or (None, False)
     interval = next_interval(current, new_messages=new_messages, pushed=pushed)
     MailAccount.objects.filter(pk=account_id).update(
         sync_interval_seconds=interval, sync_due_at=now + timedelta(seconds=interval * leases.DUE_FRACTION)
