@@ -26,6 +26,8 @@ import http.client
 import logging
 import multiprocessing
 import os
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -151,7 +153,7 @@ def _gunicorn():
 def _client(port: int, path: str, cookie: str, seconds: float, results) -> None:
     done, deadline = 0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection = _connection(port)
         connection.request("GET", path, headers={"Cookie": cookie})
         response = connection.getresponse()
         response.read()
@@ -160,6 +162,29 @@ def _client(port: int, path: str, cookie: str, seconds: float, results) -> None:
             raise SystemExit(f"{path}: HTTP {response.status}")
         done += 1
     results.put(done)
+
+
+def _connection(port: int) -> http.client.HTTPConnection:
+    """A connection that ends with a reset, leaving no TIME_WAIT behind. gunicorn's sync workers close every
+    connection; at thousands per second the 60 s TIME_WAITs filled the loopback's ephemeral ports and
+    each later connect() searched longer, so whichever figure ran last came out up to a third slower."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.connect()
+    connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    return connection
+
+
+def _csrf_cookie(port: int, path: str, cookie: str) -> str:
+    """"csrftoken=..." as the page at `path` sets it."""
+    connection = _connection(port)
+    connection.request("GET", path, headers={"Cookie": cookie})
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    for header, value in response.getheaders():
+        if header.lower() == "set-cookie" and value.startswith("csrftoken="):
+            return value.split(";", 1)[0]
+    raise SystemExit(f"{path}: no CSRF cookie set (HTTP {response.status})")
 
 
 def _rate(port: int, path: str, cookie: str, seconds: float, clients: int = 4) -> float:
@@ -172,6 +197,9 @@ def _rate(port: int, path: str, cookie: str, seconds: float, clients: int = 4) -
     for process in processes:
         process.join()
     return total / seconds
+
+
+WEB_SLICES = 4  # slices per web figure (see _web)
 
 
 def _web(web, rows, seconds) -> None:
@@ -191,11 +219,19 @@ def _web(web, rows, seconds) -> None:
         client = Client()
         client.force_login(user)
         cookies[engine] = f"sessionid={client.cookies['sessionid'].value}"
+        # And the CSRF cookie the first page sets, as a browser sends it back: without it every page would
+        # mint a new CSRF secret.
+        cookies[engine] += "; " + _csrf_cookie(web.port, "/einstellungen/email-synchronisierung/", cookies[engine])
     page = "/einstellungen/email-synchronisierung/"
     _rate(web.port, page, cookies["v2"], 1)  # warm-up: templates compiled, caches filled
-    hello = _rate(web.port, "/bench/hello/", cookies["v3"], seconds)
-    plain = _rate(web.port, page, cookies["v3"], seconds)
-    banner = _rate(web.port, page, cookies["v2"], seconds)
+    # Interleaved in short slices, each rate the mean over its slices: a shared machine's speed drifts
+    # over seconds, and three back-to-back runs made the ratios swing by a third between runs.
+    runs = {"hello": ("/bench/hello/", cookies["v3"]), "v3": (page, cookies["v3"]), "v2": (page, cookies["v2"])}
+    totals = dict.fromkeys(runs, 0.0)
+    for _ in range(WEB_SLICES):
+        for name, (path, cookie) in runs.items():
+            totals[name] += _rate(web.port, path, cookie, seconds / WEB_SLICES) / WEB_SLICES
+    hello, plain, banner = totals["hello"], totals["v3"], totals["v2"]
     rows.append(("web: hello-world view, gunicorn 2 workers, 4 clients", f"{hello:.0f} req/s"))
     rows.append(("web: settings page, 3 V3 accounts", f"{plain:.0f} req/s, {plain / hello:.3f} x hello-world"))
     rows.append(("web: settings page, 3 V2 accounts (banner, 3 forms)", f"{banner:.0f} req/s, {banner / hello:.3f} x hello-world"))

@@ -13,8 +13,8 @@ from migration.selectors import current_campaign
 
 pytestmark = pytest.mark.django_db
 
-# User, accounts with their skipped counts, the migrations (session and V2 banner come from the cache).
-SETTINGS_PAGE_QUERIES = 3
+# Accounts with their skipped counts, the migrations (session, user and V2 banner come from the cache).
+SETTINGS_PAGE_QUERIES = 2
 
 
 def add_accounts(user, make_account, first: int, count: int) -> None:
