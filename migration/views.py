@@ -18,7 +18,6 @@ from migration.microsoft import views as microsoft_views
 from migration.models import Status
 from sync import attempt_queue, egress
 from sync.models import AccountStatus, Engine, MailAccount, ProviderKind
-from sync.selectors import accounts_for_settings_page
 
 USER_ERRORS = {
     "already_v3": _("Dieses Konto synchronisiert bereits über V3."),
@@ -64,25 +63,23 @@ def _user_error(code: str) -> str:
 
 @login_required
 def settings_page(request):
-    accounts = accounts_for_settings_page(request.user)
-    active, latest = selectors.migrations_by_account(request.user)
-    rows = []
-    for a in accounts:
-        running, last = active.get(a.pk), latest.get(a.pk)
-        rows.append({
-            "account": a, "active": running, "latest": last,
+    rows = selectors.settings_page_rows(request.user)
+    for row in rows:
+        running, last, sync_error = row["active"], row["latest"], row["last_sync_error"]
+        row.update({
             # Labels looked up here: the template's get_FOO_display rebuilds the choices (and translates
             # each label) on every call, ~20 µs per cell (issue 13).
-            "engine_label": ENGINE_LABELS.get(a.engine, a.engine), "status_label": STATUS_LABELS.get(a.status, a.status),
-            "sync_error": errors.message_for(a.last_sync_error) if a.last_sync_error else "",
+            "engine_label": ENGINE_LABELS.get(row["engine"], row["engine"]),
+            "status_label": STATUS_LABELS.get(row["status"], row["status"]),
+            "sync_error": errors.message_for(sync_error) if sync_error else "",
             # A Workspace admin restricts the app: the steps at Google, for the user to pass on.
-            "admin_help_url": google_flow.ADMIN_HELP_URL if a.last_sync_error == "google_admin_policy" else "",
-            "migration_text": ROW_TEXT.get(running.status, "") if running else "",
-            "failure": errors.message_for(last.error_code) if last and last.status == Status.FAILED and last.error_code
-            else "",
+            "admin_help_url": google_flow.ADMIN_HELP_URL if sync_error == "google_admin_policy" else "",
+            "migration_text": ROW_TEXT.get(running["status"], "") if running else "",
+            "failure": errors.message_for(last["error_code"])
+            if last and last["status"] == Status.FAILED and last["error_code"] else "",
         })
     # What a migration does is said once, before the first click, and only while there is one to start.
-    can_start = any(row["account"].engine == "v2" and not row["active"] for row in rows)
+    can_start = any(row["engine"] == "v2" and not row["active"] for row in rows)
     return render(request, "migration/settings_mail.html", {"rows": rows, "nav": "settings", "can_start": can_start})
 
 

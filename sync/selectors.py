@@ -73,25 +73,6 @@ def accounts_for_user(user) -> QuerySet:
     return MailAccount.objects.filter(owner=user).annotate(skipped_count=Count("skipped_messages")).order_by("address")
 
 
-# The settings page's columns of an account; the others (the encrypted secret and token cache among them)
-# stay in the database and are loaded on access like any deferred field.
-SETTINGS_PAGE_FIELDS = ("id", "address", "provider_kind", "engine", "status", "last_sync_at", "last_sync_error")
-# Written out, not built by the ORM: on the busiest page of the portal building and compiling the
-# equivalent queryset (filter, annotate Count over a join, GROUP BY) cost ~0.9 ms of CPU per request,
-# sending this text ~0.15 ms (scripts/bench_work.py, issue 13). Portable SQL (SQLite and PostgreSQL).
-_SETTINGS_PAGE_ACCOUNTS_SQL = (
-    f"SELECT {', '.join(f'a.{name}' for name in SETTINGS_PAGE_FIELDS)},"
-    f" (SELECT COUNT(*) FROM {SkippedMessage._meta.db_table} s WHERE s.account_id = a.id) AS skipped_count"
-    f" FROM {MailAccount._meta.db_table} a WHERE a.owner_id = %s ORDER BY a.address"
-)
-
-
-def accounts_for_settings_page(user) -> list[MailAccount]:
-    """accounts_for_user(user) for the settings page, in one query: the same accounts in the same order,
-    each with skipped_count, loading only SETTINGS_PAGE_FIELDS (any other field is read on access)."""
-    return list(MailAccount.objects.raw(_SETTINGS_PAGE_ACCOUNTS_SQL, [user.pk]))
-
-
 def accounts_due_for_sync(*, v2_running: bool, now: datetime | None = None) -> QuerySet:
     """Accounts the fan-out may queue a sync run for at `now` (default: the current time).
 

@@ -2,19 +2,22 @@
 number of accounts and migrations a user has (the page is the busiest one a user opens)."""
 
 import re
+from datetime import timedelta
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from migration.models import Migration
-from migration.selectors import current_campaign
+from sync.models import MailAccount
+from migration.selectors import SETTINGS_PAGE_ACCOUNT_FIELDS, current_campaign, settings_page_rows
 
 pytestmark = pytest.mark.django_db
 
-# Accounts with their skipped counts, the migrations (session, user and V2 banner come from the cache).
-SETTINGS_PAGE_QUERIES = 2
+# Accounts with their skipped counts and migrations, in one join (session, user and V2 banner come from the cache).
+SETTINGS_PAGE_QUERIES = 1
 
 
 def add_accounts(user, make_account, first: int, count: int) -> None:
@@ -86,19 +89,65 @@ def test_it_reads_no_secret_and_no_unshown_column(signed_in, user, make_account)
 def test_its_account_rows_are_those_of_the_general_selector(user, other_user, make_account):
     """The page's written-out SQL returns what accounts_for_user (the ORM's version) returns."""
     from sync.models import SkippedMessage
-    from sync.selectors import accounts_for_settings_page, accounts_for_user
+    from sync.selectors import accounts_for_user
 
     second = make_account(user, "b@example.org")
     first = make_account(user, "a@example.org", engine="v3", status="error", last_sync_error="auth_failed")
     make_account(other_user, "c@example.org")
     for number in range(3):
         SkippedMessage.objects.create(account=second, folder="INBOX", reference=f"uid:1:{number}", reason="gone")
+    add_migrations(second, "failed", "awaiting_user", "failed")  # rows of the join: one account each
 
-    page = accounts_for_settings_page(user)
+    page = settings_page_rows(user)
     general = list(accounts_for_user(user))
-    assert [(a.pk, a.address, a.engine, a.status, a.last_sync_error, a.skipped_count) for a in page] == [
-        (a.pk, a.address, a.engine, a.status, a.last_sync_error, a.skipped_count) for a in general]
-    assert [a.pk for a in page] == [first.pk, second.pk] and page[1].skipped_count == 3
+    assert [tuple(row[name] for name in SETTINGS_PAGE_ACCOUNT_FIELDS) for row in page] == [
+        (a.pk, a.address, a.provider_kind, a.engine, a.status, a.last_sync_at, a.last_sync_error, a.skipped_count)
+        for a in general]
+    assert [row["pk"] for row in page] == [first.pk, second.pk] and page[1]["skipped_count"] == 3
+
+
+def test_it_reads_the_last_sync_time_as_an_aware_datetime(user, make_account):
+    account = make_account(user, "a@example.org", engine="v3")
+    synced = timezone.now().replace(microsecond=0)
+    MailAccount.objects.filter(pk=account.pk).update(last_sync_at=synced)
+    (row,) = settings_page_rows(user)
+    assert row["last_sync_at"] == synced and timezone.is_aware(row["last_sync_at"])
+
+
+def add_migrations(account, *statuses) -> list[Migration]:
+    """Migrations of `account` in the order given, each created a minute after the one before."""
+    made = []
+    for minute, status in enumerate(statuses):
+        migration = Migration.objects.create(account=account, user=account.owner, campaign=current_campaign(),
+                                             provider_kind="imap", status=status, error_code=f"code_{minute}")
+        Migration.objects.filter(pk=migration.pk).update(created_at=timezone.now() + timedelta(minutes=minute))
+        made.append(migration)
+    return made
+
+
+@pytest.mark.parametrize("statuses, active, latest", [
+    ((), None, None),
+    (("failed",), None, 0),
+    (("failed", "failed", "awaiting_user"), 2, 2),
+    (("awaiting_user", "failed"), 0, 1),  # an older active one beside a newer failed attempt
+    (("failed", "verifying", "done"), 1, 2),
+])
+def test_it_joins_each_account_to_its_active_and_its_latest_migration(user, make_account, statuses, active, latest):
+    account = make_account(user, "a@example.org", engine="v2")
+    other = make_account(user, "b@example.org", engine="v2")
+    add_migrations(other, "awaiting_user")  # another account's migrations stay with that account
+    made = add_migrations(account, *statuses)
+    (row, other_row) = settings_page_rows(user)
+    assert row["pk"] == account.pk and other_row["pk"] == other.pk
+    expected = {"active": active, "latest": latest}
+    for name in ("active", "latest"):
+        found, want = row[name], expected[name]
+        if want is None:
+            assert found is None, name
+        else:
+            migration = made[want]
+            assert found == {"pk": migration.pk, "status": migration.status, "error_code": migration.error_code}, name
+    assert other_row["active"]["status"] == "awaiting_user" == other_row["latest"]["status"]
 
 
 def test_it_shows_each_user_their_own_address_and_language_with_shared_fragments(
@@ -116,3 +165,23 @@ def test_it_shows_each_user_their_own_address_and_language_with_shared_fragments
     english = client.get(reverse("settings-mail")).content.decode()
     assert ">Overview<" in english and ">Settings<" in english and ">Personal email sync<" in english
     assert "Übersicht" not in english and "Einstellungen" not in english
+
+
+def redis_calls() -> int:
+    """Commands the test Redis has answered so far (INFO commandstats), INFO itself left out."""
+    from django.core.cache import cache
+
+    stats = cache._cache.get_client().info("commandstats")
+    return sum(entry["calls"] for name, entry in stats.items() if name != "cmdstat_info")
+
+
+@pytest.mark.parametrize("engine", ["v2", "v3"])
+def test_a_warm_page_costs_two_cache_round_trips_and_one_query(signed_in, user, make_account, engine):
+    """The session; then the user, the banner's accounts and the campaign dates in one MGET."""
+    add_accounts(user, make_account, 0, 3) if engine == "v2" else make_account(user, "v3@example.org", engine="v3")
+    page_queries(signed_in)  # fills the caches
+    page_queries(signed_in)
+    before = redis_calls()
+    queries = page_queries(signed_in)
+    assert redis_calls() - before == 2
+    assert len(queries) == 1
