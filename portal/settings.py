@@ -111,10 +111,13 @@ CACHES = {
         else {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(DATA_DIR / "cache"),
               "OPTIONS": {"MAX_ENTRIES": 20_000}}
     ),
-    # Template fragments that are the same for every user ({% cache ... using="fragments" %}: the top navigation
-    # and the settings menu, per language and page), kept in each process's memory: their links and labels
-    # cost ~0.2 ms per page to render (issue 13); nothing user-specific or changing is cached here.
-    "fragments": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "fragments"},
+    # Template fragments kept in each process's memory ({% cache ... using="fragments" %}): the top navigation,
+    # the settings menu, the language buttons and the asset links, the same for every user per language and
+    # page, and the V2 banner, keyed by everything it shows (language, level, dates, the user's account ids
+    # and addresses), so an entry can never be out of date or show to another user. Their links, labels and
+    # dates cost ~0.1-0.2 ms per page to render (issue 13). Banners ~1 KB each: 5,000 are ~5 MB per process.
+    "fragments": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "fragments",
+                  "OPTIONS": {"MAX_ENTRIES": 5_000}},
 }
 
 AUTHENTICATION_BACKENDS = [

@@ -18,6 +18,7 @@ from sync import runs as sync_runs
 from sync import services as sync_services
 from sync import v2
 from sync.models import AccountStatus, MailAccount
+from sync.services import banner_cache_key
 
 SHELL_PAGES = ["dashboard", "message-list", "settings-mail"]
 BANNER = 'data-testid="v2-banner"'
@@ -364,3 +365,40 @@ def test_it_keys_the_cache_per_user():
     assert sync_services.banner_cache_key(1) != sync_services.banner_cache_key(11)
     cache.set(sync_services.banner_cache_key(1), [(5, "a@b.de")])
     assert cache.get(sync_services.banner_cache_key(11)) is None
+
+
+# --- the rendered banner kept per process (CACHES["fragments"]) -------------------------------------------
+
+
+def banner_html(client) -> str:
+    html = page_html(client)
+    start = html.find('data-testid="v2-banner"')
+    return html[start:html.index("</aside>", start)] if start >= 0 else ""
+
+
+@pytest.mark.django_db
+def test_its_kept_copy_follows_the_dates_the_accounts_and_the_language(signed_in, user, make_account,
+                                                                        set_campaign):
+    gmx = make_account(user, "anna@gmx.de")
+    campaign = set_campaign(migrate_by_days=5, shutdown_days=20)
+    first = banner_html(signed_in)
+    assert banner_html(signed_in) == first and f"{campaign.migrate_by:%d.%m.%Y}" in first
+    campaign = set_campaign(migrate_by_days=-3, shutdown_days=10)  # a new deadline, a new level
+    assert "abgelaufen" in banner_html(signed_in) and f"{campaign.migrate_by:%d.%m.%Y}" in banner_html(signed_in)
+    make_account(user, "anna@web.de")
+    cache.delete(banner_cache_key(user.pk))  # as the services do when an account is added
+    assert "anna@web.de" in banner_html(signed_in) and f"#account-{gmx.pk}" in banner_html(signed_in)
+    signed_in.cookies["django_language"] = "en"
+    english = banner_html(signed_in)
+    assert "anna@web.de" in english and "abgelaufen" not in english and english != first
+
+
+@pytest.mark.django_db
+def test_its_kept_copy_is_never_another_users(client, user, other_user, make_account):
+    make_account(user, "anna@gmx.de")
+    make_account(other_user, "bernd@gmx.de")
+    client.force_login(user)
+    assert "anna@gmx.de" in banner_html(client)
+    client.force_login(other_user)
+    theirs = banner_html(client)
+    assert "bernd@gmx.de" in theirs and "anna@gmx.de" not in theirs
