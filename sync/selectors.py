@@ -7,7 +7,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from sync import leases
-from sync.models import AccountStatus, Engine, MailAccount, ProviderKind, SkippedMessage, SyncedMessage
+from sync.models import AccountStatus, Engine, MailAccount, ProviderKind, SyncedMessage
 
 
 # Newest first, undated mail last (PostgreSQL sorts NULL first in descending order unless told).
