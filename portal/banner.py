@@ -43,12 +43,9 @@ def short_date(value: date, language: str | None) -> str:
     return formats.date_format(value, "SHORT_DATE_FORMAT")
 
 
-def v2_accounts(user_id: int) -> list:
-    """[(account id, address)] of the user's V2 accounts, by address; cached (BANNER_CACHE_SECONDS)."""
-    return _v2_accounts(user_id, cache.get(banner_cache_key(user_id)))
-
-
 def _v2_accounts(user_id: int, cached: list | None) -> list:
+    """[(account id, address)] of the user's V2 accounts, by address: `cached` (the cache's entry) or, when
+    it is None, read and cached for BANNER_CACHE_SECONDS."""
     if cached is not None:
         return cached
     accounts = list(
