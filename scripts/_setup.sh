@@ -1,4 +1,4 @@
-# Shared by scripts/run and scripts/test: Debian packages and the virtualenv.
+# Shared by scripts/run, scripts/test and scripts/bench: Debian packages and the virtualenv.
 # Sourced, not executed. Idempotent: a second run installs nothing.
 
 as_root() {
