@@ -90,8 +90,11 @@ TEMPLATES = [
 
 DATABASES = {"default": envdatabase("DATABASE_URL", f"sqlite:///{DATA_DIR / 'portal.sqlite3'}")}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # Several processes (web, worker) share the file: wait for locks instead of failing.
-    DATABASES["default"]["OPTIONS"] = {"timeout": 20}
+    # Several processes (web, worker) share the file: wait for locks instead of failing. IMMEDIATE: a
+    # transaction takes the write lock when it begins. SQLite otherwise begins as a reader, and of two
+    # transactions that read and then write (a double click on "Zu V3 migrieren") it fails one at once with
+    # "database is locked": the busy timeout does not cover that upgrade (tests/test_sqlite_concurrency.py).
+    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Short date formats per language (portal/formats/<lang>/formats.py): German 18.07.2025, English 18 Jul 2025.
 FORMAT_MODULE_PATH = ["portal.formats"]
