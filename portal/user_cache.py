@@ -9,13 +9,17 @@ Here the row is kept in the shared cache (Redis in production) beside the sessio
 - Anything unusual (no hash, an unlisted backend, a mismatch) falls back to django.contrib.auth.get_user,
   which verifies, rotates to SECRET_KEY_FALLBACKS or flushes exactly as without this cache.
 - Every save or delete of a user drops the entry (`forget`, connected in portal.apps): deactivating a user
-  in the admin takes effect on their next request, not after CACHE_SECONDS.
+  in the admin takes effect on their next request, not after CACHE_SECONDS. A request that read the row
+  just before the save and stores it just after cannot bring the old row back: `forget` gives the user a new
+  generation, read in the same round trip as the entry, and an entry is used only with the generation it
+  was read under.
 - The cached copy holds no password hash: the field is left deferred, so reading it loads it from the
   database, and saving the copy writes only the fields it holds (Django saves the loaded fields of a
   deferred instance), never an empty password.
 """
 
 import functools
+import secrets
 
 from django.conf import settings
 from django.contrib import auth
@@ -30,6 +34,9 @@ from portal import banner
 
 # Seconds an entry lives at most: the bound for a change made past the model (a queryset update()).
 CACHE_SECONDS = 300
+# Seconds a generation lives: longer than any entry stored under the one before it (CACHE_SECONDS after a
+# read that came just before the change), so an expired generation cannot make such an entry valid again.
+GENERATION_SECONDS = 12 * CACHE_SECONDS
 
 
 def cache_key(user_id) -> str:
@@ -38,7 +45,14 @@ def cache_key(user_id) -> str:
     It carries a digest of SECRET_KEY: after a key rotation no entry made with the old key is used, and
     Django's own check decides about each session (fallback keys, flush).
     """
-    return f"auth-user:{_key_digest(settings.SECRET_KEY)}:{user_id}"
+    # "2": the entry's shape (auth hash, generation, field names, values); a new shape gets a new key, so
+    # entries an older release left in a shared cache are never unpacked.
+    return f"auth-user:2:{_key_digest(settings.SECRET_KEY)}:{user_id}"
+
+
+def generation_key(user_id) -> str:
+    """The cache key of a user's generation: a random token `forget` replaces (user_id as for cache_key)."""
+    return f"auth-user-generation:{_key_digest(settings.SECRET_KEY)}:{user_id}"
 
 
 @functools.lru_cache(maxsize=4)
@@ -60,18 +74,20 @@ def get_user(request):
     except KeyError:
         return auth.get_user(request)
     key = cache_key(user_id)
-    # The banner's entries come in the same round trip (~50 µs of CPU saved per page): every page shows it.
-    found = cache.get_many([key, *banner.cache_keys(user_id)])
+    # The generation and the banner's entries come in the same round trip (~50 µs of CPU saved per page).
+    found = cache.get_many([key, generation_key(user_id), *banner.cache_keys(user_id)])
     request.prefetched_cache = found
+    # Read before the row below: a save after this read gives a new generation, which outdates what we store.
+    generation = found.get(generation_key(user_id))
     entry = found.get(key) if backend in settings.AUTHENTICATION_BACKENDS else None
     if entry is not None:
-        auth_hash, names, values = entry
-        if session_hash and constant_time_compare(session_hash, auth_hash):
+        auth_hash, entry_generation, names, values = entry
+        if entry_generation == generation and session_hash and constant_time_compare(session_hash, auth_hash):
             # As the ORM builds a row it read (the user's class, not its pickle: ~5 µs against ~100 µs).
             return get_user_model().from_db(DEFAULT_DB_ALIAS, names, values)
     user = auth.get_user(request)
     if user.is_authenticated:
-        cache.set(key, (user.get_session_auth_hash(), *_fields_without_password(user)), CACHE_SECONDS)
+        cache.set(key, (user.get_session_auth_hash(), generation, *_fields_without_password(user)), CACHE_SECONDS)
     return user
 
 
@@ -82,11 +98,15 @@ def _fields_without_password(user) -> tuple[tuple, tuple]:
 
 
 def forget(user_id) -> None:
-    """Drop a user's entry now and again after the transaction commits (a request between the two
-    could cache the old row)."""
-    key = cache_key(user_id)
-    cache.delete(key)
-    transaction.on_commit(lambda: cache.delete(key))
+    """Outdate a user's entry now and again after the transaction commits: until the commit, a request
+    still reads the old row."""
+    _new_generation(user_id)
+    transaction.on_commit(lambda: _new_generation(user_id))
+
+
+def _new_generation(user_id) -> None:
+    cache.set(generation_key(user_id), secrets.token_hex(8), GENERATION_SECONDS)
+    cache.delete(cache_key(user_id))  # outdated already; dropped to free the memory at once
 
 
 def forget_saved_user(sender, instance, **kwargs) -> None:

@@ -63,7 +63,7 @@ def test_a_session_whose_hash_does_not_match_is_flushed(signed_in):
 
 def test_the_cached_entry_holds_no_password_hash(signed_in, user):
     user_queries(signed_in)
-    auth_hash, names, values = cache.get(user_cache.cache_key(user.pk))
+    auth_hash, _generation, names, values = cache.get(user_cache.cache_key(user.pk))
     assert "password" not in names
     assert user.password not in values and user.email in values
     assert auth_hash == user.get_session_auth_hash()
@@ -92,3 +92,33 @@ def test_entries_are_not_shared_across_secret_keys(settings, user):
     before = user_cache.cache_key(user.pk)
     settings.SECRET_KEY = "ein-anderer-schluessel-" + "x" * 40
     assert user_cache.cache_key(user.pk) != before
+
+
+def test_a_row_read_before_a_password_change_is_not_cached_after_it(signed_in, user, monkeypatch):
+    """The race a review found: a request reads the row, the password changes and the entry is dropped,
+    then that request stores what it read. Its entry must not keep the old session signed in."""
+    from django.contrib import auth
+
+    read_row = auth.get_user
+
+    def read_then_change_elsewhere(request):
+        row = read_row(request)  # this request has the old row (and the old auth hash) ...
+        changed = get_user_model().objects.get(pk=user.pk)  # ... when another changes the password
+        changed.set_password("ein-neues-passwort")
+        changed.save()
+        return row
+
+    monkeypatch.setattr(auth, "get_user", read_then_change_elsewhere)
+    assert cached_user(signed_in).is_authenticated  # the racing request itself still had the old row
+    monkeypatch.setattr(auth, "get_user", read_row)
+    assert cache.get(user_cache.cache_key(user.pk)) is not None  # it stored that row after the change ...
+    assert signed_in.get(reverse(PAGE)).status_code == 302  # ... but the next request is signed out
+    assert "_auth_user_id" not in signed_in.session
+
+
+def test_an_entry_from_a_cache_shared_with_an_older_release_is_not_unpacked(signed_in, user):
+    """The entry's shape changed (the generation): its key changed with it."""
+    old_key = user_cache.cache_key(user.pk).replace("auth-user:2:", "auth-user:")
+    cache.set(old_key, (user.get_session_auth_hash(), ("id",), (user.pk,)))
+    assert user_queries(signed_in)[0] == 200
+    assert user_queries(signed_in) == (200, [])
