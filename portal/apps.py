@@ -8,7 +8,10 @@ class PortalConfig(AppConfig):
         from django.contrib.auth import get_user_model
         from django.db.models.signals import post_delete, post_save
 
+        from portal import prepared
         from portal.user_cache import forget_saved_user
+
+        prepared.connect()
 
         # Cache invalidation, not business logic: the admin, allauth and Django's own views save users
         # in places no service of ours wraps (portal/user_cache.py).
