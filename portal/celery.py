@@ -22,19 +22,20 @@ def _configure_embedded_broker(sender, **kwargs) -> None:
 
     if not str(sender.conf.broker_url).startswith("filesystem://"):
         return
-    # kombu's file-system transport moves messages between folders; web and
-    # worker processes share them, so no broker server is needed.
-    queue_dir = settings.CELERY_BROKER_DIR / "queue"
-    done_dir = settings.CELERY_BROKER_DIR / "processed"
-    queue_dir.mkdir(parents=True, exist_ok=True)
-    done_dir.mkdir(parents=True, exist_ok=True)
+    # Messages are files in folders that web and worker processes share, so no broker server is needed.
+    # portal.filebroker: kombu's file-system transport, with messages handed over by rename (atomic).
+    folders = {name: settings.CELERY_BROKER_DIR / name for name in ("queue", "staging", "claimed", "rejected")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    sender.conf.broker_transport = "portal.filebroker:Transport"
     sender.conf.broker_transport_options = {
-        "data_folder_in": str(queue_dir),
-        "data_folder_out": str(queue_dir),
-        "processed_folder": str(done_dir),
+        "data_folder_in": str(folders["queue"]),
+        "data_folder_out": str(folders["queue"]),
+        "staging_folder": str(folders["staging"]),
+        "claimed_folder": str(folders["claimed"]),
+        "rejected_folder": str(folders["rejected"]),
         # Exchange tables (remote control, ping): kombu's default is ./control in the working directory.
         "control_folder": str(settings.CELERY_BROKER_DIR / "control"),
-        "store_processed": False,
         "polling_interval": 0.2,
     }
 

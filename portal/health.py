@@ -97,7 +97,7 @@ def _broker_answers() -> None:
     from portal.celery import app
 
     with app.connection_for_write() as broker:
-        if broker.transport_cls == "filesystem":
+        if str(app.conf.broker_url).startswith("filesystem://"):
             # The embedded broker is a folder that web and worker share: it must be writable.
             folder = app.conf.broker_transport_options.get("data_folder_in", "")
             if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
