@@ -37,7 +37,16 @@ MESSAGES = {
         "Zu viele Verbindungsversuche in kurzer Zeit. Bitte warten Sie zehn Minuten und versuchen Sie es dann "
         "erneut; Ihre Angaben bleiben erhalten."
     ),
-    "protocol": _("Der E-Mail-Server hat unerwartet geantwortet. Bitte versuchen Sie es später erneut."),
+    # Also what a server that is no mail server (a web server, SMTP on the IMAP port) answers.
+    "protocol": _(
+        "Der Server hat nicht wie ein E-Mail-Server geantwortet. Bitte prüfen Sie unter „Servereinstellungen“ "
+        "Servername und Port; stimmen sie, versuchen Sie es später erneut."
+    ),
+    "login_slow": _(
+        "Der E-Mail-Server hat Ihre Anmeldung nicht rechtzeitig beantwortet. Nach falschen Passwörtern lassen "
+        "viele Server weitere Anmeldungen eine Weile warten. Bitte prüfen Sie Ihr Passwort und versuchen Sie es in "
+        "einigen Minuten erneut."
+    ),
     # Caps on what a server may make the portal read or wait for (IMAP_MAX_MESSAGE_BYTES, IMAP_COMMAND_MAX_SECONDS,
     # the egress guard's HTTP caps).
     "too_large": _(

@@ -429,6 +429,10 @@ EGRESS_RATE_QUEUE_WINDOWS = envint("EGRESS_RATE_QUEUE_WINDOWS", 18, minimum=0)
 # An extra CA bundle trusted for IMAP TLS besides the system store (own CAs).
 MAIL_TLS_CA_FILE = envstr("MAIL_TLS_CA_FILE", "")
 MAIL_CONNECT_TIMEOUT = envint("MAIL_CONNECT_TIMEOUT", 15, minimum=1)
+# Seconds to wait for the answer to LOGIN (IMAP) or AUTHENTICATE: servers answer failed logins late on
+# purpose, and later after each failure from the same address (Dovecot's auth penalty up to 15 s; providers
+# more), so the right password after a few wrong ones would otherwise time out as "unreachable".
+MAIL_LOGIN_TIMEOUT = envint("MAIL_LOGIN_TIMEOUT", 60, minimum=1)
 # Caps on what an IMAP server can make a worker hold or wait for (sync.imap.client): the largest literal
 # (a message, a header block) and the most bytes of one command's whole answer; and the longest one command's
 # answer may take however steadily it trickles in (MAIL_CONNECT_TIMEOUT only bounds each wait for bytes).

@@ -65,6 +65,7 @@ _CODES = {
     "auth_failed": "reconnect", "ews_auth_failed": "reconnect", "ms_reconnect": "reconnect",
     "unreachable": "unreachable", "ms_unreachable": "unreachable", "ms_mailbox_busy": "unreachable",
     "too_slow": "unreachable", "ms_too_slow": "unreachable", "response_too_slow": "unreachable",
+    "login_slow": "unreachable",
     "too_large": "too_large", "ms_too_large": "too_large", "response_too_large": "too_large",
     "ews_mailbox_denied": "mailbox_denied",
 }

@@ -128,3 +128,19 @@ def test_a_message_bigger_than_the_cap_on_a_real_server_is_skipped_and_recorded(
     imap_account.refresh_from_db()
     assert (imap_account.status, imap_account.last_sync_error) == ("active", "")
     assert peak < PEAK_BOUND
+
+
+# --- a login answered late (servers delay logins after failed ones) -----------------------------------------
+
+def test_a_login_answered_late_waits_longer_than_other_answers(fake_imap, settings):
+    settings.MAIL_CONNECT_TIMEOUT, settings.MAIL_LOGIN_TIMEOUT = 1, 10
+    server = fake_imap({"login_delay": 2.5})
+    assert "INBOX" in flow.verify(ImapSettings("127.0.0.1", server.port, "ssl", "anna"), "geheim")
+
+
+def test_a_login_never_answered_is_named_as_such_not_unreachable(fake_imap, settings):
+    settings.MAIL_CONNECT_TIMEOUT, settings.MAIL_LOGIN_TIMEOUT = 1, 1
+    server = fake_imap({"login_delay": 3})
+    with pytest.raises(MailboxError) as error:
+        flow.verify(ImapSettings("127.0.0.1", server.port, "ssl", "anna"), "geheim")
+    assert error.value.code == "login_slow" and not error.value.permanent

@@ -145,7 +145,7 @@ def test_an_ews_error_is_reported_clearly(client, user, exchange_account, fake_e
     assert (migration.status, migration.error_code) == ("failed", "protocol")
     assert Migration.objects.get(pk=migration.pk).account.engine == "v2"
     page = client.get(reverse("migration-detail", args=[migration.pk])).content.decode()
-    assert "Der E-Mail-Server hat unerwartet geantwortet" in page
+    assert "Der Server hat nicht wie ein E-Mail-Server geantwortet" in page
 
 
 @pytest.mark.parametrize("extended_protection", [False, True])

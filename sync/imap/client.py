@@ -17,6 +17,7 @@ OSError, so every caller that survives a broken connection survives them;
 error_code() names them for the user.
 """
 
+import contextlib
 import imaplib
 import os
 import socket
@@ -169,10 +170,29 @@ def _shutdown_socket(sock) -> None:
         pass  # closed already
 
 
+class LoginTooSlow(TimeoutError):
+    """No answer to LOGIN/AUTHENTICATE within MAIL_LOGIN_TIMEOUT: the server is reachable (it greeted us)."""
+
+
 class GuardedIMAPClient(IMAPClient):
     def __init__(self, host, *, port, address, implicit_tls, ssl_context, timeout):
         self._pinned_address = address
         super().__init__(host, port=port, ssl=implicit_tls, ssl_context=ssl_context, timeout=timeout)
+
+    @contextlib.contextmanager
+    def waiting_for_login(self):
+        """Each wait for bytes may last MAIL_LOGIN_TIMEOUT seconds instead of MAIL_CONNECT_TIMEOUT while
+        logging in; a timeout then raises LoginTooSlow (a server that delays logins after failed ones)."""
+        imap = self._imap
+        before, imap._io_timeout = imap._io_timeout, settings.MAIL_LOGIN_TIMEOUT
+        try:
+            yield
+        except TooSlow:
+            raise
+        except TimeoutError as error:
+            raise LoginTooSlow(f"no answer to the login within {settings.MAIL_LOGIN_TIMEOUT} s") from error
+        finally:
+            imap._io_timeout = before
 
     def _create_IMAP4(self):
         return _PinnedIMAP4(
@@ -246,10 +266,11 @@ def open_mailbox(server: ImapSettings, password: str, *, access_token: str = "")
             if b"STARTTLS" not in client.capabilities():
                 raise MailboxError("tls_failed", permanent=True)
             client.starttls(context)
-        if access_token:
-            client.oauth2_login(server.username, access_token)
-        else:
-            client.login(server.username, password)
+        with client.waiting_for_login():
+            if access_token:
+                client.oauth2_login(server.username, access_token)
+            else:
+                client.login(server.username, password)
         return client
     except MailboxError:
         _close_quietly(client)
@@ -260,6 +281,9 @@ def open_mailbox(server: ImapSettings, password: str, *, access_token: str = "")
     except (TooLarge, TooSlow) as error:
         _close_quietly(client)
         raise MailboxError(error_code(error), permanent=False) from None
+    except LoginTooSlow:
+        _close_quietly(client)
+        raise MailboxError("login_slow", permanent=False) from None
     except (ssl.SSLError, ssl.CertificateError):
         _close_quietly(client)
         raise MailboxError("tls_failed", permanent=True) from None

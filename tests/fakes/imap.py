@@ -12,7 +12,9 @@ hostile (None: an honest server):
   sends a few KB of it and hangs up;
 - {"literal_in": "list"}: the LIST answer does that with the folder name;
 - {"drip_in": "fetch"}: FETCH answers trickle one byte every
-  bombs.DRIP_INTERVAL seconds.
+  bombs.DRIP_INTERVAL seconds;
+- {"login_delay": s}: LOGIN is answered after s seconds, as servers answer
+  logins after failed ones (Dovecot's auth penalty).
 `connections` counts the TLS connections, `commands` every command line.
 """
 
@@ -21,6 +23,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from portal.devservers import make_certificate
@@ -109,6 +112,7 @@ class FakeIMAP:
         if verb == "CAPABILITY":
             conn.sendall(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n" + tag.encode() + b" OK done\r\n")
         elif verb == "LOGIN":
+            time.sleep(self.hostile.get("login_delay", 0))
             conn.sendall(tag.encode() + b" OK [CAPABILITY IMAP4rev1] logged in\r\n")
         elif verb == "LIST":
             if self.hostile.get("literal_in") == "list":
