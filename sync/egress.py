@@ -132,6 +132,19 @@ def is_allowed(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+def lookup(host: str, port: int) -> list[tuple]:
+    """socket.getaddrinfo(host, port, type=SOCK_STREAM), except for RFC 6761's special-use names, which are
+    answered here without asking any nameserver: *.localhost is the loopback address (section 6.3), *.invalid
+    does not exist (section 6.4, socket.gaierror EAI_NONAME). The system resolver would send them to DNS.
+    """
+    name = host.lower().rstrip(".")
+    if name == "invalid" or name.endswith(".invalid"):
+        raise socket.gaierror(socket.EAI_NONAME, "special-use name .invalid (RFC 6761)")
+    if name.endswith(".localhost"):
+        return socket.getaddrinfo("127.0.0.1", port, type=socket.SOCK_STREAM)
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
+
 def resolve_checked(host: str, port: int) -> str:
     """Return one address of host that the policy allows, or raise.
 
@@ -139,7 +152,7 @@ def resolve_checked(host: str, port: int) -> str:
     and a private address is refused whole (DNS rebinding tricks).
     """
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = lookup(host, port)
     except socket.gaierror as error:
         unknown = error.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME))
         raise EgressRefused(host, "unknown_name" if unknown else "resolver") from None
@@ -210,7 +223,7 @@ def destination_keys(host: str, port: int) -> list[str]:
     """
     canonical = _canonical_host(host)
     try:
-        infos = socket.getaddrinfo(canonical, port, type=socket.SOCK_STREAM)
+        infos = lookup(canonical, port)
     except (OSError, UnicodeError, ValueError):
         return [f"name:{canonical}"[:200]]
     keys = {_address_key(info[4][0]) for info in infos}

@@ -42,3 +42,22 @@ def test_it_allows_what_the_allow_list_opens(settings):
     settings.EGRESS_ALLOW_NETWORKS = ["127.0.0.1/32"]
     assert resolve_checked("127.0.0.1", 993) == "127.0.0.1"
     assert not is_allowed("10.0.0.1")
+
+
+def test_special_use_names_are_answered_without_a_nameserver(settings, monkeypatch):
+    """RFC 6761: *.invalid does not exist, *.localhost is loopback; neither is sent to DNS (these machines
+    must not send traffic to any address but 127.0.0.1)."""
+    import socket
+
+    from sync import egress
+
+    asked = []
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: asked.append(host) or real(host, *a, **k))
+    with pytest.raises(EgressRefused) as refused:
+        resolve_checked("no-such-host.INVALID.", 993)
+    assert refused.value.reason == "unknown_name"
+    settings.EGRESS_ALLOW_NETWORKS = ["127.0.0.1/32"]
+    assert resolve_checked("imap.demo.localhost", 993) == "127.0.0.1"
+    assert egress.destination_keys("imap.demo.localhost", 993) == ["127.0.0.1"]
+    assert asked == ["127.0.0.1", "127.0.0.1"]  # the loopback literal only, never the names
