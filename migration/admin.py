@@ -1,5 +1,7 @@
 """Django admin for support staff: follow and act on every migration."""
 
+from collections import Counter
+
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseNotAllowed
@@ -26,9 +28,11 @@ admin.site.index_template = "admin/campaign_index.html"  # links the campaign da
 
 @admin.register(Migration)
 class MigrationAdmin(admin.ModelAdmin):
-    list_display = ("account_address", "user", "status", "provider_kind", "campaign", "error_text", "updated_at")
-    list_filter = ("status", "provider_kind", "campaign")
-    search_fields = ("account__address", "user__email", "user__username")
+    list_display = ("account_address", "user", "status", "provider_kind", "campaign", "error_code", "error_text",
+                    "updated_at")
+    # The error code too: support looks for every migration that failed the same way ("protocol", "login_slow").
+    list_filter = ("status", "provider_kind", "campaign", "error_code")
+    search_fields = ("account__address", "user__email", "user__username", "=error_code")
     list_select_related = ("account", "user", "campaign")
     # Everything is read-only: status changes only through the actions below,
     # which call the same services as the portal. No secret field is listed.
@@ -92,7 +96,7 @@ class MigrationAdmin(admin.ModelAdmin):
         events = list(obj.events.all()) if obj.pk else []
         emails = history.actor_emails(event.actor for event in events)
         rows = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", (
-            (date_format(timezone.localtime(e.at), "d.m.Y H:i:s"), e.get_from_status_display() or "–",
+            (_event_time(e.at), e.get_from_status_display() or "–",
              e.get_to_status_display(), history.reason_text(e.reason), history.actor_text(e.actor, emails))
             for e in events))
         return format_html('<table class="migration-history"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th>'
@@ -133,16 +137,24 @@ class MigrationAdmin(admin.ModelAdmin):
             migration=m, actor=actor, reason="cancelled by support"))
 
     def _apply(self, request, queryset, action):
-        done, skipped = 0, 0
+        done, skipped = 0, Counter()
         actor = f"staff:{request.user.pk}"
         for migration in queryset.select_related("account"):
             try:
                 action(migration, actor)
                 done += 1
-            except (services.MigrationError, services.TransitionConflict):
-                skipped += 1
-        self.message_user(request, _("%(done)d ausgeführt, %(skipped)d übersprungen (anderer Status).")
-                          % {"done": done, "skipped": skipped}, messages.INFO)
+            except services.MigrationError as error:
+                skipped[STAFF_ERRORS.get(error.code) or errors.message_for(error.code)] += 1
+            except services.TransitionConflict:
+                skipped[STAFF_ERRORS["conflict"]] += 1
+        if not skipped:
+            self.message_user(request, _("%(done)d ausgeführt, %(skipped)d übersprungen.")
+                              % {"done": done, "skipped": 0}, messages.INFO)
+            return
+        # Why each was skipped, so support knows what to do next (already on V3 is not "another status").
+        reasons = "; ".join(f"{count} × {reason}" for reason, count in skipped.most_common())
+        self.message_user(request, _("%(done)d ausgeführt, %(skipped)d übersprungen: %(reasons)s")
+                          % {"done": done, "skipped": sum(skipped.values()), "reasons": reasons}, messages.INFO)
 
 
 @admin.register(Campaign)
@@ -176,7 +188,14 @@ STAFF_ERRORS = {
     "wrong_state": _("die Migration ist in einem anderen Status."),
     "already_running": _("für dieses Konto läuft bereits eine andere Migration."),
     "already_v3": _("das Konto synchronisiert bereits über V3."),
+    "conflict": _("die Migration hat inzwischen ihren Status geändert."),
 }
+
+
+def _event_time(at) -> str:
+    """An event's time in the reader's language, to the second: 01.12.2026 05:27:50, 1 Dec 2026 05:27:50."""
+    at = timezone.localtime(at)
+    return f"{date_format(at, 'SHORT_DATE_FORMAT')} {date_format(at, 'H:i:s')}"
 
 
 def _settings_list(values: dict):

@@ -12,6 +12,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from migration import errors
+from migration.models import Status
 
 # Reasons written by the services, steps and flows, exactly as stored.
 FIXED_REASONS = {
@@ -28,6 +29,8 @@ FIXED_REASONS = {
     "admin consent granted": _("Administrator-Zustimmung erteilt"),
     "the user saw 'Need admin approval'": _("Der Benutzer hat „Administratorgenehmigung erforderlich“ gesehen"),
     "signed in with another identity": _("Mit einem anderen Microsoft-Konto angemeldet"),
+    "signed in at Google": _("Bei Google angemeldet"),
+    "admin consent reported": _("Administrator-Zustimmung gemeldet"),
 }
 
 # (pattern, text with %(name)s placeholders filled from the pattern's named groups)
@@ -37,6 +40,11 @@ PATTERN_REASONS = [
     (re.compile(r"^verified, (?P<count>\d+) folders$"), _("Verbindung geprüft, %(count)s Ordner")),
     (re.compile(r"^admin consent required: (?P<detail>.*)$"), _("Administrator-Zustimmung erforderlich: %(detail)s")),
     (re.compile(r"^verify: (?P<code>\S+)$"), _("Prüfung fehlgeschlagen: %(error)s")),
+    # services.give_up: the step (a status) and what went wrong, as logged (its detail stays as stored).
+    (re.compile(r"^(?P<status>[a-z_]+): gave up after (?P<detail>.*)$"),
+     _("Aufgegeben im Schritt „%(status)s“ nach %(detail)s")),
+    (re.compile(r"^Exchange Online host (?P<host>\S+): Microsoft 365 \(Graph\) instead of EWS$"),
+     _("Exchange-Online-Server %(host)s: Microsoft 365 (Graph) statt EWS")),
 ]
 
 ACTORS = {
@@ -58,6 +66,8 @@ def reason_text(reason: str) -> str:
             values = match.groupdict()
             if "code" in values:
                 values["error"] = f"{errors.message_for(values['code'])} ({values['code']})"
+            if values.get("status") in Status.values:
+                values["status"] = str(Status(values["status"]).label)
             return str(text) % values
     return reason
 

@@ -32,7 +32,8 @@ class Choice:
 
 
 # Google's IMAP entry of the table is the app-password fallback (personal Gmail with 2-Step Verification).
-_IMAP_LABELS = {"google": _("Gmail mit App-Passwort (IMAP)")}
+_IMAP_LABELS = {"google": _("Gmail mit App-Passwort (IMAP)"),
+                "telekom_business": _("Telekom Homepage Center (Geschäftskunden)")}
 CHOICES = [
     Choice("google_signin", _("Google (Gmail, Google Workspace)"), ProviderKind.GOOGLE),
     Choice("microsoft365", _("Microsoft 365 / Outlook.com"), ProviderKind.MICROSOFT),

@@ -32,7 +32,8 @@ class AccountStatus(models.TextChoices):
 class MailAccount(models.Model):
     """A user's mailbox connected to the CRM, synced by V2 or V3."""
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="mail_accounts")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="mail_accounts",
+                              verbose_name=_("Inhaber"))
     address = models.EmailField(_("E-Mail-Adresse"))
     provider_kind = models.CharField(_("Anbieterart"), max_length=20, choices=ProviderKind.choices)
     # Key into sync.providers.IMAP_PROVIDERS ("gmx", "webde", ...) or "other".
@@ -96,29 +97,31 @@ class FolderState(models.Model):
 
     account = models.ForeignKey(MailAccount, models.CASCADE, related_name="folders")
     # The server's name (IMAP), or the path of display names below the root ("Posteingang/Projekte": Graph, EWS).
-    name = models.CharField(max_length=500)
+    name = models.CharField(_("Ordner"), max_length=500)
     # IMAP: RFC 8474 MAILBOXID where the server has OBJECTID (a rename keeps it).
     mailbox_id = models.CharField(max_length=255, blank=True)
     # V2 polled by date: the newest INTERNALDATE it imported in this folder.
-    v2_high_water = models.DateTimeField(null=True, blank=True)
-    v2_last_poll_at = models.DateTimeField(null=True, blank=True)
+    v2_high_water = models.DateTimeField(_("V2: neueste importierte Nachricht"), null=True, blank=True)
+    v2_last_poll_at = models.DateTimeField(_("V2: letzter Abruf"), null=True, blank=True)
     # V3 cursor (RFC 3501 / RFC 7162). last_seen_uid advances with every sync.
-    uidvalidity = models.BigIntegerField(null=True, blank=True)
-    uidnext = models.BigIntegerField(null=True, blank=True)
-    highestmodseq = models.BigIntegerField(null=True, blank=True)
-    last_seen_uid = models.BigIntegerField(null=True, blank=True)
+    uidvalidity = models.BigIntegerField("UIDVALIDITY", null=True, blank=True)
+    uidnext = models.BigIntegerField("UIDNEXT", null=True, blank=True)
+    highestmodseq = models.BigIntegerField("HIGHESTMODSEQ", null=True, blank=True)
+    last_seen_uid = models.BigIntegerField(_("Zuletzt gesehene UID"), null=True, blank=True)
     # Left by an earlier, date-window version of the handoff (no longer written): the
     # Graph engine reads such a folder whole once and clears it.
     v3_since = models.DateTimeField(null=True, blank=True)
-    v3_synced_at = models.DateTimeField(null=True, blank=True)
+    v3_synced_at = models.DateTimeField(_("V3: letzte Synchronisierung"), null=True, blank=True)
     # Microsoft Graph: the folder's id and the delta link the next sync follows.
-    graph_folder_id = models.CharField(max_length=255, blank=True)
+    graph_folder_id = models.CharField(_("Graph-Ordner-ID"), max_length=255, blank=True)
     delta_link = models.TextField(blank=True)
     # Exchange (EWS): the folder's id and the opaque SyncFolderItems state the next sync continues from.
-    ews_folder_id = models.CharField(max_length=512, blank=True)
+    ews_folder_id = models.CharField(_("EWS-Ordner-ID"), max_length=512, blank=True)
     ews_sync_state = models.TextField(blank=True)
 
     class Meta:
+        verbose_name = _("Ordnerstand")
+        verbose_name_plural = _("Ordnerstände")
         constraints = [models.UniqueConstraint(fields=["account", "name"], name="folder_unique_per_account")]
 
     def __str__(self):

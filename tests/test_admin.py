@@ -84,7 +84,8 @@ def three_migrations(user, other_user, make_account, make_migration):
 def test_it_lists_migrations_with_status_provider_and_campaign_filters(staff_client, three_migrations):
     response = changelist(staff_client, "migration_migration")
     assert listed(response) == set(three_migrations.values())
-    assert {spec.field_path for spec in response.context["cl"].filter_specs} == {"status", "provider_kind", "campaign"}
+    assert {spec.field_path for spec in response.context["cl"].filter_specs} == {
+        "status", "provider_kind", "campaign", "error_code"}
     html = response.content.decode()
     assert "anna@gmx.de" in html and "bernd@firma.de" in html
     # The error column shows the text support can read out to the user, not the code.
@@ -102,6 +103,8 @@ def test_it_lists_migrations_with_status_provider_and_campaign_filters(staff_cli
     ({"q": "bernd@example.com"}, {"bernd"}),  # by the user's login e-mail
     ({"q": "anna@example.com"}, {"gmx", "web"}),
     ({"q": "niemand@example.com"}, set()),
+    ({"error_code__exact": "auth_failed"}, {"gmx"}),  # every migration that failed the same way
+    ({"q": "auth_failed"}, {"gmx"}),
 ])
 def test_it_filters_and_searches_migrations(staff_client, three_migrations, params, expected):
     response = changelist(staff_client, "migration_migration", **params)
@@ -355,3 +358,16 @@ def test_it_filters_and_searches_accounts(staff_client, user, other_user, make_a
 def test_it_offers_account_filters(staff_client):
     response = changelist(staff_client, "sync_mailaccount")
     assert {"engine", "status"} <= {spec.field_path for spec in response.context["cl"].filter_specs}
+
+
+@pytest.mark.django_db
+def test_a_bulk_retry_says_why_it_skipped_each(staff_client, user, make_account, make_migration):
+    """Already on V3 is not "another status": support reads each reason (found by a review)."""
+    failed_on_v3 = make_migration(make_account(user, "anna@gmx.de", engine="v3"), Status.FAILED, error_code="auth_failed")
+    running = make_migration(make_account(user, "bernd@gmx.de"), Status.VERIFYING)
+    response = staff_client.post(reverse("admin:migration_migration_changelist"), {
+        "action": "retry", "_selected_action": [failed_on_v3.pk, running.pk]}, follow=True)
+    text = response.content.decode()
+    assert "0 ausgeführt, 2 übersprungen" in text
+    assert "1 × das Konto synchronisiert bereits über V3." in text
+    assert "1 × die Migration ist in einem anderen Status." in text

@@ -226,6 +226,13 @@ def test_it_shows_reasons_and_actors_in_words(admin_client, admin_user, user, ma
     ("provider chosen: exchange", "Anbieter gewählt: exchange", "Provider chosen: exchange"),
     ("admin consent required: AADSTS65001", "Administrator-Zustimmung erforderlich: AADSTS65001",
      "Admin consent required: AADSTS65001"),
+    ("admin consent reported", "Administrator-Zustimmung gemeldet", "Admin consent reported"),
+    ("signed in at Google", "Bei Google angemeldet", "Signed in at Google"),
+    ("verifying: gave up after 8 attempts: timed out", "Aufgegeben im Schritt „Verbindung wird geprüft“ nach 8 "
+     "attempts: timed out", "Gave up in step “Checking connection” after 8 attempts: timed out"),
+    ("Exchange Online host outlook.office365.com: Microsoft 365 (Graph) instead of EWS",
+     "Exchange-Online-Server outlook.office365.com: Microsoft 365 (Graph) statt EWS",
+     "Exchange Online server outlook.office365.com: Microsoft 365 (Graph) instead of EWS"),
     ("something new", "something new", "something new"),
 ])
 def test_it_translates_event_reasons(reason, german, english):
@@ -243,3 +250,20 @@ def test_it_names_actors_with_one_query(django_assert_num_queries, user, other_u
     with translation.override("en"):
         assert [history.actor_text(a, emails) for a in actors] == [
             "anna@example.com", "Support: bernd@example.com", "Background worker", "deleted user 999999"]
+
+
+def test_every_reason_the_code_writes_reads_as_words():
+    """A reason written as a literal anywhere in the services and flows (reason="...") is translated; an
+    untranslated one showed up in English on the German history (found by a review)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    written = {match for folder in ("migration", "sync") for path in (root / folder).rglob("*.py")
+               for match in re.findall(r'reason="([^"]+)"', path.read_text())}
+    assert "started" in written and "admin consent reported" in written
+    # Codes of skipped messages (sync.models.SkippedMessage.reason), not migration events: shown elsewhere.
+    skipped_codes = {"folder_unreadable", "gone", "store_failed", "unreadable"}
+    with translation.override("de"):
+        untranslated = sorted(r for r in written - skipped_codes if history.reason_text(r) == r)
+    assert untranslated == []
