@@ -116,7 +116,8 @@ class Supervisor:
 
 
 def _log_to_stderr(line: str) -> None:
-    print(f"[{datetime.now():%Y-%m-%d %H:%M:%S}] supervise: {line}", file=sys.stderr, flush=True)
+    # With the UTC offset: the worker's own lines beside these are in Django's TIME_ZONE, ours in the system's.
+    print(f"[{datetime.now().astimezone():%Y-%m-%d %H:%M:%S%z}] supervise: {line}", file=sys.stderr, flush=True)
 
 
 def main(arguments: Sequence[str] | None = None) -> int:
