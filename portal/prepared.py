@@ -7,7 +7,8 @@ so during a deploy's `migrate` every older web process and worker failed that qu
 its connection ended (CONN_MAX_AGE, 60 s). Here, as asyncpg does:
 
 - outside a transaction the connection drops its prepared statements (DEALLOCATE ALL; psycopg forgets its own
-  names when it sees that command) and the query runs once more, replanned: the caller never sees the error;
+  names when it sees that command) and the query runs once more, replanned: the caller never sees the error
+  (not for executemany, which may have run rows before it failed: that error stands);
 - inside a transaction the error stands (the transaction is aborted already); its rollback drops the prepared
   statements (psycopg deallocates on every rollback), so the next attempt is replanned;
 - either way the connection is closed at the end of the request or task, so no other stale statement is
@@ -41,6 +42,9 @@ def replan_after_schema_change(execute, sql, params, many, context):
         if connection.in_atomic_block or not connection.get_autocommit():
             raise
         connection.connection.execute("DEALLOCATE ALL", prepare=False)
+        if many:
+            raise  # executemany may have run some rows before the stale one: never run them twice
+        # PostgreSQL checks the plan before executing anything: the failed statement did not run.
         return execute(sql, params, many, context)
 
 
