@@ -85,8 +85,13 @@ def get_user(request):
         if entry_generation == generation and session_hash and constant_time_compare(session_hash, auth_hash):
             # As the ORM builds a row it read (the user's class, not its pickle: ~5 µs against ~100 µs).
             return get_user_model().from_db(DEFAULT_DB_ALIAS, names, values)
+    if generation is None:
+        # Never store under "no generation": if the key were evicted later (a cache over its size culls),
+        # an entry stored before the change it outdated would count again. One more round trip, per miss.
+        cache.add(generation_key(user_id), secrets.token_hex(8), GENERATION_SECONDS)
+        generation = cache.get(generation_key(user_id))
     user = auth.get_user(request)
-    if user.is_authenticated:
+    if user.is_authenticated and generation is not None:
         cache.set(key, (user.get_session_auth_hash(), generation, *_fields_without_password(user)), CACHE_SECONDS)
     return user
 

@@ -122,3 +122,25 @@ def test_an_entry_from_a_cache_shared_with_an_older_release_is_not_unpacked(sign
     cache.set(old_key, (user.get_session_auth_hash(), ("id",), (user.pk,)))
     assert user_queries(signed_in)[0] == 200
     assert user_queries(signed_in) == (200, [])
+
+
+def test_an_entry_is_never_valid_without_its_generation(signed_in, user, monkeypatch):
+    """A cache over its size drops keys it likes (the file cache culls a third): an entry stored before a
+    password change must not count again once the generation key is gone (found by a review)."""
+    from django.contrib import auth
+
+    cache.delete(user_cache.generation_key(user.pk))  # no generation yet (expired, or never saved)
+    read_row = auth.get_user
+
+    def read_then_change_elsewhere(request):
+        row = read_row(request)
+        changed = get_user_model().objects.get(pk=user.pk)
+        changed.set_password("ein-neues-passwort")
+        changed.save()
+        return row
+
+    monkeypatch.setattr(auth, "get_user", read_then_change_elsewhere)
+    cached_user(signed_in)  # stores the old row after the change
+    monkeypatch.setattr(auth, "get_user", read_row)
+    cache.delete(user_cache.generation_key(user.pk))  # evicted
+    assert signed_in.get(reverse(PAGE)).status_code == 302
