@@ -137,10 +137,11 @@ def lookup(host: str, port: int) -> list[tuple]:
     answered here without asking any nameserver: *.localhost is the loopback address (section 6.3), *.invalid
     does not exist (section 6.4, socket.gaierror EAI_NONAME). The system resolver would send them to DNS.
     """
-    name = host.lower().rstrip(".")
+    # Compared in the form the resolver would look up: IDNA maps "x。invalid" and full-width letters too.
+    name = _canonical_host(host).rstrip(".")
     if name == "invalid" or name.endswith(".invalid"):
         raise socket.gaierror(socket.EAI_NONAME, "special-use name .invalid (RFC 6761)")
-    if name.endswith(".localhost"):
+    if name == "localhost" or name.endswith(".localhost"):
         return socket.getaddrinfo("127.0.0.1", port, type=socket.SOCK_STREAM)
     return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
 
