@@ -135,14 +135,18 @@ def is_allowed(address: str) -> bool:
 def lookup(host: str, port: int) -> list[tuple]:
     """socket.getaddrinfo(host, port, type=SOCK_STREAM), except for RFC 6761's special-use names, which are
     answered here without asking any nameserver: *.localhost is the loopback address (section 6.3), *.invalid
-    does not exist (section 6.4, socket.gaierror EAI_NONAME). The system resolver would send them to DNS.
+    does not exist (section 6.4, socket.gaierror EAI_NONAME), and localhost itself is looked up in its plain
+    spelling only, which the hosts file answers. The system resolver would send the others to DNS.
     """
     # Compared in the form the resolver would look up: IDNA maps "x。invalid" and full-width letters too.
     name = _canonical_host(host).rstrip(".")
     if name == "invalid" or name.endswith(".invalid"):
         raise socket.gaierror(socket.EAI_NONAME, "special-use name .invalid (RFC 6761)")
-    if name == "localhost" or name.endswith(".localhost"):
+    if name.endswith(".localhost"):
         return socket.getaddrinfo("127.0.0.1", port, type=socket.SOCK_STREAM)
+    if name == "localhost":
+        # In the one spelling the system's hosts file answers ("localhost." or full-width letters went to DNS).
+        return socket.getaddrinfo("localhost", port, type=socket.SOCK_STREAM)
     return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
 
 
