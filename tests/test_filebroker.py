@@ -50,7 +50,7 @@ def read(base, transport, start, done, results, errors):
     try:
         with connection(base, transport) as conn:
             queue = work(conn, base)
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 150
             while not done.is_set() and time.monotonic() < deadline:  # until the test has every message
                 try:
                     message = queue.get(timeout=0.1)
@@ -65,7 +65,9 @@ def read(base, transport, start, done, results, errors):
 
 
 def run_concurrently(base: Path, transport) -> tuple[list, list]:
-    context = multiprocessing.get_context("fork")
+    # spawn, not fork: a child forked from the test process inherits its sockets and threads' locks, and in
+    # the full suite forked children hung in a recv() they had inherited.
+    context = multiprocessing.get_context("spawn")
     start, done, results, errors = context.Event(), context.Event(), context.Queue(), context.Queue()
     processes = [context.Process(target=write, args=(base, transport, w, start)) for w in range(WRITERS)]
     processes += [context.Process(target=read, args=(base, transport, start, done, results, errors))
@@ -73,8 +75,9 @@ def run_concurrently(base: Path, transport) -> tuple[list, list]:
     for process in processes:
         process.start()
     start.set()
-    received = []
-    while len(received) < WRITERS * EACH and any(p.is_alive() for p in processes[WRITERS:]):
+    received, deadline = [], time.monotonic() + 120
+    while (len(received) < WRITERS * EACH and any(p.is_alive() for p in processes[WRITERS:])
+           and time.monotonic() < deadline):
         try:
             received.append(results.get(timeout=1))
         except Exception:  # noqa: BLE001 - queue.Empty: look at the readers again
@@ -82,6 +85,8 @@ def run_concurrently(base: Path, transport) -> tuple[list, list]:
     done.set()
     for process in processes:
         process.join(timeout=30)
+        if process.is_alive():
+            process.kill()
     while not results.empty():  # a duplicate delivered after the last expected one
         received.append(results.get())
     found_errors = []
@@ -143,7 +148,7 @@ def take_and_die(base):
 def test_a_message_whose_worker_was_killed_before_acknowledging_is_delivered_again(tmp_path):
     with connection(tmp_path) as conn:
         work(conn, tmp_path).put({"task": "long"})
-    worker = multiprocessing.get_context("fork").Process(target=take_and_die, args=(tmp_path,))
+    worker = multiprocessing.get_context("spawn").Process(target=take_and_die, args=(tmp_path,))
     worker.start()
     worker.join(timeout=30)
     assert worker.exitcode == -9
