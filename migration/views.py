@@ -3,13 +3,14 @@ import functools
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import JsonResponse
+from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import get_language, gettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
-from migration import errors, selectors, services
+from migration import errors, row_actions, selectors, services
 from migration.exchange import online as exchange_online
 from migration.exchange.forms import ExchangeCredentialsForm
 from migration.forms import ImapCredentialsForm
@@ -70,7 +71,11 @@ def _user_error(code: str) -> str:
 @login_required
 def settings_page(request):
     rows = selectors.settings_page_rows(request.user)
-    engine_labels, status_labels, row_text = _row_labels(get_language())
+    language = get_language()
+    engine_labels, status_labels, row_text = _row_labels(language)
+    # One CSRF token for the page: the rows' forms and the template's {% csrf_token %} (this value overrides
+    # the context processor's), so the token is masked once, not once per form.
+    csrf_token, paths = get_token(request), row_actions.Paths()
     for row in rows:
         running, last, sync_error = row["active"], row["latest"], row["last_sync_error"]
         row.update({
@@ -85,9 +90,11 @@ def settings_page(request):
             "failure": errors.message_for(last["error_code"])
             if last and last["status"] == Status.FAILED and last["error_code"] else "",
         })
+        row["actions"] = row_actions.actions(row, csrf_token=csrf_token, language=language, paths=paths)
     # What a migration does is said once, before the first click, and only while there is one to start.
     can_start = any(row["engine"] == "v2" and not row["active"] for row in rows)
-    return render(request, "migration/settings_mail.html", {"rows": rows, "nav": "settings", "can_start": can_start})
+    return render(request, "migration/settings_mail.html",
+                  {"rows": rows, "nav": "settings", "can_start": can_start, "csrf_token": csrf_token})
 
 
 @login_required

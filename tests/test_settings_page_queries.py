@@ -185,3 +185,20 @@ def test_a_warm_page_costs_two_cache_round_trips_and_one_query(signed_in, user, 
     queries = page_queries(signed_in)
     assert redis_calls() - before == 2
     assert len(queries) == 1
+
+
+def test_every_form_on_the_page_carries_the_pages_one_csrf_token_and_it_is_accepted(user, make_account):
+    """The rows' forms are written in Python (migration/row_actions.py) with the page's token, the one the
+    template's {% csrf_token %} uses too: masked once per page, and a real POST with it passes the check."""
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    accounts = [make_account(user, f"konto{n}@example.org", engine="v2") for n in range(2)]
+    html = client.get(reverse("settings-mail")).content.decode()
+    tokens = re.findall(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
+    assert len(tokens) == 4 and len(set(tokens)) == 1  # language, sign-out and the two start forms
+    for account in accounts:
+        assert f'action="{reverse("migration-start", args=[account.pk])}"' in html
+    response = client.post(reverse("migration-start", args=[accounts[0].pk]), {"csrfmiddlewaretoken": tokens[0]})
+    assert response.status_code == 302 and "/migration/" in response["Location"]
