@@ -1,6 +1,8 @@
 """The signed-in user is read from the cache, not the database, on every request (portal/user_cache.py),
 and every way Django ends a session still ends it."""
 
+import contextlib
+
 import pytest
 from django.contrib.auth import HASH_SESSION_KEY, get_user_model
 from django.core.cache import cache
@@ -94,23 +96,33 @@ def test_entries_are_not_shared_across_secret_keys(settings, user):
     assert user_cache.cache_key(user.pk) != before
 
 
-def test_a_row_read_before_a_password_change_is_not_cached_after_it(signed_in, user, monkeypatch):
-    """The race a review found: a request reads the row, the password changes and the entry is dropped,
-    then that request stores what it read. Its entry must not keep the old session signed in."""
+@contextlib.contextmanager
+def password_changed_while_reading(user, monkeypatch):
+    """Inside: a request reads the user row (old password, old auth hash), then another request changes the
+    password and saves, then the first one goes on: the race a review found."""
     from django.contrib import auth
 
     read_row = auth.get_user
 
     def read_then_change_elsewhere(request):
-        row = read_row(request)  # this request has the old row (and the old auth hash) ...
-        changed = get_user_model().objects.get(pk=user.pk)  # ... when another changes the password
+        row = read_row(request)
+        changed = get_user_model().objects.get(pk=user.pk)
         changed.set_password("ein-neues-passwort")
         changed.save()
         return row
 
     monkeypatch.setattr(auth, "get_user", read_then_change_elsewhere)
-    assert cached_user(signed_in).is_authenticated  # the racing request itself still had the old row
-    monkeypatch.setattr(auth, "get_user", read_row)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(auth, "get_user", read_row)
+
+
+def test_a_row_read_before_a_password_change_is_not_cached_after_it(signed_in, user, monkeypatch):
+    """The race a review found: a request reads the row, the password changes and the entry is dropped,
+    then that request stores what it read. Its entry must not keep the old session signed in."""
+    with password_changed_while_reading(user, monkeypatch):
+        assert cached_user(signed_in).is_authenticated  # the racing request itself still had the old row
     assert cache.get(user_cache.cache_key(user.pk)) is not None  # it stored that row after the change ...
     assert signed_in.get(reverse(PAGE)).status_code == 302  # ... but the next request is signed out
     assert "_auth_user_id" not in signed_in.session
@@ -127,20 +139,8 @@ def test_an_entry_from_a_cache_shared_with_an_older_release_is_not_unpacked(sign
 def test_an_entry_is_never_valid_without_its_generation(signed_in, user, monkeypatch):
     """A cache over its size drops keys it likes (the file cache culls a third): an entry stored before a
     password change must not count again once the generation key is gone (found by a review)."""
-    from django.contrib import auth
-
     cache.delete(user_cache.generation_key(user.pk))  # no generation yet (expired, or never saved)
-    read_row = auth.get_user
-
-    def read_then_change_elsewhere(request):
-        row = read_row(request)
-        changed = get_user_model().objects.get(pk=user.pk)
-        changed.set_password("ein-neues-passwort")
-        changed.save()
-        return row
-
-    monkeypatch.setattr(auth, "get_user", read_then_change_elsewhere)
-    cached_user(signed_in)  # stores the old row after the change
-    monkeypatch.setattr(auth, "get_user", read_row)
+    with password_changed_while_reading(user, monkeypatch):
+        cached_user(signed_in)  # stores the old row after the change
     cache.delete(user_cache.generation_key(user.pk))  # evicted
     assert signed_in.get(reverse(PAGE)).status_code == 302
